@@ -1,0 +1,3 @@
+"""diemcau: the endpoint firmware."""
+
+__version__ = "0.1.0"

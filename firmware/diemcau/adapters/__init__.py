@@ -1,0 +1,1 @@
+"""Adapters: each wraps one outside thing (MQTT, media, /sys, disk)."""

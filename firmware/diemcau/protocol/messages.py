@@ -1,0 +1,211 @@
+"""Message schemas of protocol v1, as msgspec structs encoded to JSON.
+
+One struct per topic. Times are Unix seconds (float, millisecond precision);
+units are in the field names. Unknown fields are ignored when decoding so
+that a newer box can talk to an older centre and back.
+
+    >>> encode(Reply(id="c1", cmd="audio.mute", status="succeeded", code=200, detail="muted", ts=1.0))
+    b'{"id":"c1","cmd":"audio.mute","status":"succeeded","code":200,"detail":"muted","ts":1.0}'
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+DeviceState = Literal["ready", "updating", "disconnected", "lost"]
+MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
+StreamState = Literal["off", "starting", "live", "reconnecting", "error"]
+ReplyStatus = Literal[
+    "accepted", "in_progress", "succeeded", "failed", "rejected", "expired", "duplicate"
+]
+Severity = Literal["warning", "critical"]
+
+# The command names of protocol v1. A box that does not (yet) handle one
+# answers 404, like any unknown name.
+COMMAND_NAMES: tuple[str, ...] = (
+    "meeting.invite",
+    "meeting.join",
+    "meeting.leave",
+    "meeting.cancel",
+    "audio.mute",
+    "audio.unmute",
+    "audio.volume",
+    "floor.grant",
+    "floor.revoke",
+    "media.keyframe",
+    "media.profile",
+    "health.report",
+    "device.identify",
+    "device.reboot",
+    "config.set",
+    "firmware.update",
+)
+
+# Statuses after which no further reply comes for the same command id.
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {"succeeded", "failed", "rejected", "expired", "duplicate"}
+)
+
+ALERT_CODES: tuple[str, ...] = (
+    "temperature_high",
+    "undervoltage",
+    "throttled",
+    "disk_low",
+    "clock_unsynced",
+    "stream_failing",
+    "camera_missing",
+    "microphone_silent",
+)
+
+
+def now_ts() -> float:
+    return round(time.time(), 3)
+
+
+class _Msg(msgspec.Struct, kw_only=True):
+    pass
+
+
+class State(_Msg, kw_only=True):
+    """``dev/{dev}/state`` (retained): the box's presence, birth and will."""
+
+    state: DeviceState
+    session: int  # bumped on every connect; a will from an older session is stale
+    ts: float
+
+
+class Site(_Msg, kw_only=True):
+    name: str
+    province: str
+    district: str
+    commune: str
+    room: str = ""
+
+
+class Meta(_Msg, kw_only=True):
+    """``dev/{dev}/meta`` (retained): what the box is."""
+
+    model: str
+    serial: str
+    firmware: str
+    protocol: int = PROTOCOL_VERSION
+    capabilities: list[str]
+    site: Site
+    groups: list[str]
+    config_version: str
+    ts: float
+
+
+class StreamFigures(_Msg, kw_only=True):
+    state: StreamState = "off"
+    detail: str = ""
+    profile: str | None = None
+    frames_captured: int = 0
+    frames_sent: int = 0
+    frames_dropped: int = 0
+    bitrate_kbps: float = 0.0
+    audio_level_dbfs: float | None = None
+    reconnects: int = 0
+
+
+class Status(_Msg, kw_only=True):
+    """``dev/{dev}/status`` (retained): the meeting as the box sees it."""
+
+    meeting_state: MeetingState
+    meeting_id: str | None = None
+    invited_meeting_id: str | None = None
+    muted: bool = False
+    floor: bool = False
+    volume_percent: int = 80
+    stream: StreamFigures = msgspec.field(default_factory=StreamFigures)
+    ts: float
+
+
+class Interface(_Msg, kw_only=True):
+    name: str
+    up: bool
+    addresses: list[str]
+
+
+class Health(_Msg, kw_only=True):
+    """``dev/{dev}/health`` (QoS 0, periodic and on demand)."""
+
+    seq: int
+    ts: float
+    uptime_s: float
+    cpu_percent: float
+    load_1m: float
+    memory_used_percent: float
+    memory_available_mb: float
+    process_rss_mb: float
+    disk_free_mb: float
+    disk_used_percent: float
+    interfaces: list[Interface]
+    wifi_signal_dbm: float | None = None
+    cpu_temperature_c: float | None = None
+    undervoltage: bool | None = None  # None: the platform cannot tell
+    throttled: bool | None = None
+    clock_synced: bool | None = None
+    stream: StreamFigures = msgspec.field(default_factory=StreamFigures)
+    alerts: list[str] = []
+
+
+class Alert(_Msg, kw_only=True):
+    """``dev/{dev}/alert/{code}`` (retained while active; empty payload clears)."""
+
+    code: str
+    severity: Severity
+    detail: str
+    since: float
+
+
+class Event(_Msg, kw_only=True):
+    """``dev/{dev}/event``: something that happened, numbered by ``seq``."""
+
+    seq: int
+    ts: float
+    kind: str
+    meeting_id: str | None = None
+    detail: str = ""
+    data: dict[str, Any] = {}
+
+
+class Reply(_Msg, kw_only=True):
+    """``dev/{dev}/reply``: the result of one command (``id`` is its ``jti``)."""
+
+    id: str | None
+    cmd: str | None
+    status: ReplyStatus
+    code: int
+    detail: str
+    ts: float
+    first_status: ReplyStatus | None = None  # set on status "duplicate"
+
+
+class CommandClaims(_Msg, kw_only=True):
+    """The claims of a signed command (a compact JWS, EdDSA)."""
+
+    jti: str
+    aud: str
+    iat: float
+    exp: float
+    cmd: str
+    args: dict[str, Any] = {}
+
+
+_encoder = msgspec.json.Encoder()
+T = TypeVar("T")
+
+
+def encode(msg: msgspec.Struct) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(payload: bytes | str, type: type[T]) -> T:
+    """Decode a payload into a message struct; raises msgspec.ValidationError/DecodeError."""
+    return msgspec.json.decode(payload, type=type)

@@ -1,0 +1,1 @@
+"""diemcau_centre: what the centre runs to command and watch the boxes."""
