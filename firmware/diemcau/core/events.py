@@ -67,3 +67,11 @@ class HealthDue:
 @dataclass(frozen=True, slots=True)
 class StopRequested:
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FromMedia:
+    """An event from one media session; ``generation`` tells a stale session's apart."""
+
+    generation: int
+    event: object

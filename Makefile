@@ -1,0 +1,60 @@
+# diemcau: the box's firmware (firmware/), the centre's tools (provisioning/).
+#
+#   make demo    one box, a local broker and media server: watch it join a meeting
+#   make test    the whole test suite (fast tests and end-to-end ones on real parts)
+#   make test-fast  only the pure, fast tests (no broker, no ffmpeg)
+#   make bench   benchmarks, printed as figures
+#   make lint    ruff
+#
+# Every target installs what it needs first (`make setup`): Debian packages
+# and a virtual environment in .venv made from the system Python, so that
+# Debian's PyAV (built with SRT) and pyalsaaudio are used.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := python3-venv python3-av python3-alsaaudio python3-numpy ffmpeg \
+	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup apt-packages demo test test-fast bench lint clean
+
+# The Debian packages are checked every time (a dpkg query, fast); the
+# Python packages again only when a requirements file changes.
+setup: apt-packages $(STAMP)
+
+apt-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): firmware/pyproject.toml provisioning/pyproject.toml tests/requirements.txt | apt-packages
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@echo "setup: installing Python packages into $(VENV)"
+	@PYTHONWARNINGS=ignore $(PY) -m pip install -q --disable-pip-version-check -e firmware -e provisioning -r tests/requirements.txt
+	@touch $(STAMP)
+
+demo: setup
+	@$(PY) -m tests.demo
+
+test: setup
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	@$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+bench: setup
+	@$(PY) -m tests.bench
+
+lint: setup
+	@$(VENV)/bin/ruff check firmware provisioning tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis out

@@ -1,0 +1,228 @@
+"""The box's link to the centre: one paho-mqtt client (MQTT 5) on its own thread.
+
+The link keeps the connection and nothing else. What arrives is posted to the
+supervisor's queue; what the supervisor wants sent goes out through
+:meth:`MqttLink.publish`. It owns exactly one piece of state, the session
+number, because the will must carry it before each connection attempt.
+
+- persistent session (``clean_start=False`` and a session expiry), so
+  commands sent while the box is offline arrive when it is back;
+- the will sets ``state`` to ``lost`` (retained) with this session's number,
+  after a short will delay, so a quick reconnect never shows as lost;
+- on every connect: subscribe again, then publish the birth (``ready``);
+- reconnect with exponential backoff and jitter (paho's own has no jitter);
+- callbacks never block and never let an exception escape.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..config import Mqtt
+from ..core.backoff import backoff_delay
+from ..core.events import CommandArrived, Delivered, LinkDown, LinkUp, OwnStateSeen
+from ..protocol import State, device_topic, encode, group_cmd_topic, now_ts
+from .statefile import Counters
+
+log = logging.getLogger("diemcau.link")
+
+
+def _guarded(method: Callable[..., None]) -> Callable[..., None]:
+    """An exception in a paho callback would kill paho's thread silently: log it instead."""
+
+    @functools.wraps(method)
+    def wrapper(self: MqttLink, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception:  # noqa: BLE001 - the link must outlive any bug in a handler
+            log.exception("error in MQTT callback %s", method.__name__)
+
+    return wrapper
+
+
+class MqttLink:
+    def __init__(
+        self,
+        cfg: Mqtt,
+        device_id: str,
+        groups: list[str],
+        counters: Counters,
+        post: Callable[[object], None],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._cfg = cfg
+        self._dev = device_id
+        self._groups = groups
+        self._counters = counters
+        self._post = post
+        self._rng = rng or random.Random()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connected = threading.Event()
+        self.session = counters.get("session")
+        self._state_topic = device_topic(device_id, "state")
+        self._client = self._make_client()
+
+    # ------------------------------------------------------------ set-up
+
+    def _make_client(self) -> Any:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self._dev,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,  # we reconnect ourselves, with jitter
+        )
+        client.username_pw_set(self._cfg.username or self._dev, self._cfg.password or None)
+        tls = self._cfg.tls
+        if tls.enabled:
+            client.tls_set(
+                ca_certs=tls.ca_file or None,
+                certfile=tls.cert_file or None,
+                keyfile=tls.key_file or None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            if tls.insecure_skip_verify:
+                client.tls_insecure_set(True)
+        client.max_queued_messages_set(0)  # bounded by our outbox instead
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _set_will(self) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = self._cfg.will_delay_s
+        will = encode(State(state="lost", session=self.session, ts=now_ts()))
+        self._client.will_set(self._state_topic, will, qos=1, retain=True, properties=props)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, final_state: str = "disconnected", timeout_s: float = 3.0) -> None:
+        """Publish the final state, disconnect cleanly (no will), stop the thread."""
+        if self.connected:
+            payload = encode(State(state=final_state, session=self.session, ts=now_ts()))  # type: ignore[arg-type]
+            info = self._client.publish(self._state_topic, payload, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("final state not confirmed: %s", exc)
+        self._stopping.set()
+        self._client.disconnect()
+        if self._thread:
+            self._thread.join(timeout_s + 2)
+
+    def _run(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        attempt = 0
+        first = True
+        while not self._stopping.is_set():
+            self.session = self._counters.bump("session")
+            self._set_will()
+            try:
+                if first:
+                    props = Properties(PacketTypes.CONNECT)
+                    props.SessionExpiryInterval = self._cfg.session_expiry_s
+                    self._client.connect(self._cfg.host, self._cfg.port,
+                                         keepalive=self._cfg.keepalive_s,
+                                         clean_start=False, properties=props)
+                    first = False
+                else:
+                    self._client.reconnect()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("cannot reach broker %s:%d: %s", self._cfg.host, self._cfg.port, exc)
+            else:
+                while not self._stopping.is_set():
+                    rc = self._client.loop(timeout=0.2)
+                    if rc != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                if self._connected.is_set():
+                    self._connected.clear()
+                    self._post(LinkDown("connection lost"))
+                # A session that got as far as CONNACK resets the backoff.
+                if self._had_connack:
+                    attempt = 0
+            if self._stopping.is_set():
+                break
+            delay = backoff_delay(attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s,
+                                  self._rng.random)
+            attempt += 1
+            log.info("reconnecting in %.1f s (attempt %d)", delay, attempt)
+            self._stopping.wait(delay)
+        self._connected.clear()
+
+    _had_connack = False
+
+    # ------------------------------------------------------------ paho callbacks
+
+    @_guarded
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            self._had_connack = False
+            return
+        self._had_connack = True
+        from paho.mqtt.subscribeoptions import SubscribeOptions
+
+        opts = SubscribeOptions(qos=1)
+        topics = [(device_topic(self._dev, "cmd"), opts), (self._state_topic, opts)]
+        topics += [(group_cmd_topic(g), opts) for g in self._groups]
+        client.subscribe(topics)
+        self.publish_birth()
+        self._connected.set()
+        log.info("connected to %s:%d, session %d (broker kept it: %s)", self._cfg.host,
+                 self._cfg.port, self.session, flags.session_present)
+        self._post(LinkUp(self.session, bool(flags.session_present)))
+
+    @_guarded
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was:
+            log.warning("disconnected: %s", reason)
+            self._post(LinkDown(str(reason)))
+
+    @_guarded
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if message.topic == self._state_topic:
+            self._post(OwnStateSeen(bytes(message.payload)))
+        else:
+            self._post(CommandArrived(message.topic, bytes(message.payload)))
+
+    @_guarded
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        self._post(Delivered(mid))
+
+    # ------------------------------------------------------------ sending
+
+    def publish_birth(self) -> None:
+        payload = encode(State(state="ready", session=self.session, ts=now_ts()))
+        self._client.publish(self._state_topic, payload, qos=1, retain=True)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """Queue a message with paho; returns its message id (for :class:`Delivered`)."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return int(info.mid)

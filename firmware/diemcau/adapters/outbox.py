@@ -1,0 +1,65 @@
+"""The outbox: replies, events and alert changes that must reach the centre.
+
+Kept on disk (SQLite) until the broker acknowledges them, so neither a broken
+link nor a restart of the box loses them; sent in the order they were made.
+Bounded: when full, the oldest message is dropped and counted.
+Owned by the supervisor's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("diemcau.outbox")
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    row: int
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Outbox:
+    def __init__(self, path: str | Path, max_messages: int) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (row INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL)"
+        )
+        self._max = max_messages
+        self.dropped = 0
+
+    def add(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        cur = self._db.execute(
+            "INSERT INTO outbox (topic, payload, retain) VALUES (?, ?, ?)",
+            (topic, payload, int(retain)),
+        )
+        over = len(self) - self._max
+        if over > 0:
+            self._db.execute(
+                "DELETE FROM outbox WHERE row IN (SELECT row FROM outbox ORDER BY row LIMIT ?)",
+                (over,),
+            )
+            self.dropped += over
+            log.warning("outbox full (%d messages): dropped the %d oldest", self._max, over)
+        return int(cur.lastrowid or 0)
+
+    def pending(self) -> list[Pending]:
+        rows = self._db.execute("SELECT row, topic, payload, retain FROM outbox ORDER BY row")
+        return [Pending(r, t, bytes(p), bool(k)) for r, t, p, k in rows]
+
+    def remove(self, row: int) -> None:
+        self._db.execute("DELETE FROM outbox WHERE row = ?", (row,))
+
+    def __len__(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

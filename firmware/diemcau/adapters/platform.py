@@ -1,0 +1,25 @@
+"""What board this is: model and serial from the device tree, else the OS."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_bytes().rstrip(b"\x00\n").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def board_model(configured: str = "auto") -> str:
+    if configured != "auto":
+        return configured
+    return _read("/proc/device-tree/model") or f"generic {platform.machine()}"
+
+
+def board_serial(configured: str = "auto") -> str:
+    if configured != "auto":
+        return configured
+    return (_read("/proc/device-tree/serial-number") or _read("/etc/machine-id") or "unknown")[:32]

@@ -1,0 +1,59 @@
+"""Small run-time state under the state directory, written atomically.
+
+Write to a temporary file, fsync, rename over the old one, fsync the
+directory: a power cut leaves either the old value or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Counters:
+    """Named integers that only grow, kept in one JSON file (session, event seq).
+
+    >>> c = Counters(Path("/tmp/x/counters.json")); c.bump("session")  # doctest: +SKIP
+    1
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._values: dict[str, int] = {}
+        try:
+            loaded: Any = json.loads(path.read_text())
+            if isinstance(loaded, dict):
+                self._values = {k: v for k, v in loaded.items() if isinstance(v, int)}
+        except (FileNotFoundError, ValueError):
+            pass  # a missing or garbled file starts from zero; numbers only need to grow from here
+
+    def get(self, name: str) -> int:
+        return self._values.get(name, 0)
+
+    def bump(self, name: str) -> int:
+        self._values[name] = self.get(name) + 1
+        write_atomic(self._path, json.dumps(self._values).encode())
+        return self._values[name]

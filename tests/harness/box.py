@@ -1,0 +1,169 @@
+"""A box as the tests (and the demo) run it: the real ``diemcau run`` process.
+
+Writes a configuration pointing at a test broker, with simulated hardware
+(test pattern, the ALSA ``file`` microphone), and starts the console script
+in a subprocess so that ``kill -9`` and SIGTERM are real.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from diemcau.protocol import generate_signing_key, key_id, public_key_to_text, sign_command
+
+from .broker import Broker
+
+
+class CentreKey:
+    """The centre's command-signing key, made fresh for a test."""
+
+    def __init__(self) -> None:
+        self.private = generate_signing_key()
+        self.kid = key_id(self.private.public_key())
+        self.public_text = public_key_to_text(self.private.public_key())
+
+    def sign(self, aud: str, cmd: str, args: dict | None = None, **kw: object) -> str:
+        return sign_command(self.private, self.kid, aud=aud, cmd=cmd, args=args, **kw)  # type: ignore[arg-type]
+
+
+def box_config(
+    *,
+    device_id: str,
+    broker: Broker,
+    state_dir: Path,
+    keys: dict[str, str],
+    microphone: str = "diemcau_mic",
+    health_interval_s: float = 30.0,
+    will_delay_s: int = 1,
+    extra: str = "",
+) -> str:
+    tls = (f'enabled = true\nca_file = "{broker.ca_file}"' if broker.tls else "enabled = false")
+    key_lines = "\n".join(f'"{kid}" = "{text}"' for kid, text in keys.items())
+    return f"""\
+config_version = "test-1"
+
+[device]
+id = "{device_id}"
+state_dir = "{state_dir}"
+
+[site]
+name = "UBND xã Thử Nghiệm"
+province = "p01"
+district = "d001"
+commune = "c00001"
+room = "Phòng họp 1"
+
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+keepalive_s = 5
+will_delay_s = {will_delay_s}
+reconnect_min_s = 0.2
+reconnect_max_s = 2.0
+
+[mqtt.tls]
+{tls}
+
+[commands]
+allowed_schemes = ["srt"]
+media_hosts = ["127.0.0.1", "localhost"]
+
+[commands.centre_keys]
+{key_lines}
+
+[media]
+microphone = "{microphone}"
+srt_latency_ms = 120
+connect_timeout_ms = 1000
+reconnect_min_s = 0.3
+reconnect_max_s = 2.0
+
+[health]
+interval_s = {health_interval_s}
+clock_check = "none"
+
+[log]
+level = "debug"
+{extra}"""
+
+
+class Box:
+    def __init__(
+        self,
+        workdir: Path,
+        broker: Broker,
+        centre: CentreKey,
+        *,
+        device_id: str = "c00001-r1",
+        env: dict[str, str] | None = None,
+        **config: object,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.device_id = device_id
+        self.state_dir = self.workdir / "state"
+        self.config_file = self.workdir / "endpoint.toml"
+        self.log_file = self.workdir / "box.log"
+        self.config_file.write_text(
+            box_config(device_id=device_id, broker=broker, state_dir=self.state_dir,
+                       keys={centre.kid: centre.public_text}, **config)  # type: ignore[arg-type]
+        )
+        self.env = {**os.environ, **(env or {})}
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        self._log = open(self.log_file, "ab")  # noqa: SIM115 - closed in stop()
+        self.started_at = time.time()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "diemcau", "run", "--config", str(self.config_file)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+        )
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, as systemd does; returns the exit code."""
+        if self._proc is None:
+            return None
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        return self._finish()
+
+    def kill(self) -> None:
+        """kill -9: no clean stop, the broker must publish the will."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._finish()
+
+    def _finish(self) -> int | None:
+        code = self._proc.returncode if self._proc else None
+        self._proc = None
+        if self._log:
+            self._log.close()
+            self._log = None
+        return code
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""

@@ -1,0 +1,203 @@
+"""A real Mosquitto on loopback, for the tests, the demo and the benchmarks.
+
+Started on a free port with a generated configuration: persistence on (so a
+restart keeps sessions and retained messages), anonymous clients allowed,
+optionally a TLS listener with a throwaway CA.
+
+    broker = Broker(tmp_path / "broker", tls=True)
+    broker.start()
+    ...
+    broker.restart()   # SIGTERM, then start again on the same port
+    broker.stop()
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s} s")
+
+
+def make_test_ca(directory: Path, hostname: str = "localhost") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``hostname`` and 127.0.0.1.
+
+    Returns (ca_file, server_cert, server_key).
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name("diemcau test CA"))
+        .issuer_name(name("diemcau test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hostname))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = directory / "ca.pem"
+    cert_file = directory / "server.pem"
+    key_file = directory / "server.key"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    return ca_file, cert_file, key_file
+
+
+class Broker:
+    """One Mosquitto process with its own directory, port and log."""
+
+    def __init__(self, workdir: Path, *, tls: bool = False, port: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.tls = tls
+        self.ca_file: Path | None = None
+        self.log_file = self.workdir / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conf = self.workdir / "mosquitto.conf"
+        self._write_config()
+
+    def _write_config(self) -> None:
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            f"log_dest file {self.log_file}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            # Whoever runs the tests owns the files: never drop privileges
+            # (as root, Mosquitto would become `mosquitto` and lose its keys).
+            f"user {_current_user()}",
+            "max_queued_messages 5000",
+        ]
+        if self.tls:
+            ca, cert, key = make_test_ca(self.workdir / "tls")
+            self.ca_file = ca
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+        self._conf.write_text("\n".join(lines) + "\n")
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self._conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start; log:\n{self.log_text()}") from None
+
+    def stop(self) -> None:
+        """A clean stop: Mosquitto saves its sessions and retained messages."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stderr:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        if down_s:
+            time.sleep(down_s)
+        self.start()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def __enter__(self) -> Broker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
