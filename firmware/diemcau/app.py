@@ -39,7 +39,8 @@ def build(cfg: Config) -> Supervisor:
     adapters = Adapters(
         make_link=make_link,
         make_media=make_media,
-        health=HealthProbe(str(state), cfg.health.clock_check),
+        # Only timesyncd's flag file: asking timedatectl could stall the loop for a second.
+        health=HealthProbe(str(state), cfg.health.clock_check, timedatectl=None),
         outbox=Outbox(state / "outbox.sqlite", cfg.outbox.max_messages),
         replay=ReplayCache(state / "replay.sqlite"),
         counters=counters,

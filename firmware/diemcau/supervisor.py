@@ -198,6 +198,8 @@ class Supervisor:
                 self._on_link_up()
             case LinkDown(reason=reason):
                 log.warning("link down: %s", reason)
+                # Made while offline: the outbox delivers it once the link is back.
+                self.emit("link_lost", detail=reason)
             case OwnStateSeen(payload=payload):
                 self._on_own_state(payload)
             case HealthDue():
@@ -299,7 +301,8 @@ class Supervisor:
                 if state in ("reconnecting", "error"):
                     if self._stream_failing_since is None:
                         self._stream_failing_since = self._clock()
-                else:
+                elif state in ("live", "off"):
+                    # "starting" between two retries does not end the failure.
                     self._stream_failing_since = None
                 if state == "off":
                     self._media = None

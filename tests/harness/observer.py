@@ -53,7 +53,13 @@ class Observer:
         self._client.on_connect = self._on_connect
         self._subscribed = threading.Event()
         self._client.on_subscribe = lambda *a: self._subscribed.set()
-        self._client.connect(broker.host, broker.port, keepalive=10)
+        # A persistent session, so that what is published while the observer
+        # reconnects (after a broker restart) still reaches it.
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        self._client.reconnect_delay_set(1, 2)
+        self._client.connect(broker.host, broker.port, keepalive=10, clean_start=False,
+                             properties=props)
         self._client.loop_start()
         if not self._subscribed.wait(10):
             raise TimeoutError("observer could not subscribe")
