@@ -19,11 +19,27 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
+# The official AsyncAPI 3.0.0 JSON Schema, to validate docs/asyncapi.yaml in
+# the tests: taken from the npm package @asyncapi/specs, checked by its hash.
+ASYNCAPI_SPECS := 6.11.1
+ASYNCAPI_SPECS_SHA256 := 01af8744dc33c0c7eb2e908f6a955319ee58b70ecadc9387d1aeb16c0cd28928
+ASYNCAPI_SCHEMA := build/asyncapi/package/schemas/3.0.0.json
+
 .PHONY: setup apt-packages demo test test-fast bench lint clean
 
 # The Debian packages are checked every time (a dpkg query, fast); the
 # Python packages again only when a requirements file changes.
-setup: apt-packages $(STAMP)
+setup: apt-packages $(STAMP) $(ASYNCAPI_SCHEMA)
+
+$(ASYNCAPI_SCHEMA):
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm; }
+	@mkdir -p build/asyncapi
+	@cd build/asyncapi && npm pack --silent @asyncapi/specs@$(ASYNCAPI_SPECS) >/dev/null
+	@echo "$(ASYNCAPI_SPECS_SHA256)  build/asyncapi/asyncapi-specs-$(ASYNCAPI_SPECS).tgz" | sha256sum -c --quiet
+	@tar -xzf build/asyncapi/asyncapi-specs-$(ASYNCAPI_SPECS).tgz -C build/asyncapi \
+		package/schemas/3.0.0.json package/LICENSE package/NOTICE
+	@touch $@
 
 apt-packages:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -57,4 +73,4 @@ lint: setup
 	@$(VENV)/bin/ruff check firmware provisioning tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis out
+	rm -rf $(VENV) .pytest_cache .hypothesis out build

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import msgspec
 
@@ -196,6 +196,10 @@ def _field_problems(path: str, value: Any, typ: Any) -> list[str]:
             elif f.required:
                 problems.append(f"{path}.{f.name}: missing (required)")
         return problems
+    if get_origin(typ) is dict and isinstance(value, dict):
+        # Key by key too: for a table msgspec says only "at $[...]", not which key.
+        value_type = get_args(typ)[1]
+        return [p for k, v in value.items() for p in _field_problems(f"{path}.{k}", v, value_type)]
     try:
         msgspec.convert(value, typ)
     except msgspec.ValidationError as exc:
@@ -255,6 +259,8 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(source, ["not valid TOML: nested too deeply"]) from None
     problems = _unknown_keys(data, Config, "") + _type_problems(data)
     if problems:
         raise ConfigError(source, problems)

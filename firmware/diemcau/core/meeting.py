@@ -216,7 +216,7 @@ def _parse_args(cmd: str, args: Any) -> _Args:
 
 
 def _check_meeting_id(value: str, field: str = "args.meeting_id") -> None:
-    if not _MEETING_ID_RE.match(value):
+    if not _MEETING_ID_RE.fullmatch(value):  # fullmatch: '$' alone lets a final '\n' through
         raise BadArgs(400, f"{field}: 1-64 letters, digits, '.', '_' or '-'")
 
 
@@ -224,10 +224,14 @@ def check_media_url(url: str, field: str, policy: Policy) -> None:
     """A media URL must use an allowed scheme and point at an allowed host."""
     if len(url) > 1024:
         raise BadArgs(400, f"{field}: longer than 1024 characters")
+    # On the raw text, before urlsplit, which silently drops tabs and newlines.
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise BadArgs(400, f"{field}: contains spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
-        query = parse_qs(parts.query, strict_parsing=False)
+        # FFmpeg reads options from the first '?' to the end, a '#...' part included.
+        query = parse_qs(url.partition("?")[2], strict_parsing=False)
     except ValueError as exc:
         raise BadArgs(400, f"{field}: not a URL ({exc})") from None
     if parts.scheme not in policy.allowed_schemes:
@@ -239,8 +243,6 @@ def check_media_url(url: str, field: str, policy: Policy) -> None:
         raise BadArgs(400, f"{field}: no port")
     if parts.hostname not in policy.media_hosts:
         raise BadArgs(403, f"{field}: host {parts.hostname!r} is not an allowed media host")
-    if any(ch in url for ch in "\r\n\x00 "):
-        raise BadArgs(400, f"{field}: contains spaces or control characters")
     if "mode" in query and query["mode"] != ["caller"]:
         raise BadArgs(400, f"{field}: the box only calls out (mode=caller)")
 

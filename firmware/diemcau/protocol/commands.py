@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -151,7 +152,9 @@ def verify_command(
     try:
         token = payload.decode("ascii") if isinstance(payload, bytes) else payload
         header = jwt.get_unverified_header(token)
-    except (UnicodeDecodeError, jwt.DecodeError) as exc:
+    except (UnicodeDecodeError, jwt.InvalidTokenError) as exc:
+        # InvalidTokenError, not only DecodeError: PyJWT also raises it for a
+        # header whose `kid` is not a string or whose `crit` it does not know.
         raise CommandRejected("rejected", 400, f"not a signed command: {exc}") from None
     jti, name = _unverified_ids(token)
 
@@ -184,6 +187,8 @@ def verify_command(
         raise reject("rejected", 400, "bad claims: jti must be 1-128 characters")
     if claims.aud not in audiences:
         raise reject("rejected", 403, f"audience {claims.aud!r} is not this box")
+    if not (math.isfinite(claims.iat) and math.isfinite(claims.exp)):
+        raise reject("rejected", 400, "bad claims: iat and exp must be finite numbers")
     if claims.exp <= claims.iat:
         raise reject("rejected", 400, "bad claims: exp is not after iat")
     if clock_synced and now > claims.exp + leeway_s:

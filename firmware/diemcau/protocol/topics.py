@@ -35,7 +35,7 @@ _TOPIC_RE = re.compile(
 
 def check_name(name: str, what: str = "name") -> str:
     """Return ``name`` if it is a valid device id or group code, else raise ValueError."""
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # fullmatch: '$' alone lets a final '\n' through
         raise ValueError(
             f"{what} {name!r} is not valid: use 1-64 lower-case letters, digits, '-' or '_'"
         )
@@ -69,7 +69,7 @@ class ParsedTopic:
 
 def parse_topic(topic: str) -> ParsedTopic | None:
     """Parse a protocol v1 topic; None when it is not one."""
-    m = _TOPIC_RE.match(topic)
+    m = _TOPIC_RE.fullmatch(topic)  # fullmatch: a final "\n" is not part of a topic
     if m is None:
         return None
     if m["group"]:
