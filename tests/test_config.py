@@ -6,6 +6,7 @@ prints the effective configuration with secrets masked and exits 2 on problems.
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -484,7 +485,9 @@ def mutated_dicts(draw: st.DrawFn) -> dict[str, Any]:
         if key in node and draw(st.integers(0, 4)) == 0:
             del node[key]
         else:
-            node[key] = draw(PLAUSIBLE if draw(st.integers(0, 3)) > 0 else TOML_VALUES)
+            # A copy: a drawn table is mutated by later steps and must not leak into
+            # the next example.
+            node[key] = copy.deepcopy(draw(PLAUSIBLE if draw(st.integers(0, 3)) > 0 else TOML_VALUES))
     return data
 
 

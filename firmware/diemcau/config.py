@@ -13,6 +13,7 @@ complete files.
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -244,6 +245,11 @@ def _semantic_problems(cfg: Config) -> list[str]:
             problems.append(f"mqtt.tls.{key}: no such file {value!r}")
     if bool(cfg.mqtt.tls.cert_file) != bool(cfg.mqtt.tls.key_file):
         problems.append("mqtt.tls: cert_file and key_file go together")
+    for key, value in _numbers(msgspec.to_builtins(cfg)):
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key}: must be a finite number")
+    if not cfg.commands.media_hosts:
+        problems.append("commands.media_hosts: list at least one media server host")
     if cfg.health.interval_s < 1:
         problems.append("health.interval_s: must be at least 1")
     if cfg.outbox.max_messages < 10:
@@ -251,6 +257,12 @@ def _semantic_problems(cfg: Config) -> list[str]:
     if cfg.media.channels not in (1, 2):
         problems.append("media.channels: 1 or 2")
     return problems
+
+
+def _numbers(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        return [pair for k, v in node.items() for pair in _numbers(v, f"{path}{k}.")]
+    return [(path.rstrip("."), node)]
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

@@ -414,6 +414,10 @@ def handle_stream(room: Room, state: str, detail: str = "", fatal: bool = False)
         new = replace(room, state="error", pending_join=None, last_error=detail)
         return Outcome(new, replies, (StopMedia(), EmitEvent("error", room.meeting_id, detail)))
 
+    if state == "off" and room.state in IN_MEETING:
+        # Media ends only when asked to; ending by itself mid-meeting is an error.
+        return handle_stream(room, "error", detail or "media stopped unexpectedly", fatal=True)
+
     if state in ("reconnecting", "error") and room.state in IN_MEETING:
         return Outcome(room, (), (EmitEvent("stream_" + state, room.meeting_id, detail),))
     return Outcome(room)
