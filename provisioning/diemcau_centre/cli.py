@@ -1,0 +1,198 @@
+"""The ``diemcau-centre`` console: the centre's keys, commands to boxes, the fleet's state.
+
+    diemcau-centre keys init --dir /etc/diemcau/centre
+    diemcau-centre keys show
+    diemcau-centre send c00001-r1 audio.volume --arg percent=30
+    diemcau-centre send group:p01 meeting.invite --arg meeting_id=hop-tinh-2024
+    diemcau-centre devices [--json] [--match 'c00001-*']
+    diemcau-centre watch [--once] [--interval 1]
+
+The configuration is ``--config FILE``, else ``$DIEMCAU_CENTRE_CONFIG``, else
+/etc/diemcau/centre.toml. See docs/centre.md.
+
+Exit codes: 0 done (for ``send``: succeeded or accepted), 1 the command did
+not succeed or got no reply (or a key would be overwritten), 2 bad command
+line or configuration, 3 the broker cannot be reached or refused us,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from diemcau.config import ConfigError
+from diemcau.protocol import key_id
+
+from . import __version__, console
+from .config import DEFAULT_PATH, ENV_VAR, CentreConfig, config_path, load_config
+from .keys import KeyExists, box_config_line, init_keys, load_signing_key
+from .mqtt import MqttError, Session
+from .send import UsageError, build_args, check_command, parse_target, send
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _ttl(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 24 * 3600:
+        raise argparse.ArgumentTypeError("must be 1-86400 seconds")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --config and -v are accepted before and after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                        help=f"configuration file (default ${ENV_VAR}, else {DEFAULT_PATH})")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log what the console does, to stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="diemcau-centre", parents=[common],
+        description="Command and watch diemcau boxes from the centre.",
+        epilog="exit codes: 0 done, 1 command failed or no reply, 2 bad usage or "
+               "configuration, 3 broker unreachable or refused us")
+    parser.add_argument("--version", action="version", version=f"diemcau-centre {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    keys = sub.add_parser("keys", help="the centre's signing key")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = keys_sub.add_parser("init", parents=[common], help="make the centre's Ed25519 key pair")
+    init.add_argument("--dir", default=".", type=Path,
+                      help="where to write centre-signing.key and .pub (default: here)")
+    init.add_argument("--force", action="store_true", help="replace an existing key pair")
+    show = keys_sub.add_parser("show", parents=[common],
+                               help="print the kid and the line for a box's config")
+    show.add_argument("--key", type=Path, help="private key file (default: signing.key_file)")
+
+    send = sub.add_parser("send", parents=[common], help="send a signed command, wait for replies")
+    send.add_argument("target", metavar="TARGET", help="a device id, or group:CODE (group:p01)")
+    send.add_argument("cmd", metavar="CMD", help="command name, like meeting.join")
+    send.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                      help="an argument; VALUE is JSON if it parses (true, 30), else text")
+    send.add_argument("--json", dest="json_args", metavar="OBJECT",
+                      help="arguments as one JSON object (--arg values win)")
+    send.add_argument("--ttl", type=_ttl, default=120, metavar="S",
+                      help="the command expires after S seconds (default 120)")
+    send.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
+                      help="wait S seconds for replies (default 10)")
+
+    dev = sub.add_parser("devices", parents=[common], help="list the boxes the broker knows")
+    dev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dev.add_argument("--match", metavar="PATTERN", help="only device ids like PATTERN (c00001-*)")
+    dev.add_argument("--max-wait", type=_positive, default=10.0, metavar="S",
+                     help="stop collecting after S seconds (default 10)")
+
+    watch = sub.add_parser("watch", parents=[common], help="a live table of the boxes")
+    watch.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    watch.add_argument("--interval", type=_positive, default=1.0, metavar="S",
+                       help="redraw every S seconds (default 1)")
+    watch.add_argument("--match", metavar="PATTERN", help="only device ids like PATTERN")
+    watch.add_argument("--max-wait", type=_positive, default=10.0, metavar="S",
+                       help="wait at most S seconds for the retained state (default 10)")
+    return parser
+
+
+def _keys_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        pair = init_keys(args.dir, force=args.force)
+    except OSError as exc:
+        print(f"diemcau-centre: cannot write the key pair in {args.dir}: {exc}", file=err)
+        return EXIT_FAILED
+    print(f"wrote {pair.private_file} (private, mode 0600) and {pair.public_file}", file=out)
+    print(f"kid: {pair.kid}", file=out)
+    print("\nFor the centre's configuration:\n", file=out)
+    print(f'  [signing]\n  key_file = "{pair.private_file.resolve()}"', file=out)
+    print("\nFor each box's configuration, in its [commands] centre_keys table:\n", file=out)
+    print(f"  {box_config_line(pair.public_key)}", file=out)
+    return EXIT_OK
+
+
+def _signing(cfg: CentreConfig) -> tuple[Ed25519PrivateKey, str]:
+    """The centre's private key and its kid (configured, else derived from the key)."""
+    if not cfg.signing.key_file:
+        raise ConfigError("signing", ["signing.key_file: not set; sending needs the centre's "
+                                      "key (make one with `diemcau-centre keys init`)"])
+    key = load_signing_key(cfg.signing.key_file)
+    return key, cfg.signing.kid or key_id(key.public_key())
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command == "keys" and args.keys_command == "init":
+        return _keys_init(args, out, err)
+    if args.command == "keys" and args.keys_command == "show" and args.key:
+        key = load_signing_key(args.key, "--key")
+        print(f"kid: {key_id(key.public_key())}\n{box_config_line(key.public_key())}", file=out)
+        return EXIT_OK
+
+    cfg = load_config(config_path(getattr(args, "config", None)))
+    if args.command == "keys":
+        key, kid = _signing(cfg)
+        print(f"kid: {kid}\n{box_config_line(key.public_key(), kid)}", file=out)
+        return EXIT_OK
+
+    if args.command == "send":
+        target = parse_target(args.target)
+        cmd = check_command(args.cmd)
+        cmd_args = build_args(cmd, args.arg, args.json_args)
+        key, kid = _signing(cfg)
+        with Session(cfg.mqtt, cfg.client_id) as session:
+            session.open()
+            return send(session, key, kid, target, cmd, cmd_args,
+                        ttl_s=args.ttl, timeout_s=args.timeout, out=out, err=err)
+
+    with Session(cfg.mqtt, cfg.client_id) as session:
+        session.open()
+        if args.command == "devices":
+            return console.devices(session, as_json=args.json, match=args.match,
+                                   max_wait_s=args.max_wait, out=out, err=err)
+        return console.watch(session, once=args.once, interval_s=args.interval,
+                             match=args.match, max_wait_s=args.max_wait, out=out, err=err)
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None,
+         err: TextIO | None = None) -> int:
+    """Run one console command; return its exit code."""
+    out, err = out or sys.stdout, err or sys.stderr
+    for stream in (out, err):
+        # A site name in Vietnamese must not crash a console on an ASCII terminal.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else
+                        logging.WARNING, format=LOG_FORMAT, stream=err)
+    try:
+        return _run(args, out, err)
+    except ConfigError as exc:
+        print(exc.report(), file=err)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"diemcau-centre: {exc}", file=err)
+        return EXIT_USAGE
+    except KeyExists as exc:
+        print(f"diemcau-centre: refusing to overwrite: {exc}", file=err)
+        return EXIT_FAILED
+    except MqttError as exc:
+        print(f"diemcau-centre: {exc}", file=err)
+        return EXIT_BROKER
+    except KeyboardInterrupt:
+        # watch ends this way; for send, the command may still arrive and run.
+        return EXIT_OK if args.command == "watch" else EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

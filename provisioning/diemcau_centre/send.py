@@ -1,0 +1,268 @@
+"""Send one signed command to a box or a group, and report what comes back.
+
+The pure parts (target, arguments, matching replies, the exit code) are apart
+from :func:`send`, which does the I/O through a :class:`~diemcau_centre.mqtt.Session`.
+
+    target = parse_target("group:p01")
+    args = build_args("audio.volume", ["percent=30"])
+    code = send(session, key, kid, target, "audio.volume", args, out=sys.stdout, err=sys.stderr)
+
+Exit codes: 0 when the (last) answer is ``succeeded`` or ``accepted`` (for a
+group: at least one answer, and all of them so), else 1.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+import types
+import typing
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Literal, TextIO
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from diemcau.core.meeting import ARGS
+from diemcau.protocol import (
+    COMMAND_NAMES,
+    FINAL_STATUSES,
+    Reply,
+    State,
+    check_name,
+    decode,
+    device_topic,
+    group_cmd_topic,
+    parse_topic,
+    sign_command,
+)
+
+from .fleet import GONE_STATES, clean
+from .mqtt import Connected, Disconnected, MqttError, Received, Session
+
+OK_STATUSES = frozenset({"succeeded", "accepted"})
+
+
+class UsageError(Exception):
+    """The command line asks for something that cannot be sent (exit code 2)."""
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    aud: str  # the command's audience claim: a device id or group:{group}
+    cmd_topic: str
+    reply_filter: str
+    device: str | None  # None for a group
+
+    @property
+    def is_group(self) -> bool:
+        return self.device is None
+
+
+def parse_target(text: str) -> Target:
+    """``c00001-r1`` (one box) or ``group:p01`` (every box of a group)."""
+    try:
+        if text.startswith("group:"):
+            group = check_name(text.removeprefix("group:"), "group")
+            return Target(text, group_cmd_topic(group), device_topic("+", "reply"), None)
+        dev = check_name(text, "device id")
+        return Target(dev, device_topic(dev, "cmd"), device_topic(dev, "reply"), dev)
+    except ValueError as exc:
+        raise UsageError(f"TARGET: {exc}") from None
+
+
+def check_command(name: str) -> str:
+    if name not in COMMAND_NAMES:
+        close = difflib.get_close_matches(name, COMMAND_NAMES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UsageError(f"CMD: unknown command {name!r}{hint}; known: {', '.join(COMMAND_NAMES)}")
+    return name
+
+
+def _takes_text(typ: Any) -> bool:
+    if typ is str:
+        return True
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(typ))
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_text(a) for a in typing.get_args(typ) if a is not type(None))
+    return False
+
+
+def build_args(cmd: str, pairs: list[str] | None = None, json_text: str | None = None
+               ) -> dict[str, Any]:
+    """Arguments from ``--json '{...}'`` then ``--arg k=v`` pairs, checked against the command.
+
+    A value is read as JSON when it parses (``true``, ``30``, ``[1]``), else as
+    text; an argument that is text for the command (a meeting id, a URL) is
+    always text, so ``--arg meeting_id=2024`` stays ``"2024"``.
+    """
+    args: dict[str, Any] = {}
+    if json_text is not None:
+        try:
+            loaded = json.loads(json_text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise UsageError(f"--json: not valid JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise UsageError("--json: must be a JSON object, like '{\"percent\": 30}'")
+        args.update(loaded)
+    schema = ARGS.get(cmd)
+    text_fields = {f.name for f in msgspec.structs.fields(schema) if _takes_text(f.type)
+                   } if schema else set()
+    seen: set[str] = set()
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--arg {pair!r}: expected KEY=VALUE")
+        if key in seen:
+            raise UsageError(f"--arg {key}: given twice")
+        seen.add(key)
+        if key in text_fields:
+            args[key] = raw
+            continue
+        try:
+            args[key] = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError):
+            args[key] = raw
+    if schema is not None:
+        # The box checks again; this catches a typo before it reaches a thousand boxes.
+        try:
+            msgspec.convert(args, schema)
+        except msgspec.ValidationError as exc:
+            text, _, where = str(exc).partition(" - at `$")
+            text = text.replace("`", "")
+            raise UsageError(f"args{where.rstrip('`')}: {text[:1].lower()}{text[1:]} "
+                             f"(for {cmd})") from None
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLine:
+    device: str
+    reply: Reply
+    latency_ms: float
+
+    def text(self) -> str:
+        r = self.reply
+        detail = clean(r.detail, 200)
+        if r.status == "duplicate" and r.first_status:
+            detail = f"{detail} [first: {r.first_status}]".strip()
+        return f"{self.device}  {r.status:<11} {r.code:>3}  {detail or '-'}  ({self.latency_ms:.0f} ms)"
+
+
+class Replies:
+    """The replies to one command (matched by id), and what they add up to."""
+
+    def __init__(self, jti: str, target: Target, sent_at: float) -> None:
+        self.jti = jti
+        self.target = target
+        self.sent_at = sent_at  # time.monotonic() at publish
+        self.last: dict[str, Reply] = {}  # device -> its latest reply
+
+    def take(self, topic: str, payload: bytes, at_mono: float) -> ReplyLine | None:
+        """A reply to this command, or None for anything else (other commands, garbage)."""
+        parsed = parse_topic(topic)
+        if parsed is None or parsed.kind != "reply" or parsed.dev is None:
+            return None
+        if self.target.device is not None and parsed.dev != self.target.device:
+            return None
+        try:
+            reply = decode(payload, Reply)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            return None
+        if reply.id != self.jti:
+            return None
+        self.last[parsed.dev] = reply
+        return ReplyLine(parsed.dev, reply, (at_mono - self.sent_at) * 1000.0)
+
+    @property
+    def finished(self) -> bool:
+        """For one box: its final answer came. A group is never known to be finished."""
+        dev = self.target.device
+        return dev is not None and dev in self.last and self.last[dev].status in FINAL_STATUSES
+
+    def counts(self) -> Counter[str]:
+        return Counter(r.status for r in self.last.values())
+
+    def exit_code(self) -> int:
+        if not self.last:
+            return 1
+        return 0 if all(r.status in OK_STATUSES for r in self.last.values()) else 1
+
+    def summary(self) -> str:
+        counts = self.counts()
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        return f"{self.target.aud}: {len(self.last)} box(es) answered: {parts or 'none'}"
+
+
+def no_reply_message(target: Target, timeout_s: float, ttl_s: int, state: State | None) -> str:
+    """Why a box may not have answered, from what the broker retained about it."""
+    text = f"no reply from {target.aud} within {timeout_s:g} s"
+    if state is None:
+        return text + (f": no box {target.aud} has ever announced itself on this broker "
+                       "(check the device id)")
+    if state.state in GONE_STATES:
+        return text + (f": the box is {state.state} (session {state.session}); the broker keeps"
+                       f" the command for it for {ttl_s} s in case it comes back")
+    return text + (f": the box is {state.state} (session {state.session}) but did not answer; "
+                   f"it may be overloaded or its link down")
+
+
+# ---------------------------------------------------------------- I/O
+
+
+def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
+         args: dict[str, Any], *, ttl_s: int = 120, timeout_s: float = 10.0,
+         out: TextIO, err: TextIO) -> int:
+    """Sign, publish and wait for the replies, printing each; return the exit code."""
+    state_topic = device_topic(target.device, "state") if target.device else None
+    # Subscribe first: a box on loopback answers faster than a late subscription.
+    session.subscribe([target.reply_filter] + ([state_topic] if state_topic else []))
+    jti = uuid.uuid4().hex
+    token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti)
+    sent_at = session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s)
+    replies = Replies(jti, target, sent_at)
+    print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s); waiting up to "
+          f"{timeout_s:g} s for replies", file=err, flush=True)
+
+    state: State | None = None
+    deadline = sent_at + timeout_s
+    while not replies.finished:
+        got = session.receive(deadline - time.monotonic())
+        if got is None:
+            break
+        if isinstance(got, Disconnected):
+            raise MqttError(f"lost the connection to the broker while waiting for replies "
+                            f"({got.reason}); the command was sent and may still run")
+        if isinstance(got, Connected):
+            continue
+        if isinstance(got, Received) and got.topic == state_topic:
+            try:
+                state = decode(got.payload, State)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                state = None
+            continue
+        line = replies.take(got.topic, got.payload, got.at_mono)
+        if line is not None:
+            print(line.text(), file=out, flush=True)
+
+    if target.is_group:
+        print(replies.summary(), file=out, flush=True)
+        if not replies.last:
+            print(f"no replies from {target.aud} within {timeout_s:g} s", file=err)
+        return replies.exit_code()
+    if not replies.last:
+        print(no_reply_message(target, timeout_s, ttl_s, state), file=err)
+        return 1
+    last = replies.last[target.aud]
+    if last.status not in FINAL_STATUSES:
+        print(f"no final result within {timeout_s:g} s; the last answer was {last.status}",
+              file=err)
+    return replies.exit_code()

@@ -1,0 +1,590 @@
+"""The ``diemcau-centre`` console: keys, configuration, and against a real Mosquitto,
+``devices``, ``watch`` and ``send`` (with a stand-in box that answers commands)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+
+from diemcau.protocol import (
+    Alert,
+    Meta,
+    Reply,
+    Site,
+    State,
+    Status,
+    alert_topic,
+    device_topic,
+    encode,
+    group_cmd_topic,
+    key_id,
+    public_key_from_text,
+    verify_command,
+)
+from diemcau_centre.cli import main
+from diemcau_centre.keys import load_signing_key
+from diemcau_centre.send import Replies, UsageError, build_args, check_command, parse_target
+from tests.harness.broker import Broker, free_port
+
+T0 = 1_700_000_000.0
+
+
+def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """The console in this process, as a shell would run it."""
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def write_config(path: Path, port: int, key_file: Path | None = None, extra: str = "",
+                 tls: str = "enabled = false") -> Path:
+    signing = f'[signing]\nkey_file = "{key_file}"\n' if key_file else ""
+    path.write_text(f'client_id = "centre-test"\n{extra}\n[mqtt]\nhost = "127.0.0.1"\n'
+                    f"port = {port}\n[mqtt.tls]\n{tls}\n{signing}")
+    return path
+
+
+# ---------------------------------------------------------------- keys
+
+
+def test_keys_init_writes_a_private_key_only_its_owner_can_read(tmp_path: Path) -> None:
+    code, out, _ = run("keys", "init", "--dir", str(tmp_path / "keys"))
+    assert code == 0
+    private, public = tmp_path / "keys" / "centre-signing.key", tmp_path / "keys" / "centre-signing.pub"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(public.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    key = load_signing_key(private)
+    kid = key_id(key.public_key())
+    assert f"kid: {kid}" in out
+    assert public_key_from_text(public.read_text()) == key.public_key()
+    # The printed line pastes into a box's [commands] centre_keys table as it is.
+    line = next(ln.strip() for ln in out.splitlines() if ln.strip().startswith(f'"{kid}"'))
+    table = tomllib.loads(f"[commands.centre_keys]\n{line}")["commands"]["centre_keys"]
+    assert public_key_from_text(table[kid]) == key.public_key()
+    assert not [p for p in (tmp_path / "keys").iterdir() if p.name.startswith(".")]
+
+
+def test_keys_init_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
+    assert run("keys", "init", "--dir", str(tmp_path))[0] == 0
+    before = (tmp_path / "centre-signing.key").read_bytes()
+    code, _, err = run("keys", "init", "--dir", str(tmp_path))
+    assert code == 1 and "already exists" in err and "--force" in err
+    assert (tmp_path / "centre-signing.key").read_bytes() == before
+    (tmp_path / "centre-signing.key").unlink()  # a lone public key is not overwritten either
+    assert run("keys", "init", "--dir", str(tmp_path))[0] == 1
+    assert not (tmp_path / "centre-signing.key").exists()
+    assert run("keys", "init", "--dir", str(tmp_path), "--force")[0] == 0
+    assert stat.S_IMODE((tmp_path / "centre-signing.key").stat().st_mode) == 0o600
+
+
+def test_keys_show_prints_the_configured_kid(tmp_path: Path) -> None:
+    run("keys", "init", "--dir", str(tmp_path))
+    key = load_signing_key(tmp_path / "centre-signing.key")
+    cfg = write_config(tmp_path / "centre.toml", 1883, Path("centre-signing.key"))
+    cfg.write_text(cfg.read_text() + 'kid = "hanoi-2025"\n')
+    code, out, _ = run("keys", "show", "--config", str(cfg))
+    assert code == 0 and out.startswith("kid: hanoi-2025\n")
+    assert out.splitlines()[1].startswith('"hanoi-2025" = ')
+    code, out, _ = run("keys", "show", "--key", str(tmp_path / "centre-signing.key"))
+    assert code == 0 and f"kid: {key_id(key.public_key())}" in out
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[mqtt]\nhost = "b"\nprot = 1', ["mqtt.prot: unknown key (did you mean 'port'?)"]),
+    ('[mqtt]\nhost = "b"\nport = "x"', ["mqtt.port: expected int, got str"]),
+    ('[mqtt]\nhost = "b"\n[mqtt.tls]\nenabled = "yes"', ["mqtt.tls.enabled: expected bool"]),
+    ('[mqtt]\nhost = "b"\n[signing]\nkye_file = "k"',
+     ["signing.kye_file: unknown key (did you mean 'key_file'?)"]),
+    ('[mqtt]\nhost = "b"\n[signing]\nkey_file = "nope.key"', ["signing.key_file: no such file"]),
+    ('[mqtt]\nhost = "b"\n[signing]\nkid = "a b"', ["signing.kid: 1-64 letters"]),
+    ('clientid = "x"\n[mqtt]\nhost = "b"',
+     ["clientid: unknown key (did you mean 'client_id'?)"]),
+    ('[signing]\nkid = "k"', ["mqtt: missing section [mqtt]"]),
+    ('[mqtt]\nhost = "b"\nport = 0\n[mqtt.tls]\ncert_file = "c.pem"',
+     ["mqtt.port: 0 is not a TCP port", "mqtt.tls.cert_file: no such file",
+      "mqtt.tls: cert_file and key_file go together"]),
+    ("[mqtt\n", ["not valid TOML"]),
+])
+def test_config_problems_exit_2_naming_the_key(tmp_path: Path, text: str,
+                                               expected: list[str]) -> None:
+    cfg = tmp_path / "centre.toml"
+    cfg.write_text(text)
+    code, out, err = run("devices", "--config", str(cfg))
+    assert code == 2 and out == ""
+    assert err.startswith(f"configuration {cfg} has {len(expected)} problem(s):")
+    for problem in expected:
+        assert problem in err
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    cfg = tmp_path / "centre.toml"
+    cfg.write_text('[mqtt]\nhost = 1\nport = "x"\nkeepalive = 3\n[signing]\nkid = 4')
+    code, _, err = run("watch", "--once", "--config", str(cfg))
+    assert code == 2 and "has 4 problem(s)" in err
+    for key in ("mqtt.host", "mqtt.port", "mqtt.keepalive:", "signing.kid"):
+        assert key in err
+
+
+def test_the_config_comes_from_the_environment_when_not_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIEMCAU_CENTRE_CONFIG", str(tmp_path / "from-env.toml"))
+    code, _, err = run("devices")
+    assert code == 2 and f"{tmp_path / 'from-env.toml'}" in err and "file not found" in err
+    code, _, err = run("devices", "--config", str(tmp_path / "given.toml"))
+    assert code == 2 and "given.toml" in err
+
+
+def test_send_refuses_a_key_others_can_read(tmp_path: Path) -> None:
+    run("keys", "init", "--dir", str(tmp_path))
+    (tmp_path / "centre-signing.key").chmod(0o644)
+    cfg = write_config(tmp_path / "centre.toml", 1883, Path("centre-signing.key"))  # relative
+    code, _, err = run("send", "c00001-r1", "health.report", "--config", str(cfg))
+    assert code == 2 and "signing.key_file: readable by other users (mode 0644)" in err
+    assert f"chmod 600 {tmp_path / 'centre-signing.key'}" in err
+
+
+def test_send_needs_a_signing_key(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "centre.toml", 1883)
+    code, _, err = run("send", "c00001-r1", "health.report", "--config", str(cfg))
+    assert code == 2 and "signing.key_file: not set" in err
+
+
+def test_send_refuses_a_file_that_is_not_an_ed25519_key(tmp_path: Path) -> None:
+    bad = tmp_path / "centre-signing.key"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    bad.chmod(0o600)
+    cfg = write_config(tmp_path / "centre.toml", 1883, bad)
+    code, _, err = run("send", "c00001-r1", "health.report", "--config", str(cfg))
+    assert code == 2 and "signing.key_file: not an unencrypted PEM private key" in err
+
+
+def test_an_unreachable_broker_exits_3(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "centre.toml", free_port())
+    code, _, err = run("devices", "--config", str(cfg))
+    assert code == 3 and "cannot reach the broker at 127.0.0.1:" in err
+
+
+# ---------------------------------------------------------------- send: the pure parts
+
+
+def test_args_are_json_when_they_parse_and_text_otherwise() -> None:
+    assert build_args("audio.volume", ["percent=30"]) == {"percent": 30}
+    assert build_args("config.set", ["muted=true", "name=Phòng họp", "list=[1,2]"]) == {
+        "muted": True, "name": "Phòng họp", "list": [1, 2]}
+    # A meeting id that looks like a number is still the text the box expects.
+    args = build_args("meeting.join", ["meeting_id=2024", "publish=srt://m.gov.vn:9000",
+                                       "muted=true"])
+    assert args == {"meeting_id": "2024", "publish": "srt://m.gov.vn:9000", "muted": True}
+    assert build_args("audio.volume", ["percent=40"], '{"percent": 30}') == {"percent": 40}
+
+
+@pytest.mark.parametrize(("cmd", "pairs", "json_text", "message"), [
+    ("audio.volume", ["percent=loud"], None, "args.percent: expected int, got str"),
+    ("audio.volume", [], None, "missing required field `percent`".replace("`", "")),
+    ("audio.mute", ["now=1"], None, "unknown field"),
+    ("audio.volume", ["percent"], None, "expected KEY=VALUE"),
+    ("audio.volume", ["percent=1", "percent=2"], None, "given twice"),
+    ("audio.volume", [], "[30]", "must be a JSON object"),
+    ("audio.volume", [], "{", "not valid JSON"),
+])
+def test_bad_args_are_refused_before_sending(cmd: str, pairs: list[str], json_text: str | None,
+                                             message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_args(cmd, pairs, json_text)
+
+
+def test_targets_and_command_names() -> None:
+    one = parse_target("c00001-r1")
+    assert (one.aud, one.cmd_topic, one.reply_filter) == (
+        "c00001-r1", device_topic("c00001-r1", "cmd"), device_topic("c00001-r1", "reply"))
+    group = parse_target("group:p01")
+    assert group.is_group and group.cmd_topic == group_cmd_topic("p01")
+    assert group.reply_filter == "diemcau/v1/dev/+/reply"
+    for bad in ("C00001", "group:", "group:a/b", "dev/#", ""):
+        with pytest.raises(UsageError, match="TARGET"):
+            parse_target(bad)
+    with pytest.raises(UsageError, match="did you mean 'meeting.join'"):
+        check_command("meeting.joni")
+
+
+def reply(jti: str, status: str, code: int = 200, detail: str = "") -> bytes:
+    return encode(Reply(id=jti, cmd="meeting.join", status=status, code=code,  # type: ignore[arg-type]
+                        detail=detail, ts=T0))
+
+
+def test_replies_to_one_box_finish_on_a_final_status() -> None:
+    replies = Replies("j1", parse_target("c00001-r1"), sent_at=100.0)
+    topic = device_topic("c00001-r1", "reply")
+    assert replies.take(topic, reply("other", "succeeded"), 100.1) is None
+    assert replies.take(device_topic("c00002-r1", "reply"), reply("j1", "failed"), 100.1) is None
+    assert replies.take(topic, b"garbage", 100.1) is None
+    line = replies.take(topic, reply("j1", "accepted", 202, "joining m1"), 100.0123)
+    assert line is not None and line.text() == "c00001-r1  accepted    202  joining m1  (12 ms)"
+    assert not replies.finished and replies.exit_code() == 0
+    replies.take(topic, reply("j1", "succeeded", 200, "live in m1"), 100.5)
+    assert replies.finished and replies.exit_code() == 0
+    replies.take(topic, reply("j1", "failed", 500, "camera gone"), 100.6)
+    assert replies.exit_code() == 1
+
+
+def test_replies_from_a_group_add_up() -> None:
+    replies = Replies("j1", parse_target("group:p01"), sent_at=0.0)
+    assert replies.exit_code() == 1  # nobody answered
+    for dev, status in (("a", "accepted"), ("a", "succeeded"), ("b", "succeeded")):
+        replies.take(device_topic(dev, "reply"), reply("j1", status), 0.1)
+    assert replies.exit_code() == 0 and not replies.finished
+    replies.take(device_topic("c", "reply"), reply("j1", "rejected", 409, "busy"), 0.1)
+    assert replies.exit_code() == 1
+    assert replies.summary() == "group:p01: 3 box(es) answered: 2 succeeded, 1 rejected"
+
+
+# ---------------------------------------------------------------- against a real Mosquitto
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path / "broker") as b:
+        yield b
+
+
+@pytest.fixture
+def centre(tmp_path: Path, broker: Broker) -> Path:
+    """A key pair and a config for the console, next to each other."""
+    run("keys", "init", "--dir", str(tmp_path / "centre"))
+    return write_config(tmp_path / "centre" / "centre.toml", broker.port,
+                        Path("centre-signing.key"))
+
+
+def cli(*argv: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    """The console as its own process, exactly as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "diemcau_centre", *argv], capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+
+
+def mqtt_client(broker: Broker, name: str) -> paho.Client:
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+def publish(broker: Broker, messages: list[tuple[str, bytes]], retain: bool = True) -> None:
+    client = mqtt_client(broker, "test-publisher")
+    try:
+        for topic, payload in messages:
+            client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def site(name: str) -> Site:
+    return Site(name=name, province="p01", district="d001", commune="c00001")
+
+
+def fleet_messages() -> list[tuple[str, bytes]]:
+    def meta(name: str, firmware: str) -> bytes:
+        return encode(Meta(model="Raspberry Pi 4", serial="1", firmware=firmware,
+                           capabilities=[], site=site(name), groups=["p01"],
+                           config_version="1", ts=T0))
+
+    return [
+        (device_topic("c00001-r1", "state"), encode(State(state="ready", session=7, ts=T0))),
+        (device_topic("c00001-r1", "meta"), meta("UBND xã Đông Anh", "0.1.0")),
+        (device_topic("c00001-r1", "status"),
+         encode(Status(meeting_state="live", meeting_id="hop-2025", muted=True, ts=T0))),
+        (alert_topic("c00001-r1", "temperature_high"),
+         encode(Alert(code="temperature_high", severity="critical", detail="83 °C", since=T0))),
+        (alert_topic("c00001-r1", "disk_low"),
+         encode(Alert(code="disk_low", severity="warning", detail="300 MB", since=T0))),
+        (alert_topic("c00001-r1", "disk_low"), b""),  # cleared: the broker forgets it
+        (device_topic("c00002-r1", "state"), encode(State(state="lost", session=3, ts=T0))),
+        (device_topic("c00002-r1", "meta"), meta("UBND xã Vân Nội", "0.0.9")),
+        (device_topic("c00003-r1", "state"), encode(State(state="ready", session=1, ts=T0))),
+        (device_topic("c00003-r1", "status"), b'{"meeting_state": "dancing"}'),
+    ]
+
+
+def rows(text: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split() for line in text.splitlines()
+            if line.startswith("c0000")}
+
+
+@pytest.mark.e2e
+def test_devices_lists_what_the_broker_retained(broker: Broker, centre: Path) -> None:
+    publish(broker, fleet_messages())
+    result = cli("devices", "--config", str(centre))
+    assert result.returncode == 0, result.stderr
+    table = rows(result.stdout)
+    assert table["c00001-r1"] == ["c00001-r1", "ready", "7", "UBND", "xã", "Đông", "Anh", "0.1.0",
+                                  "live", "hop-2025", "yes", "temperature_high!"]
+    assert table["c00002-r1"][:8] == ["c00002-r1", "lost", "3", "UBND", "xã", "Vân", "Nội",
+                                      "0.0.9"]
+    assert table["c00003-r1"][:3] == ["c00003-r1", "ready", "1"]
+    assert " ".join(table["c00003-r1"][-2:]) == "[bad status]"
+
+    result = cli("devices", "--json", "--match", "c00001-*", "--config", str(centre))
+    records = json.loads(result.stdout)
+    assert [r["device"] for r in records] == ["c00001-r1"]
+    assert list(records[0]["alerts"]) == ["temperature_high"]
+    assert records[0]["meeting_id"] == "hop-2025" and records[0]["muted"] is True
+
+
+@pytest.mark.e2e
+def test_devices_over_tls(tmp_path: Path) -> None:
+    with Broker(tmp_path / "broker", tls=True) as broker:
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pub",
+                             protocol=paho.MQTTv5)
+        client.tls_set(ca_certs=str(broker.ca_file))
+        client.connect("127.0.0.1", broker.port)
+        client.loop_start()
+        client.publish(device_topic("c00001-r1", "state"),
+                       encode(State(state="ready", session=2, ts=T0)), qos=1,
+                       retain=True).wait_for_publish(5)
+        client.disconnect()
+        client.loop_stop()
+        cfg = write_config(tmp_path / "centre.toml", broker.port,
+                           tls=f'ca_file = "{broker.ca_file}"')
+        result = cli("devices", "--config", str(cfg))
+        assert result.returncode == 0, result.stderr
+        assert rows(result.stdout)["c00001-r1"][:3] == ["c00001-r1", "ready", "2"]
+        plain = write_config(tmp_path / "plain.toml", broker.port)  # no TLS: refused
+        assert cli("devices", "--config", str(plain)).returncode == 3
+
+
+@pytest.mark.e2e
+def test_watch_once_prints_one_snapshot(broker: Broker, centre: Path) -> None:
+    publish(broker, fleet_messages())
+    result = cli("watch", "--once", "--config", str(centre))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "3 boxes: 1 lost, 2 ready; 1 live in a meeting; 1 with alerts" in out
+    table = rows(out)
+    assert table["c00001-r1"] == ["c00001-r1", "ready", "live", "hop-2025", "yes", "no", "off",
+                                  "-", "-", "-", "temperature_high!"]
+    assert "\x1b" not in out  # not a terminal: no screen clearing
+
+
+class Output:
+    """What a running console prints, line by line, read on a thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.text = ""
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self._lines.put(line)
+
+    def wait_for(self, wanted: Callable[[str], bool], timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not wanted(self.text):
+            try:
+                self.text += self._lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not seen in time; output so far:\n{self.text}"
+                                         ) from None
+
+
+@pytest.mark.e2e
+def test_watch_ignores_a_late_will_from_an_older_session(broker: Broker, centre: Path) -> None:
+    publish(broker, fleet_messages())
+    proc = subprocess.Popen([sys.executable, "-m", "diemcau_centre", "watch", "--interval", "0.2",
+                             "--config", str(centre)], stdout=subprocess.PIPE, text=True)
+    try:
+        output = Output(proc)
+        output.wait_for(lambda t: "c00001-r1" in t)
+        # The broker sends the will of the box's previous connection, after its birth.
+        publish(broker, [(device_topic("c00001-r1", "state"),
+                          encode(State(state="lost", session=6, ts=T0)))])
+        output.wait_for(lambda t: "ignored a stale 'lost' from session 6" in t)
+        # The table comes before the recent happenings, in the same snapshot.
+        snapshot = output.text.rsplit("diemcau fleet at", 1)[-1]
+        assert rows(snapshot)["c00001-r1"][1] == "ready"
+        # A will from the current session is believed.
+        publish(broker, [(device_topic("c00001-r1", "state"),
+                          encode(State(state="lost", session=7, ts=T0)))])
+        output.wait_for(lambda t: "lost (session 7)" in t)
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        assert proc.wait(10) == 0
+
+
+@pytest.mark.e2e
+def test_watch_carries_on_after_the_broker_restarts(broker: Broker, centre: Path) -> None:
+    publish(broker, fleet_messages())
+    proc = subprocess.Popen([sys.executable, "-m", "diemcau_centre", "watch", "--interval", "0.2",
+                             "--config", str(centre)], stdout=subprocess.PIPE, text=True)
+    try:
+        output = Output(proc)
+        output.wait_for(lambda t: "c00001-r1" in t)
+        broker.restart()
+        output.wait_for(lambda t: "DISCONNECTED, reconnecting" in t)
+        # A clean session forgets subscriptions: this only shows if watch subscribed again.
+        deadline = time.monotonic() + 15
+        while "hand_raised" not in output.text and time.monotonic() < deadline:
+            publish(broker, [(device_topic("c00001-r1", "event"),
+                              b'{"seq": 9, "ts": 1.0, "kind": "hand_raised"}')], retain=False)
+            try:
+                output.wait_for(lambda t: "hand_raised" in t, timeout_s=0.5)
+            except AssertionError:
+                continue
+        assert "hand_raised" in output.text
+        assert "DISCONNECTED" not in output.text.rsplit("diemcau fleet at", 1)[-1]
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(10) == 0
+
+
+class StandInBox:
+    """Answers commands like boxes would: verifies each, then replies as ``script`` says."""
+
+    def __init__(self, broker: Broker, centre: Path, devices: list[str],
+                 script: Callable[[str, Any], list[tuple[str, int, str]]],
+                 groups: tuple[str, ...] = ("p01",)) -> None:
+        key = load_signing_key(centre.parent / "centre-signing.key")
+        self.keys = {key_id(key.public_key()): key.public_key()}
+        self.devices, self.script = devices, script
+        self.expiry: list[int | None] = []
+        self.problems: list[str] = []
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="stand-in",
+                                  protocol=paho.MQTTv5)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect(broker.host, broker.port)
+        topics = [device_topic(d, "cmd") for d in devices] + [group_cmd_topic(g) for g in groups]
+        self.client.subscribe([(t, 1) for t in topics])
+        self.client.loop_start()
+        assert subscribed.wait(5)  # in place before the console sends
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
+        try:
+            self.expiry.append(getattr(message.properties, "MessageExpiryInterval", None))
+            for dev in self.devices:
+                audiences = {dev, "group:p01"}
+                command = verify_command(message.payload, self.keys, audiences, now=time.time())
+                for status, code, detail in self.script(dev, command):
+                    client.publish(device_topic(dev, "reply"), encode(Reply(
+                        id=command.id, cmd=command.cmd, status=status, code=code,  # type: ignore[arg-type]
+                        detail=detail, ts=time.time())), qos=1)
+        except Exception as exc:  # noqa: BLE001 - reported by the test, never kills paho
+            self.problems.append(repr(exc))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.e2e
+def test_send_to_a_box_that_does_not_answer(broker: Broker, centre: Path) -> None:
+    publish(broker, [(device_topic("c00002-r1", "state"),
+                      encode(State(state="lost", session=3, ts=T0)))])
+    started = time.monotonic()
+    result = cli("send", "c00002-r1", "audio.volume", "--arg", "percent=30", "--timeout", "1",
+                 "--config", str(centre))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no reply from c00002-r1 within 1 s: the box is lost (session 3)" in result.stderr
+    assert time.monotonic() - started < 10
+
+    result = cli("send", "c09999-r9", "health.report", "--timeout", "0.5", "--config", str(centre))
+    assert result.returncode == 1
+    assert "no box c09999-r9 has ever announced itself" in result.stderr
+
+
+@pytest.mark.e2e
+def test_send_waits_for_the_final_reply_of_a_join(broker: Broker, centre: Path) -> None:
+    def script(dev: str, command: Any) -> list[tuple[str, int, str]]:
+        assert command.cmd == "meeting.join" and command.aud == dev
+        assert command.args == {"meeting_id": "2025", "publish": "srt://m.gov.vn:9000",
+                                "muted": True}
+        return [("accepted", 202, "joining 2025"), ("succeeded", 200, "live in 2025")]
+
+    box = StandInBox(broker, centre, ["c00001-r1"], script)
+    try:
+        result = cli("send", "c00001-r1", "meeting.join", "--arg", "meeting_id=2025",
+                     "--arg", "publish=srt://m.gov.vn:9000", "--arg", "muted=true",
+                     "--ttl", "60", "--config", str(centre))
+    finally:
+        box.close()
+    assert box.problems == []
+    assert box.expiry and 55 <= (box.expiry[0] or 0) <= 60  # MQTT message expiry = ttl
+    lines = result.stdout.splitlines()
+    assert [ln.split()[:3] for ln in lines] == [["c00001-r1", "accepted", "202"],
+                                                 ["c00001-r1", "succeeded", "200"]]
+    assert lines[1].endswith(" ms)") and "live in 2025" in lines[1]
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.e2e
+def test_send_exits_1_when_the_box_refuses(broker: Broker, centre: Path) -> None:
+    box = StandInBox(broker, centre, ["c00001-r1"],
+                     lambda dev, c: [("rejected", 409, "nothing to leave: the meeting state is idle")])
+    try:
+        result = cli("send", "c00001-r1", "meeting.leave", "--config", str(centre))
+    finally:
+        box.close()
+    assert result.returncode == 1
+    assert result.stdout.split()[:3] == ["c00001-r1", "rejected", "409"]
+
+
+@pytest.mark.e2e
+def test_send_to_a_group_sums_up_the_replies(broker: Broker, centre: Path) -> None:
+    def script(dev: str, command: Any) -> list[tuple[str, int, str]]:
+        assert command.aud == "group:p01"
+        if dev == "c00003-r1":
+            return [("rejected", 409, "not in a meeting")]
+        return [("succeeded", 200, "muted")]
+
+    box = StandInBox(broker, centre, ["c00001-r1", "c00002-r1", "c00003-r1"], script)
+    try:
+        result = cli("send", "group:p01", "audio.mute", "--timeout", "1.5", "--config",
+                     str(centre))
+    finally:
+        box.close()
+    assert box.problems == []
+    assert sorted(ln.split()[0] for ln in result.stdout.splitlines()[:-1]) == [
+        "c00001-r1", "c00002-r1", "c00003-r1"]
+    assert result.stdout.splitlines()[-1] == (
+        "group:p01: 3 box(es) answered: 2 succeeded, 1 rejected")
+    assert result.returncode == 1
+
+    box = StandInBox(broker, centre, ["c00001-r1", "c00002-r1"],
+                     lambda dev, c: [("succeeded", 200, "muted")])
+    try:
+        result = cli("send", "group:p01", "audio.mute", "--timeout", "1", "--config", str(centre))
+    finally:
+        box.close()
+    assert result.stdout.splitlines()[-1] == "group:p01: 2 box(es) answered: 2 succeeded"
+    assert result.returncode == 0
+
+    result = cli("send", "group:d999", "audio.mute", "--timeout", "0.5", "--config", str(centre))
+    assert result.returncode == 1 and "no replies from group:d999" in result.stderr
+
+
+def test_keys_init_needs_no_configuration(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DIEMCAU_CENTRE_CONFIG"}
+    result = subprocess.run([sys.executable, "-m", "diemcau_centre", "keys", "init", "--dir",
+                             str(tmp_path)], capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0 and "kid: " in result.stdout
