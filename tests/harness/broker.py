@@ -137,6 +137,7 @@ class Broker:
             # (as root, Mosquitto would become `mosquitto` and lose its keys).
             f"user {_current_user()}",
             "max_queued_messages 5000",
+            "set_tcp_nodelay true",
         ]
         if self.tls:
             ca, cert, key = make_test_ca(self.workdir / "tls")

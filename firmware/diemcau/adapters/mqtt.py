@@ -97,6 +97,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
         return client
 
     def _set_will(self) -> None:
@@ -204,6 +205,15 @@ class MqttLink:
         if was:
             log.warning("disconnected: %s", reason)
             self._post(LinkDown(str(reason)))
+
+    @_guarded
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # Small messages both ways (command, reply): without this, Nagle's
+        # algorithm holds each reply back for tens of milliseconds.
+        import socket
+
+        if hasattr(sock, "setsockopt"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @_guarded
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
