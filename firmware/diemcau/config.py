@@ -172,17 +172,19 @@ def _known_only(data: Any, struct: type) -> Any:
     return kept
 
 
-def _type_problems(data: dict[str, Any]) -> list[str]:
-    """Type errors, one key at a time so that each is reported."""
-    problems = []
-    data = _known_only(data, Config)
-    fields = {f.name: f for f in msgspec.structs.fields(Config)}
-    for name, field in fields.items():
-        if name not in data:
+def shape_problems(data: dict[str, Any], root: type[msgspec.Struct]) -> list[str]:
+    """Unknown keys and wrong types in parsed TOML against ``root``, every one named.
+
+    Shared with the centre's own configuration, so both read their files alike.
+    """
+    problems = _unknown_keys(data, root, "")
+    data = _known_only(data, root)
+    for field in msgspec.structs.fields(root):
+        if field.name not in data:
             if field.required:
-                problems.append(f"{name}: missing section [{name}]")
+                problems.append(f"{field.name}: missing section [{field.name}]")
             continue
-        problems += _field_problems(name, data[name], field.type)
+        problems += _field_problems(field.name, data[field.name], field.type)
     return problems
 
 
@@ -273,7 +275,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise ConfigError(source, ["not valid TOML: nested too deeply"]) from None
-    problems = _unknown_keys(data, Config, "") + _type_problems(data)
+    problems = shape_problems(data, Config)
     if problems:
         raise ConfigError(source, problems)
     cfg = msgspec.convert(data, Config)

@@ -27,12 +27,11 @@ import secrets
 import socket
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 # The box's own checks, so that both configs report problems the same way.
-from diemcau.config import ConfigError, Mqtt, _field_problems, _known_only, _unknown_keys
+from diemcau.config import ConfigError, Mqtt, shape_problems
 
 ENV_VAR = "DIEMCAU_CENTRE_CONFIG"
 DEFAULT_PATH = "/etc/diemcau/centre.toml"
@@ -55,18 +54,6 @@ def default_client_id() -> str:
     """``centre-<host>-<6 hex>``: readable in the broker's log, unique per run."""
     host = re.sub(r"[^a-z0-9-]", "", socket.gethostname().lower().split(".")[0])[:16]
     return f"centre-{host or 'console'}-{secrets.token_hex(3)}"
-
-
-def _type_problems(data: dict[str, Any]) -> list[str]:
-    problems = []
-    data = _known_only(data, CentreConfig)
-    for field in msgspec.structs.fields(CentreConfig):
-        if field.name not in data:
-            if field.required:
-                problems.append(f"{field.name}: missing section [{field.name}]")
-            continue
-        problems += _field_problems(field.name, data[field.name], field.type)
-    return problems
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -126,7 +113,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise ConfigError(source, ["not valid TOML: nested too deeply"]) from None
-    problems = _unknown_keys(data, CentreConfig, "") + _type_problems(data)
+    problems = shape_problems(data, CentreConfig)
     if problems:
         raise ConfigError(source, problems)
     cfg = _with_paths(msgspec.convert(data, CentreConfig), base or Path.cwd())
