@@ -16,7 +16,7 @@ import logging
 import queue
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -297,7 +297,7 @@ class Supervisor:
         match event:
             case StreamChanged(state=state, detail=detail, fatal=fatal):
                 log.info("stream %s %s", state, detail)
-                self.stream = replace(self.stream, state=state, detail=detail)
+                self.stream = msgspec.structs.replace(self.stream, state=state, detail=detail)
                 if state in ("reconnecting", "error"):
                     if self._stream_failing_since is None:
                         self._stream_failing_since = self._clock()

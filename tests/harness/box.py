@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from diemcau.protocol import generate_signing_key, key_id, public_key_to_text, sign_command
 
 from .broker import Broker
@@ -22,10 +25,17 @@ from .broker import Broker
 class CentreKey:
     """The centre's command-signing key, made fresh for a test."""
 
-    def __init__(self) -> None:
-        self.private = generate_signing_key()
+    def __init__(self, private: Ed25519PrivateKey | None = None) -> None:
+        self.private = private or generate_signing_key()
         self.kid = key_id(self.private.public_key())
         self.public_text = public_key_to_text(self.private.public_key())
+
+    @classmethod
+    def from_file(cls, path: Path) -> CentreKey:
+        """The key ``diemcau-centre keys init`` wrote."""
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        assert isinstance(key, Ed25519PrivateKey)
+        return cls(key)
 
     def sign(self, aud: str, cmd: str, args: dict | None = None, **kw: object) -> str:
         return sign_command(self.private, self.kid, aud=aud, cmd=cmd, args=args, **kw)  # type: ignore[arg-type]

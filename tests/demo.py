@@ -1,0 +1,163 @@
+"""``make demo``: one box joins a meeting, on real parts, on this machine.
+
+Stands up what the centre would have (a Mosquitto broker, an ``ffmpeg`` SRT
+listener as the media server), one box with simulated hardware (a test
+pattern camera, a test tone microphone through ALSA), and drives it with the
+centre's own console, ``diemcau-centre``. Everything it makes is under
+``out/demo/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from diemcau.protocol import Reply, State, Status, decode, device_topic
+from tests.harness.alsa import make_microphone
+from tests.harness.box import Box, CentreKey
+from tests.harness.broker import Broker
+from tests.harness.observer import Observer
+from tests.harness.srt_listener import SrtListener, read_recording, save_frame_png
+
+DEV = "c00001-r1"
+MEETING = "giao-ban-2026-11"
+OUT = Path("out/demo")
+STREAM_S = 10
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m▶ {text}\033[0m", flush=True)
+
+
+def centre(*args: str, config: Path) -> int:
+    """Run the centre's console as an operator would, showing what it prints."""
+    shown = " ".join(a if " " not in a else f"'{a}'" for a in args)
+    print(f"  $ diemcau-centre {shown}", flush=True)
+    cmd = [sys.executable, "-m", "diemcau_centre", "--config", str(config), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        print(f"    {line}")
+    return proc.returncode
+
+
+def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    print("diemcau demo: a commune's meeting box, the centre's broker and media server,")
+    print(f"all on this machine. Logs and recordings go to {OUT}/.")
+
+    say("Starting the centre's side: an MQTT broker (Mosquitto) and a media server (ffmpeg, SRT)")
+    broker = Broker(OUT / "broker")
+    broker.start()
+    media = SrtListener(OUT / "media", latency_ms=120)
+    media.start()
+    print(f"  broker on 127.0.0.1:{broker.port}, media server at {media.url}")
+
+    say("Making the centre's command-signing key")
+    key_dir = OUT / "centre"
+    subprocess.run([sys.executable, "-m", "diemcau_centre", "keys", "init", "--dir",
+                    str(key_dir)], check=True, capture_output=True)
+    centre_key = CentreKey.from_file(key_dir / "centre-signing.key")
+    centre_cfg = key_dir / "centre.toml"
+    centre_cfg.write_text(
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n[mqtt.tls]\nenabled = false\n'
+        f'[signing]\nkey_file = "centre-signing.key"\n')
+    print(f"  key id {centre_key.kid}; the box trusts this key (its config lists it)")
+
+    observer = Observer(broker, centre_key)
+    mic = make_microphone(OUT / "mic", seconds=STREAM_S + 60)
+    box = Box(OUT / "box", broker, centre_key, device_id=DEV, env=mic.env,
+              microphone=mic.pcm, health_interval_s=5)
+    try:
+        say("Plugging in the box (simulated camera: test pattern; microphone: a 1 kHz tone)")
+        started = time.time()
+        box.start()
+        birth = observer.wait_for(lambda m: m.topic == device_topic(DEV, "state"), timeout=15)
+        print(f"  the box said 'ready' {birth.at - started:.2f} s after starting "
+              f"(session {decode(birth.payload, State).session})")
+        centre("devices", config=centre_cfg)
+
+        say("The centre invites the box to a meeting")
+        centre("send", DEV, "meeting.invite", "--arg", f"meeting_id={MEETING}",
+               "--arg", "title=Họp giao ban tháng 11", config=centre_cfg)
+
+        say("The centre tells the box to join: it streams to the media server")
+        centre("send", DEV, "meeting.join", "--arg", f"meeting_id={MEETING}",
+               "--arg", f"publish={media.url}", "--arg", "profile=480p25",
+               "--timeout", "15", config=centre_cfg)
+
+        say(f"Streaming for {STREAM_S} s; the centre's live view of the fleet:")
+        time.sleep(STREAM_S / 2)
+        centre("watch", "--once", config=centre_cfg)
+        say("The centre mutes the box's microphone")
+        centre("send", DEV, "audio.mute", config=centre_cfg)
+        time.sleep(STREAM_S / 2)
+
+        say("The centre tells the box to leave")
+        centre("send", DEV, "meeting.leave", "--timeout", "15", config=centre_cfg)
+        time.sleep(1.0)
+
+        say("Stopping the box (as systemd would, SIGTERM)")
+        code = box.stop()
+        final = observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
+                                  and b"disconnected" in m.payload, timeout=10)
+        print(f"  exit code {code}; last word on its state topic: "
+              f"{decode(final.payload, State).state}")
+    finally:
+        box.stop()
+        recording_path = media.stop()
+        observer.close()
+        broker.stop()
+
+    summary(observer, recording_path)
+    return 0
+
+
+def summary(observer: Observer, recording_path: Path) -> None:
+    say("Summary")
+    rec = read_recording(recording_path)
+    stamped = rec.stamped
+    print(f"  media server received {recording_path} ({recording_path.stat().st_size // 1024} KiB)")
+    print(f"  video: {rec.video_codec} {rec.width}x{rec.height}, {len(rec.frame_numbers)} frames "
+          f"decoded, frame counters {stamped[0] if stamped else '-'}..{stamped[-1] if stamped else '-'}"
+          f" ({'increasing' if stamped == sorted(stamped) else 'OUT OF ORDER'})")
+    if rec.audio_codec:
+        print(f"  audio: {rec.audio_codec} {rec.audio_sample_rate} Hz, "
+              f"{rec.audio.size / max(rec.audio_sample_rate, 1):.1f} s, strongest tone "
+              f"{rec.dominant_frequency_hz():.0f} Hz (the microphone plays 1000 Hz)")
+    png = OUT / "frame.png"
+    number = save_frame_png(recording_path, png, index=len(rec.frame_numbers) // 2)
+    print(f"  one received frame saved as {png} (frame counter {number})")
+
+    print("  meeting states the box reported:")
+    last = None
+    for m in observer.on(device_topic(DEV, "status")):
+        status = decode(m.payload, Status)
+        row = (status.meeting_state, status.muted, status.stream.state)
+        if row != last:
+            print(f"    {time.strftime('%H:%M:%S', time.localtime(m.at))}  "
+                  f"{status.meeting_state:<8} muted={str(status.muted).lower():<5} "
+                  f"stream={status.stream.state}")
+            last = row
+
+    print("  replies (time from the command reaching the broker to the reply):")
+    sent = {}
+    for m in observer.on(device_topic(DEV, "cmd")):
+        import jwt
+
+        sent[jwt.decode(m.payload, options={"verify_signature": False})["jti"]] = m.at
+    for m in observer.on(device_topic(DEV, "reply")):
+        reply = decode(m.payload, Reply)
+        if reply.id in sent:
+            ms = (m.at - sent[reply.id]) * 1000
+            print(f"    {reply.cmd:<15} {reply.status:<10} {reply.code}  {ms:7.1f} ms  {reply.detail}")
+    print(f"\nEverything the demo made is in {OUT}/ (box log: {OUT}/box/box.log).")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
