@@ -1,0 +1,176 @@
+"""``make bench``: the box's figures on this machine, printed beside their budgets.
+
+Nothing here passes or fails: it measures and prints. Each figure is taken on
+real parts (Mosquitto, the real ``diemcau run`` process, an ffmpeg SRT
+listener) on loopback, and shown next to a reference measured in the same run
+where one makes sense (a bare paho round trip for command → reply).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+
+from diemcau.protocol import Reply, decode, device_topic
+from tests.harness.alsa import make_microphone
+from tests.harness.box import Box, CentreKey
+from tests.harness.broker import Broker
+from tests.harness.observer import Observer
+from tests.harness.srt_listener import SrtListener
+
+DEV = "c00001-r1"
+COMMANDS = 1000
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def row(what: str, figure: str, budget: str = "", reference: str = "") -> None:
+    print(f"  {what:<44} {figure:<30} {budget:<14} {reference}")
+
+
+class Pinger:
+    """Sends commands one at a time and times each reply (publish → reply arrival)."""
+
+    def __init__(self, broker: Broker, centre: CentreKey) -> None:
+        self.centre = centre
+        self._got = threading.Event()
+        self._want = ""
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                   client_id=f"bench-{uuid.uuid4().hex[:6]}")
+        self._client.on_message = self._on_message
+        self._client.on_socket_open = lambda c, u, s: s.setsockopt(6, 1, 1)  # TCP_NODELAY
+        self._client.connect(broker.host, broker.port)
+        self._client.subscribe(device_topic(DEV, "reply"), qos=1)
+        self._client.loop_start()
+        time.sleep(0.3)
+
+    def _on_message(self, client, userdata, msg) -> None:  # noqa: ANN001
+        if decode(msg.payload, Reply).id == self._want:
+            self._got.set()
+
+    def round_trip_ms(self, topic: str, token: str, jti: str) -> float:
+        self._want = jti
+        self._got.clear()
+        start = time.perf_counter()
+        self._client.publish(topic, token, qos=1)
+        if not self._got.wait(5):
+            raise TimeoutError(f"no reply to {jti}")
+        return (time.perf_counter() - start) * 1000
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+def echo_reference(broker: Broker, pinger: Pinger) -> list[float]:
+    """The floor: a bare paho client that echoes each message back, no verification."""
+    echo = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                       client_id="bench-echo")
+    echo.on_socket_open = lambda c, u, s: s.setsockopt(6, 1, 1)
+    reply_topic = device_topic(DEV, "reply")
+
+    def bounce(client, userdata, msg) -> None:  # noqa: ANN001
+        jti = msg.payload.decode().split(":", 1)[0]
+        client.publish(reply_topic, f'{{"id":"{jti}","cmd":"x","status":"succeeded","code":200,'
+                                    f'"detail":"","ts":0}}', qos=1)
+
+    echo.on_message = bounce
+    echo.connect(broker.host, broker.port)
+    echo.subscribe("bench/echo", qos=1)
+    echo.loop_start()
+    time.sleep(0.3)
+    times = []
+    for _ in range(COMMANDS):
+        jti = uuid.uuid4().hex
+        times.append(pinger.round_trip_ms("bench/echo", f"{jti}:ping", jti))
+    echo.loop_stop()
+    echo.disconnect()
+    return times
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 1e6
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="diemcau-bench-"))
+    centre = CentreKey()
+    print(f"diemcau benchmarks on {psutil.cpu_count()} cores; loopback; work files in {work}\n")
+    print(f"  {'what':<44} {'measured':<30} {'budget':<14} reference (same run)")
+    with Broker(work / "broker") as broker:
+        observer = Observer(broker, centre)
+        mic = make_microphone(work / "mic", seconds=120)
+
+        # Start → birth, a few times (each a fresh process).
+        births = []
+        for i in range(5):
+            box = Box(work / f"start-{i}", broker, centre, device_id=DEV, env=mic.env,
+                      microphone=mic.pcm)
+            box.start()
+            seen = observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
+                                     and b"ready" in m.payload, after=box.started_at, timeout=15)
+            births.append(seen.at - box.started_at)
+            box.stop()
+        row("process start → birth published", f"median {statistics.median(births):.2f} s, "
+            f"max {max(births):.2f} s", "≤ 1 s")
+
+        box = Box(work / "box", broker, centre, device_id=DEV, env=mic.env, microphone=mic.pcm,
+                  health_interval_s=30)
+        box.start()
+        observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
+                          and b"ready" in m.payload, after=box.started_at, timeout=15)
+        time.sleep(1.0)
+        assert box.pid is not None
+        row("resident memory, idle", f"{rss_mb(box.pid):.1f} MB", "≤ 60 MB")
+
+        pinger = Pinger(broker, centre)
+        topic = device_topic(DEV, "cmd")
+        times = []
+        for _ in range(COMMANDS):
+            jti = uuid.uuid4().hex
+            token = centre.sign(DEV, "audio.volume", {"percent": 50}, jti=jti)
+            times.append(pinger.round_trip_ms(topic, token, jti))
+        reference = echo_reference(broker, pinger)
+        row(f"command → reply ({COMMANDS} commands)",
+            f"p50 {pct(times, 50):.2f} ms, p99 {pct(times, 99):.2f} ms", "≤ 25 ms p99",
+            f"bare echo: p50 {pct(reference, 50):.2f} ms, p99 {pct(reference, 99):.2f} ms")
+
+        with SrtListener(work / "media") as listener:
+            listener.start()
+            for profile in ("360p15", "720p30"):
+                jti = observer.command(DEV, "meeting.join", {
+                    "meeting_id": f"bench-{profile}", "publish": listener.url,
+                    "profile": profile})
+                sent = time.time()
+                observer.wait_reply(DEV, jti, status="succeeded", timeout=20)
+                joined_s = time.time() - sent
+                time.sleep(5.0)
+                cpu = psutil.Process(box.pid).cpu_percent(interval=3.0)
+                row(f"live at {profile}: join → live reply", f"{joined_s:.2f} s")
+                row(f"live at {profile}: resident memory", f"{rss_mb(box.pid):.1f} MB",
+                    "≤ 120 MB" if profile == "720p30" else "")
+                row(f"live at {profile}: CPU (one core = 100%)", f"{cpu:.0f} %")
+                leave = observer.command(DEV, "meeting.leave")
+                observer.wait_reply(DEV, leave, status="succeeded", timeout=20)
+                listener.restart()
+        pinger.close()
+        box.stop()
+        observer.close()
+    print("\nFigures only: nothing here is asserted. Media figures (CPU against ffmpeg,"
+          " capture → packet latency) come with the media benchmarks.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
