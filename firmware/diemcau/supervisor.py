@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -413,8 +414,12 @@ def replace_ts(status: Status) -> Status:
     return msgspec.structs.replace(status, ts=0.0)
 
 
+_SECRET_IN_URL = re.compile(r"(passphrase|password|pbkeylen)=[^&'\"\s]*")
+
+
 def _short(args: dict[str, Any]) -> str:
-    text = repr(args)
+    """Arguments for the log: short, and without an SRT passphrase or password."""
+    text = _SECRET_IN_URL.sub(r"\1=***", repr(args))
     return text if len(text) <= 200 else text[:200] + "…"
 
 
