@@ -1,0 +1,96 @@
+"""The frame stamp: what the box writes, a receiver reads back exactly, or not at all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diemcau.adapters import framestamp
+
+SIZES = [(360, 640), (480, 854), (720, 1280)]
+
+
+def picture(height: int = 360, width: int = 640, seed: int = 0) -> np.ndarray:
+    """A busy luma plane, like a test pattern: the stamp must not depend on what is under it."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_round_trip_at_every_profile_size(height: int, width: int) -> None:
+    y = picture(height, width)
+    framestamp.stamp(4321, y)
+    assert framestamp.read(y) == 4321
+
+
+@settings(max_examples=300, deadline=None)
+@given(number=st.integers(0, framestamp.MODULO - 1))
+def test_any_frame_number_reads_back(number: int) -> None:
+    y = picture()
+    framestamp.stamp(number, y)
+    assert framestamp.read(y) == number
+
+
+def test_numbers_wrap_at_24_bits() -> None:
+    y = picture()
+    framestamp.stamp(framestamp.MODULO + 7, y)
+    assert framestamp.read(y) == 7
+
+
+def test_only_the_strip_is_touched() -> None:
+    y = picture()
+    before = y.copy()
+    framestamp.stamp(99, y)
+    rows = framestamp.strip_height(y.shape[0])
+    assert np.array_equal(y[rows:], before[rows:])
+
+
+def test_works_on_a_view_without_row_padding() -> None:
+    # A decoded frame's plane is often wider in memory than the picture.
+    padded = picture(360, 704)
+    view = padded[:, :640]
+    framestamp.stamp(12345, view)
+    assert framestamp.read(padded[:, :640]) == 12345
+
+
+@settings(max_examples=100, deadline=None)
+@given(number=st.integers(0, framestamp.MODULO - 1), seed=st.integers(0, 2**32 - 1))
+def test_survives_mild_noise(number: int, seed: int) -> None:
+    # Roughly what a low-bitrate encoder leaves: noise of sigma 20 and clipping.
+    y = picture(seed=seed % 1000)
+    framestamp.stamp(number, y)
+    noise = np.random.default_rng(seed).normal(0, 20, y.shape)
+    noisy = np.clip(y.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+    assert framestamp.read(noisy) == number
+
+
+def test_survives_blurred_edges() -> None:
+    y = picture()
+    framestamp.stamp(0xABCDEF, y)
+    blurred = y.astype(np.float64)
+    blurred[:, 1:-1] = (blurred[:, :-2] + blurred[:, 1:-1] + blurred[:, 2:]) / 3
+    assert framestamp.read(blurred.astype(np.uint8)) == 0xABCDEF
+
+
+def test_a_picture_without_a_stamp_reads_as_none() -> None:
+    assert framestamp.read(picture()) is None
+    assert framestamp.read(np.full((360, 640), 128, np.uint8)) is None
+
+
+def test_a_damaged_stamp_reads_as_none_not_as_another_number() -> None:
+    y = picture()
+    framestamp.stamp(1000, y)
+    cell_w = y.shape[1] // framestamp.CELLS
+    rows = framestamp.strip_height(y.shape[0])
+    # Flip one number bit: the check byte no longer matches.
+    cell = y[:rows, 5 * cell_w:6 * cell_w]
+    cell[...] = framestamp.WHITE if cell.mean() < 128 else framestamp.BLACK
+    assert framestamp.read(y) is None
+
+
+def test_too_small_a_picture_is_refused() -> None:
+    with pytest.raises(ValueError, match="too small"):
+        framestamp.stamp(1, np.zeros((8, 64), np.uint8))
+    with pytest.raises(ValueError, match="2-D"):
+        framestamp.read(np.zeros((360, 640, 3), np.uint8))
