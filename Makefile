@@ -8,12 +8,13 @@
 #
 # Every target installs what it needs first (`make setup`): Debian packages
 # and a virtual environment in .venv made from the system Python, so that
-# Debian's PyAV (built with SRT) and pyalsaaudio are used.
+# Debian's PyAV (built with SRT) is used. pyalsaaudio is built from PyPI:
+# Debian's python3-alsaaudio 0.8 cannot read audio on Python 3.11.
 
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := python3-venv python3-av python3-alsaaudio python3-numpy ffmpeg \
+APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-numpy ffmpeg \
 	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
