@@ -1,1 +1,5 @@
-from .cli import main; raise SystemExit(main())
+"""``python -m diemcau``: the same as the ``diemcau`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

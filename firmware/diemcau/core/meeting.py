@@ -13,7 +13,8 @@ effects for the supervisor to carry out (start media, publish health, ...).
 A fatal media error (no camera, no encoder) puts the room in ``error``; a
 ``meeting.join`` retries from there, a ``meeting.leave`` returns to ``idle``.
 
-    >>> out = handle_command(Room(), "meeting.leave", "c1", {}, POLICY)
+    >>> policy = Policy(frozenset({"srt"}), frozenset({"media.example.vn"}))
+    >>> out = handle_command(Room(), "meeting.leave", "c1", {}, policy)
     >>> out.replies[0].code, out.replies[0].detail
     (409, 'nothing to leave: the meeting state is idle')
 """
@@ -264,10 +265,9 @@ def validate(cmd: str, args: Any, policy: Policy) -> _Args:
             raise BadArgs(400, "args.percent: must be 0-100")
         case IdentifyArgs() if not 1 <= parsed.duration_s <= 300:
             raise BadArgs(400, "args.duration_s: must be 1-300")
-    if isinstance(parsed, InviteArgs):
-        if parsed.starts_at is not None and parsed.ends_at is not None:
-            if parsed.ends_at <= parsed.starts_at:
-                raise BadArgs(400, "args.ends_at: must be after args.starts_at")
+    if (isinstance(parsed, InviteArgs) and parsed.starts_at is not None
+            and parsed.ends_at is not None and parsed.ends_at <= parsed.starts_at):
+        raise BadArgs(400, "args.ends_at: must be after args.starts_at")
     return parsed
 
 

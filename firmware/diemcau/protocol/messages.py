@@ -5,7 +5,7 @@ units are in the field names. Unknown fields are ignored when decoding so
 that a newer box can talk to an older centre and back.
 
     >>> encode(Reply(id="c1", cmd="audio.mute", status="succeeded", code=200, detail="muted", ts=1.0))
-    b'{"id":"c1","cmd":"audio.mute","status":"succeeded","code":200,"detail":"muted","ts":1.0}'
+    b'{"id":"c1","cmd":"audio.mute","status":"succeeded","code":200,"detail":"muted","ts":1.0,"first_status":null}'
 """
 
 from __future__ import annotations
