@@ -16,7 +16,7 @@ import difflib
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
@@ -267,18 +267,29 @@ def _numbers(node: Any, path: str = "") -> list[tuple[str, Any]]:
     return [(path.rstrip("."), node)]
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Parse and check configuration text; raise ConfigError listing every problem."""
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def read_toml(text: str, source: str, root: type[S]) -> S:
+    """TOML text into ``root``, or ConfigError naming every unknown key and wrong type.
+
+    Shared with the centre's configuration, so that both read their files alike.
+    """
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise ConfigError(source, ["not valid TOML: nested too deeply"]) from None
-    problems = shape_problems(data, Config)
+    problems = shape_problems(data, root)
     if problems:
         raise ConfigError(source, problems)
-    cfg = msgspec.convert(data, Config)
+    return msgspec.convert(data, root)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse and check configuration text; raise ConfigError listing every problem."""
+    cfg = read_toml(text, source, Config)
     problems = _semantic_problems(cfg)
     if problems:
         raise ConfigError(source, problems)

@@ -25,13 +25,12 @@ import os
 import re
 import secrets
 import socket
-import tomllib
 from pathlib import Path
 
 import msgspec
 
 # The box's own checks, so that both configs report problems the same way.
-from diemcau.config import ConfigError, Mqtt, shape_problems
+from diemcau.config import ConfigError, Mqtt, read_toml
 
 ENV_VAR = "DIEMCAU_CENTRE_CONFIG"
 DEFAULT_PATH = "/etc/diemcau/centre.toml"
@@ -107,16 +106,7 @@ def parse_config(text: str, source: str = "<config>", base: Path | None = None) 
     ``base`` is the directory relative file names are read from (default: the
     current one).
     """
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
-    except RecursionError:  # tomllib recurses once per nested array or inline table
-        raise ConfigError(source, ["not valid TOML: nested too deeply"]) from None
-    problems = shape_problems(data, CentreConfig)
-    if problems:
-        raise ConfigError(source, problems)
-    cfg = _with_paths(msgspec.convert(data, CentreConfig), base or Path.cwd())
+    cfg = _with_paths(read_toml(text, source, CentreConfig), base or Path.cwd())
     problems = _semantic_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
