@@ -84,13 +84,15 @@ class MqttLink:
         client.username_pw_set(self._cfg.username or self._dev, self._cfg.password or None)
         tls = self._cfg.tls
         if tls.enabled:
+            # insecure_skip_verify (a lab only) turns off all checks, as its name says.
             client.tls_set(
                 ca_certs=tls.ca_file or None,
                 certfile=tls.cert_file or None,
                 keyfile=tls.key_file or None,
-                cert_reqs=ssl.CERT_REQUIRED,
+                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
             )
             if tls.insecure_skip_verify:
+                log.warning("TLS certificate checks are off (mqtt.tls.insecure_skip_verify)")
                 client.tls_insecure_set(True)
         client.max_queued_messages_set(0)  # bounded by our outbox instead
         client.on_connect = self._on_connect
