@@ -77,10 +77,6 @@ def test_the_state_machine_imports_no_io(module: str) -> None:
     assert not bad, [import_chain(module, m) for m in bad]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core.alerts imports diemcau.protocol.messages, and the protocol package's __init__ "
-    "loads commands (PyJWT: socket, ssl, threading) and replay (sqlite3). Making "
-    "diemcau.protocol import those lazily fixes this; then drop this mark."))
 def test_the_whole_core_imports_no_io() -> None:
     loaded = set(modules_after_import(*CORE_MODULES))
     bad = sorted(loaded & set(IO_MODULES))

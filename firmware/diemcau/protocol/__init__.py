@@ -4,16 +4,9 @@ Nothing about the wire format is written anywhere else; ``docs/protocol.md``
 and ``docs/asyncapi.yaml`` describe what this package does.
 """
 
-from .commands import (
-    Command,
-    CommandRejected,
-    generate_signing_key,
-    key_id,
-    public_key_from_text,
-    public_key_to_text,
-    sign_command,
-    verify_command,
-)
+import importlib
+from typing import Any
+
 from .messages import (
     ALERT_CODES,
     COMMAND_NAMES,
@@ -34,7 +27,6 @@ from .messages import (
     encode,
     now_ts,
 )
-from .replay import ReplayCache
 from .topics import (
     ROOT,
     ParsedTopic,
@@ -45,6 +37,24 @@ from .topics import (
     group_cmd_topic,
     parse_topic,
 )
+
+# Signing (PyJWT, cryptography) and the replay cache (SQLite) load on first
+# use, so that the pure core can use the message schemas without I/O libraries.
+_LAZY = {
+    "Command": "commands", "CommandRejected": "commands",
+    "generate_signing_key": "commands", "key_id": "commands",
+    "public_key_from_text": "commands", "public_key_to_text": "commands",
+    "sign_command": "commands", "verify_command": "commands",
+    "ReplayCache": "replay",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALERT_CODES", "COMMAND_NAMES", "FINAL_STATUSES", "PROTOCOL_VERSION", "ROOT",
