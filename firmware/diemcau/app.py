@@ -14,6 +14,7 @@ from .adapters.health import HealthProbe
 from .adapters.mqtt import MqttLink
 from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
+from .adapters.service import ServiceManager
 from .adapters.statefile import Counters
 from .config import Config
 from .core.events import StopRequested
@@ -46,6 +47,7 @@ def build(cfg: Config) -> Supervisor:
         counters=counters,
         model=board_model(cfg.device.model),
         serial=board_serial(cfg.device.serial),
+        service=ServiceManager(),
     )
     return Supervisor(cfg, adapters)
 

@@ -99,6 +99,7 @@ class Adapters:
     counters: Any  # adapters.statefile.Counters
     model: str
     serial: str
+    service: Any = None  # adapters.service.ServiceManager (systemd notify), optional
 
 
 class Supervisor:
@@ -143,11 +144,20 @@ class Supervisor:
     def run(self) -> None:
         """Run until a StopRequested arrives; then stop everything in reverse order."""
         self.link.start()
+        service = self.a.service
+        watchdog_s = service.watchdog_interval_s if service else None
+        if service:
+            service.ready(f"device {self._dev}")
         next_health = time.monotonic()
         next_purge = time.monotonic() + REPLAY_PURGE_EVERY_S
+        next_alive = time.monotonic()
         try:
             while True:
                 now_m = time.monotonic()
+                if watchdog_s and now_m >= next_alive:
+                    # From the loop itself: a stalled loop stops these, and systemd restarts us.
+                    service.alive()
+                    next_alive = now_m + watchdog_s
                 if now_m >= next_health:
                     self.post(HealthDue())
                     next_health = now_m + self.cfg.health.interval_s
@@ -155,8 +165,9 @@ class Supervisor:
                     if self._clock_synced:
                         self.a.replay.purge(self._clock(), self.cfg.commands.leeway_s)
                     next_purge = now_m + REPLAY_PURGE_EVERY_S
+                wake = min(next_health, next_alive) if watchdog_s else next_health
                 try:
-                    event = self._queue.get(timeout=max(0.0, next_health - time.monotonic()))
+                    event = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
                 except queue.Empty:
                     continue
                 if isinstance(event, StopRequested):
@@ -170,6 +181,8 @@ class Supervisor:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self.a.service:
+            self.a.service.stopping()
         if self._media is not None:
             self._media.stop()
             self._media.join(timeout=5.0)
