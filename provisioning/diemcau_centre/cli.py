@@ -7,6 +7,16 @@
     diemcau-centre devices [--json] [--match 'c00001-*']
     diemcau-centre watch [--once] [--interval 1]
 
+Provisioning, in the centre's directory (no configuration needed; see docs/provisioning.md):
+
+    diemcau-centre ca init --dir /srv/centre
+    diemcau-centre ca server-cert --dir /srv/centre --host mqtt.diemcau.gov.vn
+    diemcau-centre ca client-cert --dir /srv/centre --name centre
+    diemcau-centre fleet import sites.csv --dir /srv/centre --service https://enroll.example.vn
+    diemcau-centre fleet token c00001-r1 --dir /srv/centre
+    diemcau-centre fleet list --dir /srv/centre
+    diemcau-centre broker-config --dir /srv/centre --out /srv/centre/broker
+
 The configuration is ``--config FILE``, else ``$DIEMCAU_CENTRE_CONFIG``, else
 /etc/diemcau/centre.toml. See docs/centre.md.
 
@@ -29,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from diemcau.config import ConfigError
 from diemcau.protocol import key_id
 
-from . import __version__, console
+from . import __version__, console, provision
 from .config import DEFAULT_PATH, ENV_VAR, CentreConfig, config_path, load_config
 from .keys import KeyExists, box_config_line, init_keys, load_signing_key
 from .mqtt import MqttError, Session
@@ -104,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--match", metavar="PATTERN", help="only device ids like PATTERN")
     watch.add_argument("--max-wait", type=_positive, default=10.0, metavar="S",
                        help="wait at most S seconds for the retained state (default 10)")
+    provision.add_parsers(sub, common)
     return parser
 
 
@@ -132,6 +143,8 @@ def _signing(cfg: CentreConfig) -> tuple[Ed25519PrivateKey, str]:
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.command in provision.COMMANDS:
+        return provision.run(args, out, err)
     if args.command == "keys" and args.keys_command == "init":
         return _keys_init(args, out, err)
     if args.command == "keys" and args.keys_command == "show" and args.key:

@@ -197,9 +197,12 @@ def test_timing_that_cannot_work_is_refused(values: tuple[float, float, float]) 
 
 # ---------------------------------------------------------------- properties
 
+# A debounce of at least 1 ms: with none, two presses could begin at the very
+# same instant, which a real pin cannot do, and "one action per press" (told
+# apart by when each press began) would not be checkable.
 timings = st.builds(
     lambda d, long_, extra: PressTiming(d, d + long_, d + long_ + extra),
-    st.floats(0.0, 0.2), st.floats(0.1, 5.0), st.floats(0.1, 10.0))
+    st.floats(0.001, 0.2), st.floats(0.1, 5.0), st.floats(0.1, 10.0))
 steps = st.lists(st.tuples(st.sampled_from(["down", "up", "tick"]), st.floats(0.0, 12.0)),
                  max_size=30)
 

@@ -9,6 +9,9 @@ optionally a TLS listener with a throwaway CA.
     ...
     broker.restart()   # SIGTERM, then start again on the same port
     broker.stop()
+
+``config_text`` runs a configuration made elsewhere (``diemcau-centre
+broker-config``) instead; it must listen on ``port`` on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -108,7 +111,8 @@ def make_test_ca(directory: Path, hostname: str = "localhost") -> tuple[Path, Pa
 class Broker:
     """One Mosquitto process with its own directory, port and log."""
 
-    def __init__(self, workdir: Path, *, tls: bool = False, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, *, tls: bool = False, port: int | None = None,
+                 config_text: str | None = None) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
@@ -118,7 +122,10 @@ class Broker:
         self.log_file = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
         self._conf = self.workdir / "mosquitto.conf"
-        self._write_config()
+        if config_text is not None:
+            self._conf.write_text(config_text)
+        else:
+            self._write_config()
 
     def _write_config(self) -> None:
         lines = [

@@ -1,0 +1,247 @@
+"""The provisioning commands of ``diemcau-centre``: ``ca``, ``fleet``, ``broker-config``.
+
+They work on the centre's directory (``--dir``) and need no configuration
+file and no broker. Exit codes as for the rest of the console: 0 done, 1 not
+done (a file would be overwritten, a file cannot be written), 2 bad usage or
+bad input (a bad sites file, no CA yet); nothing is written when it is not 0.
+
+    diemcau-centre ca init --dir /srv/centre
+    diemcau-centre fleet import sites.csv --dir /srv/centre --service https://enroll.example.vn
+    diemcau-centre broker-config --dir /srv/centre --out /srv/centre/broker
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from .broker_config import BrokerSettings, write_broker_config
+from .ca import (
+    CA_DAYS,
+    CLIENT_DAYS,
+    SERVER_DAYS,
+    CaError,
+    init_ca,
+    issue_client_cert,
+    issue_server_cert,
+    load_ca,
+)
+from .manifest import (
+    BOOT_FILE_NAME,
+    TOKEN_DAYS,
+    FleetStore,
+    ImportResult,
+    ManifestError,
+    SitesError,
+    import_sites,
+    reissue_tokens,
+)
+
+COMMANDS = frozenset({"ca", "fleet", "broker-config"})
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _days(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 36500:
+        raise argparse.ArgumentTypeError("must be 1-36500 days")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a TCP port")
+    return value
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``ca``, ``fleet`` and ``broker-config`` to the console's subcommands."""
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--dir", required=True, type=Path,
+                       help="the centre's directory: the CA, the manifest, enrollment files")
+
+    ca = sub.add_parser("ca", help="the centre's certificate authority")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    init = ca_sub.add_parser("init", parents=[common, where],
+                             help="make the CA (EC P-256) and an empty revocation list")
+    init.add_argument("--days", type=_days, default=CA_DAYS, help=f"(default {CA_DAYS})")
+    init.add_argument("--force", action="store_true",
+                      help="replace an existing CA: every certificate it signed stops working")
+    server = ca_sub.add_parser("server-cert", parents=[common, where],
+                               help="the broker's key and certificate")
+    server.add_argument("--host", action="append", required=True, metavar="NAME",
+                        help="a name or address the boxes connect to (repeat for more)")
+    server.add_argument("--days", type=_days, default=SERVER_DAYS,
+                        help=f"(default {SERVER_DAYS})")
+    server.add_argument("--force", action="store_true", help="replace an existing one")
+    client = ca_sub.add_parser("client-cert", parents=[common, where],
+                               help="a key and certificate for one of the centre's identities")
+    client.add_argument("--name", default="centre",
+                        help="'centre' or 'centre-<name>' (default centre); one per console "
+                             "that runs at the same time as another")
+    client.add_argument("--days", type=_days, default=CLIENT_DAYS,
+                        help=f"(default {CLIENT_DAYS})")
+    client.add_argument("--force", action="store_true", help="replace an existing one")
+
+    fleet = sub.add_parser("fleet", help="the fleet manifest and enrollment tokens")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    imp = fleet_sub.add_parser("import", parents=[common, where],
+                               help="add sites from a CSV; a token and enrollment file per box")
+    imp.add_argument("sites", type=Path, metavar="SITES_CSV")
+    imp.add_argument("--service", metavar="URL",
+                     help="the enrollment service, https://host[:port] (kept for later imports)")
+    imp.add_argument("--token-days", type=_days, default=TOKEN_DAYS,
+                     help=f"tokens expire after this many days (default {TOKEN_DAYS})")
+    token = fleet_sub.add_parser("token", parents=[common, where],
+                                 help="a new token and enrollment file (the old one stops working)")
+    token.add_argument("devices", nargs="+", metavar="DEVICE")
+    token.add_argument("--token-days", type=_days, default=TOKEN_DAYS,
+                       help=f"(default {TOKEN_DAYS})")
+    show = fleet_sub.add_parser("list", parents=[common, where],
+                                help="the boxes in the manifest and their tokens")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    broker = sub.add_parser("broker-config", parents=[common, where],
+                            help="write Mosquitto's configuration and ACL for the fleet")
+    broker.add_argument("--out", type=Path, help="where to write (default DIR/broker)")
+    broker.add_argument("--port", type=_port, default=8883, help="(default 8883)")
+    broker.add_argument("--bind", default="", metavar="ADDRESS",
+                        help="listen on this address only (default: every address)")
+    broker.add_argument("--run-as", default="mosquitto", metavar="USER",
+                        help="the user Mosquitto runs as (default mosquitto)")
+    broker.add_argument("--persistence-dir", default="/var/lib/mosquitto", metavar="DIR",
+                        help="(default /var/lib/mosquitto)")
+    broker.add_argument("--log-file", default="", metavar="FILE",
+                        help="(default: stderr, which systemd puts in the journal)")
+    broker.add_argument("--prefix", default="", metavar="DIR",
+                        help="where the files will be on the broker host (default: --out)")
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run one provisioning command; KeyExists goes up to the console (exit code 1)."""
+    try:
+        if args.command == "ca":
+            return _ca(args, out)
+        if args.command == "fleet":
+            return _fleet(args, out)
+        return _broker_config(args, out)
+    except SitesError as exc:
+        print(exc.report(), file=err)
+        return EXIT_USAGE
+    except (CaError, ManifestError, ValueError) as exc:
+        print(f"diemcau-centre: {exc}", file=err)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"diemcau-centre: cannot write in {args.dir}: {exc}", file=err)
+        return EXIT_FAILED
+
+
+def _ca(args: argparse.Namespace, out: TextIO) -> int:
+    if args.ca_command == "init":
+        ca = init_ca(args.dir, force=args.force, days=args.days)
+        print(f"wrote {ca.directory / 'ca.key'} (private, mode 0600), {ca.cert_file} and "
+              f"{ca.crl_file}", file=out)
+        print("Keep ca.key on the centre only, and a copy offline: whoever holds it can "
+              "make any box or the centre.", file=out)
+        return EXIT_OK
+    ca = load_ca(args.dir)
+    if args.ca_command == "server-cert":
+        cert, key = issue_server_cert(ca, args.host, days=args.days, force=args.force)
+        print(f"wrote {cert} and {key} (private, mode 0600) for {', '.join(args.host)}",
+              file=out)
+        return EXIT_OK
+    cert, key = issue_client_cert(ca, args.name, days=args.days, force=args.force)
+    print(f"wrote {cert} and {key} (private, mode 0600) for the centre identity {args.name}",
+          file=out)
+    print(f"\nFor the centre's configuration:\n\n  [mqtt.tls]\n"
+          f"  ca_file = \"{ca.cert_file.resolve()}\"\n  cert_file = \"{cert.resolve()}\"\n"
+          f"  key_file = \"{key.resolve()}\"", file=out)
+    return EXIT_OK
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _report(result: ImportResult, out: TextIO) -> None:
+    for device in result.added:
+        site = device.site
+        print(f"  {device.id:<11} {site.commune.name}, {site.room_name or f'room {site.room}'}"
+              f"  ->  {result.files[device.id]}", file=out)
+    if result.files:
+        print(f"Tokens expire {_utc(result.expires_at)} UTC. Copy each file to its box's SD "
+              f"card (boot partition) as {BOOT_FILE_NAME}; each works once, for that box only.",
+              file=out)
+
+
+def _fleet(args: argparse.Namespace, out: TextIO) -> int:
+    if args.fleet_command == "import":
+        try:
+            text = args.sites.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{args.sites}: not UTF-8 text (save it as 'CSV UTF-8'): {exc}"
+                             ) from None
+        except OSError as exc:
+            raise ValueError(f"{args.sites}: cannot read: {exc.strerror}") from None
+        result = import_sites(args.dir, text, str(args.sites), service=args.service,
+                              token_days=args.token_days)
+        print(f"{args.sites}: {len(result.added)} new box(es), {len(result.unchanged)} already "
+              "in the manifest (unchanged)", file=out)
+        _report(result, out)
+        return EXIT_OK
+    if args.fleet_command == "token":
+        result = reissue_tokens(args.dir, args.devices, token_days=args.token_days)
+        print(f"new tokens for {len(result.added)} box(es); their earlier tokens no longer work",
+              file=out)
+        _report(result, out)
+        return EXIT_OK
+
+    manifest = FleetStore(args.dir).load()
+    now = time.time()
+    records = []
+    for device in sorted(manifest.devices.values(), key=lambda d: d.id):
+        token = manifest.latest_token(device.id)
+        site = device.site
+        records.append({
+            "device": device.id, "province": site.province.code, "district": site.district.code,
+            "commune": site.commune.code, "commune_name": site.commune.name, "room": site.room,
+            "room_name": site.room_name, "groups": site.groups,
+            "token": token.state(now) if token else None,
+            "token_expires": token.expires_at if token else None,
+            "enrolled": token.used_at if token else None,
+        })
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False, indent=1), file=out)
+        return EXIT_OK
+    if not records:
+        print(f"no boxes in {args.dir} (add them with `diemcau-centre fleet import`)", file=out)
+        return EXIT_OK
+    print(f"{'DEVICE':<11} {'PROV':<4} {'DIST':<5} {'COMMUNE':<28} {'TOKEN':<9} "
+          "EXPIRES/ENROLLED (UTC)", file=out)
+    for r in records:
+        when = r["enrolled"] if r["token"] == "used" else r["token_expires"]
+        print(f"{r['device']:<11} {r['province']:<4} {r['district']:<5} {r['commune_name']:<28.28}"
+              f" {r['token'] or '-':<9} {_utc(when)}", file=out)
+    return EXIT_OK
+
+
+def _broker_config(args: argparse.Namespace, out: TextIO) -> int:
+    out_dir = args.out or args.dir / "broker"
+    settings = BrokerSettings(port=args.port, bind=args.bind, run_as=args.run_as,
+                              persistence_dir=args.persistence_dir, log_file=args.log_file,
+                              prefix=args.prefix)
+    files = write_broker_config(args.dir, out_dir, settings)
+    print(f"wrote {files.conf} and {files.acl}: {files.boxes} box(es), centre identities "
+          f"{', '.join(files.centre)}", file=out)
+    print(f"Mosquitto runs as {settings.run_as} and must be able to read broker.key: on the "
+          f"broker host, chown it to {settings.run_as}. After a fleet import, run this "
+          "again and reload Mosquitto (SIGHUP) so new boxes get their groups' commands.",
+          file=out)
+    return EXIT_OK
