@@ -20,6 +20,7 @@ import paho.mqtt.client as mqtt
 import psutil
 
 from diemcau.protocol import Reply, decode, device_topic
+from tests.bench import media
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
@@ -103,7 +104,8 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 1e6
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    options = media.parse_args(argv)  # --soak-minutes, for the media benchmarks
     work = Path(tempfile.mkdtemp(prefix="diemcau-bench-"))
     centre = CentreKey()
     print(f"diemcau benchmarks on {psutil.cpu_count()} cores; loopback; work files in {work}\n")
@@ -167,8 +169,9 @@ def main() -> int:
         pinger.close()
         box.stop()
         observer.close()
-    print("\nFigures only: nothing here is asserted. Media figures (CPU against ffmpeg,"
-          " capture → packet latency) come with the media benchmarks.")
+    media.run(work / "media", options, row)
+    print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
+          " live at 720p30 (--soak-minutes N for longer).")
     return 0
 
 
