@@ -10,46 +10,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from diemcau.adapters.statefile import write_atomic as box_write_atomic
 
 from .keys import KeyExists
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, replace: bool = True) -> None:
-    """Write ``data`` to ``path`` in one step (temporary file, fsync, rename, fsync the folder).
+    """Write ``data`` to ``path`` in one step, created with ``mode`` before a byte is written.
 
-    The file is created with ``mode`` before a byte is written, so a private
-    key is never readable by others, not even for a moment. With
-    ``replace=False`` an existing file is left alone and KeyExists raised
-    (checked by the kernel, with no window between check and write).
+    With ``replace=False`` an existing file is left alone and KeyExists raised.
+    The box's own atomic write does the work: one implementation for both.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path exists
-            os.unlink(tmp)
+        box_write_atomic(path, data, mode, replace=replace)
     except FileExistsError:
-        os.unlink(tmp)
         raise KeyExists(f"{path} already exists (use --force to replace it)") from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

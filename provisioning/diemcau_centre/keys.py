@@ -11,9 +11,7 @@ The private key is PKCS8 PEM, mode 0600; the public key is written beside it
 
 from __future__ import annotations
 
-import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,27 +47,9 @@ def box_config_line(public_key: Ed25519PublicKey, kid: str | None = None) -> str
 
 def _write(path: Path, data: bytes, mode: int, *, force: bool) -> None:
     """Write ``data`` whole or not at all; never replace a file unless ``force``."""
-    # Created with its final mode, so the private key is never readable by others,
-    # not even for the moment between writing and chmod.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path exists: no check-then-write race
-            os.unlink(tmp)
-    except FileExistsError:
-        os.unlink(tmp)
-        raise KeyExists(f"{path} already exists (use --force to replace it)") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .files import write_atomic  # files imports KeyExists from here
+
+    write_atomic(path, data, mode, replace=force)
 
 
 def init_keys(directory: Path, *, force: bool = False) -> KeyPair:
