@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -322,7 +321,7 @@ class Supervisor:
                     self._media = None
                     self.stream = StreamFigures()
                 self._apply(core.handle_stream(self.room, state, detail, fatal))
-                self._publish_status()
+                self._publish_status()  # the stream's state changed, even if the room did not
             case StreamFiguresUpdated(figures=figures):
                 try:
                     merged = msgspec.structs.asdict(self.stream) | figures
@@ -387,6 +386,7 @@ class Supervisor:
         )
 
     def _publish_status(self, force: bool = False) -> None:
+        """Publish ``status`` if it changed since the last time (or ``force``)."""
         status = self.status_message()
         # Compare without the timestamp so that figures alone do not flood the topic.
         key = encode(replace_ts(status))
@@ -435,6 +435,3 @@ def _short(args: dict[str, Any]) -> str:
     text = _SECRET_IN_URL.sub(r"\1=***", repr(args))
     return text if len(text) <= 200 else text[:200] + "…"
 
-
-def state_dir(cfg: Config) -> Path:
-    return Path(cfg.device.state_dir)
