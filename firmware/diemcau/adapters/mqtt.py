@@ -66,6 +66,7 @@ class MqttLink:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
+        self._had_connack = False  # this connection attempt got a successful CONNACK
         self.session = counters.get("session")
         self._state_topic = device_topic(device_id, "state")
         self._client = self._make_client()
@@ -145,6 +146,7 @@ class MqttLink:
         while not self._stopping.is_set():
             self.session = self._counters.bump("session")
             self._set_will()
+            self._had_connack = False  # set by _on_connect for this attempt only
             try:
                 if first:
                     props = Properties(PacketTypes.CONNECT)
@@ -176,8 +178,6 @@ class MqttLink:
             log.info("reconnecting in %.1f s (attempt %d)", delay, attempt)
             self._stopping.wait(delay)
         self._connected.clear()
-
-    _had_connack = False
 
     # ------------------------------------------------------------ paho callbacks
 
