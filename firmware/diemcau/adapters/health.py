@@ -37,6 +37,7 @@ import psutil
 from ..core.alerts import Observation
 from ..core.meeting import MeetingState
 from ..protocol.messages import Health, Interface, StreamFigures, now_ts
+from .platform import read_text_or_empty
 
 log = logging.getLogger("diemcau.health")
 
@@ -228,7 +229,7 @@ class HealthProbe:
 
     def _cpu_temperature_c(self) -> float | None:
         zones = sorted(self._root.glob(_THERMAL_GLOB), key=_zone_number)
-        typed = [(z, _read_or_empty(z / "type").lower()) for z in zones]
+        typed = [(z, read_text_or_empty(z / "type").lower()) for z in zones]
         ordered = [z for z, t in typed if any(h in t for h in _CPU_ZONE_HINTS)]
         ordered += [z for z, t in typed if z not in ordered]
         for zone in ordered:
@@ -272,13 +273,6 @@ class HealthProbe:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _read_or_empty(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
 
 
 def _zone_number(path: Path) -> int:

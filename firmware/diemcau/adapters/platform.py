@@ -6,7 +6,8 @@ import platform
 from pathlib import Path
 
 
-def _read(path: str) -> str:
+def read_text_or_empty(path: str | Path) -> str:
+    """A small /proc or /sys file as text (device-tree NULs stripped); "" if unreadable."""
     try:
         return Path(path).read_bytes().rstrip(b"\x00\n").decode(errors="replace").strip()
     except OSError:
@@ -16,10 +17,10 @@ def _read(path: str) -> str:
 def board_model(configured: str = "auto") -> str:
     if configured != "auto":
         return configured
-    return _read("/proc/device-tree/model") or f"generic {platform.machine()}"
+    return read_text_or_empty("/proc/device-tree/model") or f"generic {platform.machine()}"
 
 
 def board_serial(configured: str = "auto") -> str:
     if configured != "auto":
         return configured
-    return (_read("/proc/device-tree/serial-number") or _read("/etc/machine-id") or "unknown")[:32]
+    return (read_text_or_empty("/proc/device-tree/serial-number") or read_text_or_empty("/etc/machine-id") or "unknown")[:32]
