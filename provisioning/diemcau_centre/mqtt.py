@@ -14,10 +14,8 @@ queue; the console's main thread reads it. Nothing is decided in a callback.
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import queue
-import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from diemcau.adapters.mqtt import guarded, no_delay, tls_context
 from diemcau.config import Mqtt
 
 log = logging.getLogger("diemcau_centre.mqtt")
@@ -83,30 +82,13 @@ def make_client(cfg: Mqtt, client_id: str) -> paho.Client:
                                max(1, round(cfg.reconnect_min_s), round(cfg.reconnect_max_s)))
     if cfg.username:
         client.username_pw_set(cfg.username, cfg.password or None)
-    tls = cfg.tls
-    if tls.enabled:
-        context = ssl.create_default_context(cafile=tls.ca_file or None)
-        if tls.cert_file:
-            context.load_cert_chain(tls.cert_file, tls.key_file or None)
-        if tls.insecure_skip_verify:
-            # A lab broker with a throwaway certificate: encrypted, not authenticated.
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    context = tls_context(cfg.tls)
+    if context is not None:
         client.tls_set_context(context)
     return client
 
 
-def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
-    """An exception escaping a paho callback kills paho's thread silently: log it."""
-
-    @functools.wraps(callback)
-    def wrapper(*args: Any) -> None:
-        try:
-            callback(*args)
-        except Exception:  # noqa: BLE001 - the connection must outlive a bug here
-            log.exception("error in MQTT callback %s", callback.__name__)
-
-    return wrapper
+_guarded = guarded(log)
 
 
 class Session:
@@ -134,9 +116,7 @@ class Session:
 
     @_guarded
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        # paho leaves Nagle on: a small command would wait for the previous ACK
-        # (40 ms and more on loopback) before it leaves.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(sock)
 
     @_guarded
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Mqtt
+from ..config import Mqtt, Tls
 from ..core.backoff import backoff_delay
 from ..core.events import CommandArrived, Delivered, LinkDown, LinkUp, OwnStateSeen
 from ..protocol import State, device_topic, encode, group_cmd_topic, now_ts
@@ -33,17 +33,52 @@ from .statefile import Counters
 log = logging.getLogger("diemcau.link")
 
 
-def _guarded(method: Callable[..., None]) -> Callable[..., None]:
-    """An exception in a paho callback would kill paho's thread silently: log it instead."""
+# Shared with the centre's console, so both read [mqtt] alike and guard
+# their paho callbacks alike.
 
-    @functools.wraps(method)
-    def wrapper(self: MqttLink, *args: Any) -> None:
-        try:
-            method(self, *args)
-        except Exception:  # noqa: BLE001 - the link must outlive any bug in a handler
-            log.exception("error in MQTT callback %s", method.__name__)
 
-    return wrapper
+def tls_context(tls: Tls) -> ssl.SSLContext | None:
+    """The TLS context an ``[mqtt.tls]`` section asks for; None when TLS is off.
+
+    No ``ca_file``: the system's trusted CAs. ``insecure_skip_verify`` (a lab
+    only) turns off every check, as its name says.
+    """
+    if not tls.enabled:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file or None)
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file or None)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def no_delay(sock: Any) -> None:
+    """Turn Nagle off: a small reply would otherwise wait tens of ms for the last ACK."""
+    import socket
+
+    if hasattr(sock, "setsockopt"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def guarded(logger: logging.Logger) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A paho callback that logs its exceptions: one escaping kills paho's thread silently."""
+
+    def decorate(callback: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(callback)
+        def wrapper(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception:  # noqa: BLE001 - the connection must outlive any bug in a handler
+                logger.exception("error in MQTT callback %s", callback.__name__)
+
+        return wrapper
+
+    return decorate
+
+
+_guarded = guarded(log)
 
 
 class MqttLink:
@@ -83,18 +118,11 @@ class MqttLink:
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
         )
         client.username_pw_set(self._cfg.username or self._dev, self._cfg.password or None)
-        tls = self._cfg.tls
-        if tls.enabled:
-            # insecure_skip_verify (a lab only) turns off all checks, as its name says.
-            client.tls_set(
-                ca_certs=tls.ca_file or None,
-                certfile=tls.cert_file or None,
-                keyfile=tls.key_file or None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            )
-            if tls.insecure_skip_verify:
+        context = tls_context(self._cfg.tls)
+        if context is not None:
+            if self._cfg.tls.insecure_skip_verify:
                 log.warning("TLS certificate checks are off (mqtt.tls.insecure_skip_verify)")
-                client.tls_insecure_set(True)
+            client.tls_set_context(context)
         client.max_queued_messages_set(0)  # bounded by our outbox instead
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -210,12 +238,7 @@ class MqttLink:
 
     @_guarded
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
-        # Small messages both ways (command, reply): without this, Nagle's
-        # algorithm holds each reply back for tens of milliseconds.
-        import socket
-
-        if hasattr(sock, "setsockopt"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(sock)  # commands and replies are small: never hold one back
 
     @_guarded
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
