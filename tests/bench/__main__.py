@@ -19,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 
+from diemcau.adapters.mqtt import no_delay
 from diemcau.protocol import Reply, decode, device_topic
 from tests.bench import media
 from tests.harness.alsa import make_microphone
@@ -50,7 +51,7 @@ class Pinger:
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                                    client_id=f"bench-{uuid.uuid4().hex[:6]}")
         self._client.on_message = self._on_message
-        self._client.on_socket_open = lambda c, u, s: s.setsockopt(6, 1, 1)  # TCP_NODELAY
+        self._client.on_socket_open = lambda c, u, s: no_delay(s)
         self._client.connect(broker.host, broker.port)
         self._client.subscribe(device_topic(DEV, "reply"), qos=1)
         self._client.loop_start()
@@ -78,7 +79,7 @@ def echo_reference(broker: Broker, pinger: Pinger) -> list[float]:
     """The floor: a bare paho client that echoes each message back, no verification."""
     echo = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                        client_id="bench-echo")
-    echo.on_socket_open = lambda c, u, s: s.setsockopt(6, 1, 1)
+    echo.on_socket_open = lambda c, u, s: no_delay(s)
     reply_topic = device_topic(DEV, "reply")
 
     def bounce(client, userdata, msg) -> None:  # noqa: ANN001
