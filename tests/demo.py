@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import jwt
+
 from diemcau.protocol import Reply, State, Status, decode, device_topic
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
@@ -147,8 +149,6 @@ def summary(observer: Observer, recording_path: Path) -> None:
     print("  replies (time from the command reaching the broker to the reply):")
     sent = {}
     for m in observer.on(device_topic(DEV, "cmd")):
-        import jwt
-
         sent[jwt.decode(m.payload, options={"verify_signature": False})["jti"]] = m.at
     for m in observer.on(device_topic(DEV, "reply")):
         reply = decode(m.payload, Reply)
