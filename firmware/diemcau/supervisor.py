@@ -381,7 +381,8 @@ class Supervisor:
         return Status(
             meeting_state=room.state, meeting_id=room.meeting_id,
             invited_meeting_id=room.invitation.meeting_id if room.invitation else None,
-            muted=room.muted, floor=room.floor, volume_percent=room.volume_percent,
+            muted=room.muted, floor=room.floor, hand_raised=room.hand_raised,
+            volume_percent=room.volume_percent,
             stream=self.stream, ts=now_ts(),
         )
 

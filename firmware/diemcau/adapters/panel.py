@@ -31,10 +31,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..core.button import ButtonState, PressKind, PressTiming
+from ..core.button import ButtonName, ButtonState, PressTiming
+from ..core.events import ButtonPressed
 from ..core.light import Colour, Pattern, Rhythm
 
 if TYPE_CHECKING:
@@ -42,26 +42,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("diemcau.panel")
 
-ButtonName = Literal["join", "mute"]
 LightKind = Literal["rgb", "single", "dual", "none"]
 PinName = int | str  # a BCM number (17) or a gpiozero pin name ("GPIO17", "BOARD11")
 
 
 class PanelError(Exception):
     """A button or light cannot be set up: a bad pin, a pin in use, no GPIO here."""
-
-
-# ---------------------------------------------------------------- events
-# To move to core/events.py when the supervisor takes them.
-
-
-@dataclass(frozen=True, slots=True)
-class ButtonPressed:
-    """A classified press of one of the panel's buttons; ``held_s`` in seconds."""
-
-    button: ButtonName
-    kind: PressKind
-    held_s: float
 
 
 # ---------------------------------------------------------------- pin factory

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 PressKind = Literal["short_press", "long_press", "reset_hold"]
+ButtonName = Literal["join", "mute"]  # the panel's buttons
 
 
 @dataclass(frozen=True, slots=True)

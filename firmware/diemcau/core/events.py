@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .button import ButtonName, PressKind
+
 StreamState = Literal["off", "starting", "live", "reconnecting", "error"]
 
 
@@ -75,3 +77,24 @@ class FromMedia:
 
     generation: int
     event: object
+
+
+@dataclass(frozen=True, slots=True)
+class ButtonPressed:
+    """A classified press of one of the panel's buttons; ``held_s`` in seconds."""
+
+    button: ButtonName
+    kind: PressKind
+    held_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The schedule timer: time to look at the clock (invitations, identify)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PromptSpoken:
+    """The voice finished (or gave up on) the prompt ``key``."""
+
+    key: str

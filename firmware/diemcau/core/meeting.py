@@ -21,12 +21,15 @@ A fatal media error (no camera, no encoder) puts the room in ``error``; a
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
+
+from .button import ButtonName, PressKind
 
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
 Profile = Literal["720p30", "480p25", "360p15", "audio"]
@@ -44,6 +47,21 @@ class Invitation:
     starts_at: float | None = None
     ends_at: float | None = None
     mandatory: bool = False
+    # What a press (or the start of a mandatory meeting) needs to join without the centre.
+    publish: str | None = None
+    play: str | None = None
+    profile: Profile = "720p30"
+    muted: bool = False
+
+    def join_window(self, join_early_s: float) -> tuple[float, float]:
+        """From when until when a press joins: ``join_early_s`` before the start until the end."""
+        opens = -math.inf if self.starts_at is None else self.starts_at - join_early_s
+        return opens, math.inf if self.ends_at is None else self.ends_at
+
+    def stream_request(self) -> StreamRequest | None:
+        if self.publish is None:
+            return None
+        return StreamRequest(self.meeting_id, self.publish, self.profile, self.muted, self.play)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,7 @@ class Room:
     stream: StreamRequest | None = None
     muted: bool = False
     floor: bool = False
+    hand_raised: bool = False
     volume_percent: int = 80
     # Command ids that still owe their final reply.
     pending_join: tuple[str, str] | None = None  # (id, cmd)
@@ -154,6 +173,10 @@ class InviteArgs(_Args, kw_only=True, forbid_unknown_fields=True):
     starts_at: float | None = None
     ends_at: float | None = None
     mandatory: bool = False
+    publish: str | None = None
+    play: str | None = None
+    profile: Profile = "720p30"
+    muted: bool = False
 
 
 class JoinArgs(_Args, kw_only=True, forbid_unknown_fields=True):
@@ -248,11 +271,41 @@ def check_media_url(url: str, field: str, policy: Policy) -> None:
         raise BadArgs(400, f"{field}: the box only calls out (mode=caller)")
 
 
-def validate(cmd: str, args: Any, policy: Policy) -> _Args:
-    """Parse and check a command's arguments; raise BadArgs naming the field."""
+# A start this far in the past is still "now": the invitation may have waited in the broker.
+START_GRACE_S = 300.0
+
+
+def _check_invite(a: InviteArgs, policy: Policy, now: float | None) -> None:
+    _check_meeting_id(a.meeting_id)
+    for field, value in (("args.starts_at", a.starts_at), ("args.ends_at", a.ends_at)):
+        if value is not None and not math.isfinite(value):
+            raise BadArgs(400, f"{field}: must be a finite number")
+    if a.publish is not None:
+        check_media_url(a.publish, "args.publish", policy)
+    if a.play is not None:
+        check_media_url(a.play, "args.play", policy)
+    if a.starts_at is not None and a.ends_at is not None and a.ends_at <= a.starts_at:
+        raise BadArgs(400, "args.ends_at: must be after args.starts_at")
+    if now is None:  # the clock is not synchronised: times cannot be judged
+        return
+    if a.ends_at is not None and a.ends_at <= now:
+        raise BadArgs(400, "args.ends_at: already past")
+    if a.ends_at is None and a.starts_at is not None and a.starts_at < now - START_GRACE_S:
+        raise BadArgs(400, "args.starts_at: in the past (give ends_at for a meeting already "
+                           "under way)")
+
+
+def validate(cmd: str, args: Any, policy: Policy, now: float | None = None) -> _Args:
+    """Parse and check a command's arguments; raise BadArgs naming the field.
+
+    ``now`` (Unix seconds) judges an invitation's times; None when the clock is
+    not synchronised.
+    """
     parsed = _parse_args(cmd, args)
     match parsed:
-        case InviteArgs() | CancelArgs():
+        case InviteArgs():
+            _check_invite(parsed, policy, now)
+        case CancelArgs():
             _check_meeting_id(parsed.meeting_id)
         case JoinArgs():
             _check_meeting_id(parsed.meeting_id)
@@ -265,9 +318,6 @@ def validate(cmd: str, args: Any, policy: Policy) -> _Args:
             raise BadArgs(400, "args.percent: must be 0-100")
         case IdentifyArgs() if not 1 <= parsed.duration_s <= 300:
             raise BadArgs(400, "args.duration_s: must be 1-300")
-    if (isinstance(parsed, InviteArgs) and parsed.starts_at is not None
-            and parsed.ends_at is not None and parsed.ends_at <= parsed.starts_at):
-        raise BadArgs(400, "args.ends_at: must be after args.starts_at")
     return parsed
 
 
@@ -290,12 +340,13 @@ class _Conflict(Exception):
 IN_MEETING = ("joining", "live")
 
 
-def handle_command(room: Room, cmd: str, cid: str, args: Any, policy: Policy) -> Outcome:
-    """Decide what a verified command does to the room."""
+def handle_command(room: Room, cmd: str, cid: str, args: Any, policy: Policy,
+                   now: float | None = None) -> Outcome:
+    """Decide what a verified command does to the room; ``now`` as in :func:`validate`."""
     if cmd not in HANDLED_COMMANDS:
         return Outcome(room, (_reply(cid, cmd, "rejected", 404, f"unknown command {cmd!r}"),))
     try:
-        parsed = validate(cmd, args, policy)
+        parsed = validate(cmd, args, policy, now)
         return _transition(room, cmd, cid, parsed)
     except BadArgs as exc:
         return Outcome(room, (_reply(cid, cmd, "rejected", exc.code, exc.detail),))
@@ -310,7 +361,8 @@ def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C
         case "meeting.invite", InviteArgs():
             if state not in ("idle", "invited"):
                 _conflict(cid, cmd, f"busy: the meeting state is {state}")
-            inv = Invitation(a.meeting_id, a.title, a.starts_at, a.ends_at, a.mandatory)
+            inv = Invitation(a.meeting_id, a.title, a.starts_at, a.ends_at, a.mandatory,
+                             a.publish, a.play, a.profile, a.muted)
             new = replace(room, state="invited", invitation=inv)
             return Outcome(new, (replace(ok, detail=f"invited to {a.meeting_id}"),),
                            (EmitEvent("invited", a.meeting_id, a.title),))
@@ -322,7 +374,7 @@ def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C
                 _conflict(cid, cmd, f"busy: the meeting state is {state} ({room.meeting_id})")
             request = StreamRequest(a.meeting_id, a.publish, a.profile, a.muted, a.play)
             new = replace(room, state="joining", meeting_id=a.meeting_id, invitation=None,
-                          stream=request, muted=a.muted, floor=False,
+                          stream=request, muted=a.muted, floor=False, hand_raised=False,
                           pending_join=(cid, cmd), last_error="")
             return Outcome(new, (_reply(cid, cmd, "accepted", 202, f"joining {a.meeting_id}"),),
                            (StartMedia(request), EmitEvent("joining", a.meeting_id)))
@@ -368,7 +420,7 @@ def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C
         case "floor.grant", NoArgs():
             if state not in IN_MEETING:
                 _conflict(cid, cmd, f"not in a meeting: the meeting state is {state}")
-            new = replace(room, floor=True, muted=False)
+            new = replace(room, floor=True, muted=False, hand_raised=False)
             return Outcome(new, (replace(ok, detail="floor granted, microphone on"),),
                            (SetMuted(False), EmitEvent("floor_granted", room.meeting_id)))
 
@@ -420,4 +472,94 @@ def handle_stream(room: Room, state: str, detail: str = "", fatal: bool = False)
 
     if state in ("reconnecting", "error") and room.state in IN_MEETING:
         return Outcome(room, (), (EmitEvent("stream_" + state, room.meeting_id, detail),))
+    return Outcome(room)
+
+
+# ---------------------------------------------------------------- the panel and the clock
+
+def _join_invitation(room: Room, inv: Invitation, why: str) -> Outcome:
+    request = inv.stream_request()
+    assert request is not None
+    new = replace(room, state="joining", meeting_id=inv.meeting_id, invitation=None,
+                  stream=request, muted=inv.muted, floor=False, hand_raised=False,
+                  pending_join=None, last_error="")
+    return Outcome(new, (), (StartMedia(request), EmitEvent("joining", inv.meeting_id, why)))
+
+
+def handle_press(room: Room, button: ButtonName, kind: PressKind, now: float,
+                 join_early_s: float) -> Outcome:
+    """What a classified press does in the room's state; ``now`` in Unix seconds.
+
+    The join button: a short press joins an invitation inside its join window
+    (or, with nothing pending, asks the centre for a call); live, it raises
+    or lowers a hand. A long press leaves a meeting. The mute button's short
+    press mutes or unmutes. A ``reset_hold`` is not the room's business.
+
+    >>> out = handle_press(Room(state="live", meeting_id="m1"), "join", "short_press", 0.0, 900)
+    >>> out.room.hand_raised, [e.kind for e in out.effects]
+    (True, ['hand_raised'])
+    """
+    state = room.state
+    if button == "mute":
+        if kind != "short_press" or state not in IN_MEETING:
+            return Outcome(room)
+        muted = not room.muted
+        return Outcome(replace(room, muted=muted),
+                       effects=(SetMuted(muted), EmitEvent("muted" if muted else "unmuted",
+                                                           room.meeting_id, "button")))
+    if kind == "short_press":
+        if state == "idle":
+            return Outcome(room, effects=(EmitEvent("call_request", None, "button"),))
+        if state == "invited" and room.invitation is not None:
+            inv = room.invitation
+            opens, closes = inv.join_window(join_early_s)
+            if inv.publish is None:
+                # Nothing to join with: the centre decides (it sends meeting.join).
+                return Outcome(room, effects=(EmitEvent("call_request", inv.meeting_id,
+                                                        "join requested by button"),))
+            if now < opens:
+                return Outcome(room, effects=(EmitEvent("join_too_early", inv.meeting_id,
+                                                        f"the join window opens at {opens:.0f}"),))
+            if now < closes:
+                return _join_invitation(room, inv, "button")
+            return Outcome(room)
+        if state == "live":
+            raised = not room.hand_raised
+            return Outcome(replace(room, hand_raised=raised),
+                           effects=(EmitEvent("hand_raised" if raised else "hand_lowered",
+                                              room.meeting_id),))
+        return Outcome(room)
+    if kind == "long_press" and state in (*IN_MEETING, "error"):
+        replies: tuple[ReplyDraft, ...] = ()
+        if room.pending_join:
+            jid, jcmd = room.pending_join
+            replies = (_reply(jid, jcmd, "failed", 409, "left by the button before the stream "
+                                                        "was up"),)
+        new = replace(room, state="leaving", pending_join=None, pending_leave=None)
+        return Outcome(new, replies, (StopMedia(), EmitEvent("leaving", room.meeting_id,
+                                                              "button")))
+    return Outcome(room)
+
+
+def handle_tick(room: Room, now: float) -> Outcome:
+    """What the passing of time does to an invitation; ``now`` in Unix seconds.
+
+    Its end clears it; a mandatory meeting that can be joined is joined at its start.
+
+    >>> inv = Invitation("m1", starts_at=100.0, ends_at=200.0, mandatory=True,
+    ...                  publish="srt://media.example.vn:9000")
+    >>> handle_tick(Room(state="invited", invitation=inv), 100.0).room.state
+    'joining'
+    >>> handle_tick(Room(state="invited", invitation=inv), 200.0).room.state
+    'idle'
+    """
+    inv = room.invitation
+    if room.state != "invited" or inv is None:
+        return Outcome(room)
+    if inv.ends_at is not None and now >= inv.ends_at:
+        return Outcome(replace(room, state="idle", invitation=None),
+                       effects=(EmitEvent("invitation_expired", inv.meeting_id),))
+    if inv.mandatory and inv.publish is not None and (inv.starts_at is None
+                                                      or now >= inv.starts_at):
+        return _join_invitation(room, inv, "mandatory meeting: joined at its start")
     return Outcome(room)

@@ -121,6 +121,7 @@ class Status(_Msg, kw_only=True):
     invited_meeting_id: str | None = None
     muted: bool = False
     floor: bool = False
+    hand_raised: bool = False
     volume_percent: int = 80
     stream: StreamFigures = msgspec.field(default_factory=StreamFigures)
     ts: float
