@@ -8,23 +8,27 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 from .adapters.health import HealthProbe
 from .adapters.mqtt import MqttLink
 from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
 from .adapters.service import ServiceManager
-from .adapters.statefile import Counters
-from .config import Config
-from .core.events import StopRequested
+from .adapters.statefile import Counters, ScheduleFile
+from .config import Config, Panel
+from .core.button import PressTiming
+from .core.events import PromptSpoken, StopRequested
 from .protocol import ReplayCache
-from .supervisor import Adapters, Supervisor
+from .supervisor import EXIT_FACTORY_RESET, Adapters, Supervisor
 
 log = logging.getLogger("diemcau")
 
 
-def build(cfg: Config) -> Supervisor:
+def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
+    """The supervisor and its adapters; ``pin_factory`` (gpiozero) replaces the configured one."""
     state = Path(cfg.device.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     counters = Counters(state / "counters.json")
@@ -37,6 +41,16 @@ def build(cfg: Config) -> Supervisor:
 
         return MediaSession(cfg.media, request, post, device_id=cfg.device.id)
 
+    panel = build_panel(cfg.panel, pin_factory) if cfg.panel else {}
+    posted: list[Supervisor] = []  # the voice reports to the supervisor made below
+    voice = None
+    if cfg.voice.enabled:
+        from .adapters.voice import Voice
+
+        voice = Voice(pcm=cfg.voice.pcm, voice=cfg.voice.voice,
+                      words_per_minute=cfg.voice.words_per_minute,
+                      volume_percent=cfg.voice.volume_percent,
+                      on_done=lambda key: posted[0].post(PromptSpoken(key)))
     adapters = Adapters(
         make_link=make_link,
         make_media=make_media,
@@ -48,8 +62,63 @@ def build(cfg: Config) -> Supervisor:
         model=board_model(cfg.device.model),
         serial=board_serial(cfg.device.serial),
         service=ServiceManager(),
+        voice=voice,
+        schedule=ScheduleFile(state / "invitation.json"),
+        **panel,
     )
-    return Supervisor(cfg, adapters)
+    supervisor = Supervisor(cfg, adapters)
+    posted.append(supervisor)
+    return supervisor
+
+
+def build_panel(cfg: Panel, factory: Any = None) -> dict[str, object]:
+    """The status light now, and a maker for the buttons (started by the supervisor).
+
+    Raises PanelError for pins that cannot be had (in use, no GPIO here).
+    """
+    from .adapters.panel import JoinButton, MuteButton, StatusLight, pin_factory_for
+
+    if factory is None:
+        factory = pin_factory_for(cfg.gpio)
+    light_pins = {name.removesuffix("_pin"): pin for name, pin in cfg.light.pins().items()}
+    light = StatusLight(cfg.light.kind, active_high=cfg.light.active_high,
+                        brightness=cfg.light.brightness, pin_factory=factory, **light_pins)
+    timing = PressTiming(debounce_s=cfg.debounce_ms / 1000, long_press_s=cfg.long_press_s,
+                         reset_hold_s=cfg.reset_hold_s)
+
+    def make_buttons(post):  # type: ignore[no-untyped-def]
+        buttons = [JoinButton(cfg.join_button.pin, post=post, timing=timing,
+                              reset_window_s=cfg.reset_window_s,
+                              pull_up=cfg.join_button.pull_up, pin_factory=factory)]
+        if cfg.mute_button is not None:
+            buttons.append(MuteButton(cfg.mute_button.pin, post=post, timing=timing,
+                                      pull_up=cfg.mute_button.pull_up, pin_factory=factory))
+        return buttons
+
+    if cfg.gpio == "mock" and threading.current_thread() is threading.main_thread():
+        _press_on_sigusr1(factory, cfg)
+    return {"light": light, "make_buttons": make_buttons}
+
+
+def _press_on_sigusr1(factory: object, cfg: Panel) -> None:
+    """Development only (``panel.gpio = "mock"``): SIGUSR1 is a short press of the join button.
+
+    gpiozero's MockFactory has no buttons anybody can press, so a test or the
+    demo presses it from outside: the mock pin goes to its pressed level for
+    0.3 s, and the press then takes the real path (gpiozero, the press
+    classifier, the supervisor's queue). On a real box (``lgpio``) the signal
+    keeps its default meaning.
+    """
+    pin = factory.pin(cfg.join_button.pin)  # type: ignore[attr-defined]
+
+    def press() -> None:
+        pressed, released = ((pin.drive_low, pin.drive_high) if cfg.join_button.pull_up
+                             else (pin.drive_high, pin.drive_low))
+        pressed()
+        threading.Event().wait(0.3)
+        released()
+
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=press, daemon=True).start())
 
 
 def run(cfg: Config) -> int:
@@ -62,6 +131,10 @@ def run(cfg: Config) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("diemcau %s starting as %s (%s)", _version(), cfg.device.id, cfg.site.name)
     supervisor.run()
+    if supervisor.factory_reset:
+        log.warning("stopped after a factory reset: exit %d so that the box starts afresh",
+                    EXIT_FACTORY_RESET)
+        return EXIT_FACTORY_RESET
     log.info("stopped")
     return 0
 

@@ -3,7 +3,8 @@
     diemcau run --config /etc/diemcau/endpoint.toml
     diemcau check --config /etc/diemcau/endpoint.toml
 
-Exit codes: 0 fine, 2 configuration problem (each one is printed).
+Exit codes: 0 fine, 2 configuration problem (each one is printed), 75 stopped
+after a factory reset (systemd starts the box again, which enrolls afresh).
 """
 
 from __future__ import annotations
@@ -45,9 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print(tomli_w.dumps(effective_config(cfg)), end="")
         return 0
     logging.basicConfig(level=cfg.log.level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    from .adapters.panel import PanelError
     from .app import run
 
-    return run(cfg)
+    try:
+        return run(cfg)
+    except PanelError as exc:  # a pin in use, no GPIO here: the configuration's to fix
+        print(f"configuration {args.config}: panel: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

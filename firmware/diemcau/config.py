@@ -113,6 +113,52 @@ class HealthConfig(_Section, kw_only=True, forbid_unknown_fields=True):
     stream_failing_s: float = 30.0
 
 
+class PanelButton(_Section, kw_only=True, forbid_unknown_fields=True):
+    pin: int
+    pull_up: bool = True  # the button connects the pin to ground
+
+
+class PanelLight(_Section, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["rgb", "single", "dual", "none"] = "rgb"
+    red_pin: int = 5  # rgb, dual
+    green_pin: int = 6  # rgb, dual
+    blue_pin: int = 13  # rgb
+    pin: int = 6  # single
+    active_high: bool = True  # false: LEDs wired to 3.3 V (common anode)
+    brightness: float = 1.0
+
+    def pins(self) -> dict[str, int]:
+        """The pins this kind of light drives, by key name."""
+        names = {"rgb": ("red_pin", "green_pin", "blue_pin"), "single": ("pin",),
+                 "dual": ("green_pin", "red_pin"), "none": ()}[self.kind]
+        return {name: getattr(self, name) for name in names}
+
+
+class Panel(_Section, kw_only=True, forbid_unknown_fields=True):
+    """The room's button(s) and status light; no ``[panel]`` section: none fitted."""
+
+    # "mock": gpiozero's MockFactory, for a development machine (see docs/room-controls.md).
+    gpio: Literal["lgpio", "mock"] = "lgpio"
+    debounce_ms: int = 50
+    long_press_s: float = 3.0
+    reset_hold_s: float = 10.0
+    reset_window_s: float = 60.0
+    join_early_s: float = 900.0  # a press joins an invitation this long before its start
+    join_button: PanelButton = msgspec.field(default_factory=lambda: PanelButton(pin=17))
+    mute_button: PanelButton | None = None
+    light: PanelLight = msgspec.field(default_factory=PanelLight)
+
+
+class VoiceConfig(_Section, kw_only=True, forbid_unknown_fields=True):
+    """Spoken prompts through the room's speaker (espeak-ng, ALSA)."""
+
+    enabled: bool = True
+    pcm: str = "default"  # ALSA playback device
+    volume_percent: int = 80  # at start; audio.volume changes it
+    voice: str = "vi"  # espeak-ng voice
+    words_per_minute: int = 150
+
+
 class Log(_Section, kw_only=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -126,6 +172,8 @@ class Config(_Section, kw_only=True, forbid_unknown_fields=True):
     outbox: Outbox = msgspec.field(default_factory=Outbox)
     media: Media = msgspec.field(default_factory=Media)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    panel: Panel | None = None
+    voice: VoiceConfig = msgspec.field(default_factory=VoiceConfig)
     log: Log = msgspec.field(default_factory=Log)
 
     @property
@@ -136,6 +184,16 @@ class Config(_Section, kw_only=True, forbid_unknown_fields=True):
     @property
     def audiences(self) -> frozenset[str]:
         return frozenset([self.device.id] + [f"group:{g}" for g in self.groups])
+
+
+def _struct_of(typ: Any) -> type | None:
+    """The struct a field holds: ``S`` for ``S`` and for ``S | None``."""
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+        return typ
+    args = [a for a in get_args(typ) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], msgspec.Struct):
+        return args[0]
+    return None
 
 
 def _unknown_keys(data: Any, struct: type, path: str) -> list[str]:
@@ -152,8 +210,8 @@ def _unknown_keys(data: Any, struct: type, path: str) -> list[str]:
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"{where}: unknown key{hint}")
             continue
-        sub = field.type
-        if isinstance(sub, type) and issubclass(sub, msgspec.Struct):
+        sub = _struct_of(field.type)
+        if sub is not None:
             problems += _unknown_keys(value, sub, where + ".")
     return problems
 
@@ -166,9 +224,8 @@ def _known_only(data: Any, struct: type) -> Any:
     kept = {}
     for key, value in data.items():
         if key in fields:
-            sub = fields[key]
-            is_struct = isinstance(sub, type) and issubclass(sub, msgspec.Struct)
-            kept[key] = _known_only(value, sub) if is_struct else value
+            sub = _struct_of(fields[key])
+            kept[key] = _known_only(value, sub) if sub is not None else value
     return kept
 
 
@@ -189,8 +246,8 @@ def shape_problems(data: dict[str, Any], root: type[msgspec.Struct]) -> list[str
 
 
 def _field_problems(path: str, value: Any, typ: Any) -> list[str]:
-    is_struct = isinstance(typ, type) and issubclass(typ, msgspec.Struct)
-    if is_struct and isinstance(value, dict):
+    if _struct_of(typ) is not None and isinstance(value, dict):
+        typ = _struct_of(typ)
         # Check key by key so that two wrong keys give two messages.
         problems = []
         for f in msgspec.structs.fields(typ):
@@ -258,6 +315,41 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("outbox.max_messages: must be at least 10")
     if cfg.media.channels not in (1, 2):
         problems.append("media.channels: 1 or 2")
+    if cfg.panel is not None:
+        problems += _panel_problems(cfg.panel)
+    if not 0 <= cfg.voice.volume_percent <= 100:
+        problems.append("voice.volume_percent: must be 0-100")
+    if not 80 <= cfg.voice.words_per_minute <= 450:
+        problems.append("voice.words_per_minute: must be 80-450")
+    return problems
+
+
+GPIO_PINS = range(28)  # BCM GPIO 0-27, the Pi's 40-pin header
+
+
+def _panel_problems(panel: Panel) -> list[str]:
+    problems = []
+    pins = {"panel.join_button.pin": panel.join_button.pin}
+    if panel.mute_button is not None:
+        pins["panel.mute_button.pin"] = panel.mute_button.pin
+    pins |= {f"panel.light.{name}": pin for name, pin in panel.light.pins().items()}
+    seen: dict[int, str] = {}
+    for key, pin in pins.items():
+        if pin not in GPIO_PINS:
+            problems.append(f"{key}: {pin} is not a GPIO of the Pi's header (0-27)")
+        elif pin in seen:
+            problems.append(f"{key}: GPIO{pin} is already {seen[pin]}")
+        else:
+            seen[pin] = key
+    if not 0 <= panel.debounce_ms / 1000 < panel.long_press_s < panel.reset_hold_s:
+        problems.append("panel.debounce_ms/long_press_s/reset_hold_s: need 0 <= debounce < "
+                        "long press < reset hold")
+    if panel.reset_window_s < 0:
+        problems.append("panel.reset_window_s: must be 0 or more")
+    if panel.join_early_s < 0:
+        problems.append("panel.join_early_s: must be 0 or more")
+    if not 0 < panel.light.brightness <= 1:
+        problems.append("panel.light.brightness: must be more than 0 and at most 1")
     return problems
 
 
@@ -315,7 +407,9 @@ def effective_config(cfg: Config) -> dict[str, Any]:
 
     def mask(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: ("***" if k in SECRET_KEYS and v else mask(v)) for k, v in node.items()}
+            # TOML has no null: an absent optional section (no [panel]) is left out.
+            return {k: ("***" if k in SECRET_KEYS and v else mask(v)) for k, v in node.items()
+                    if v is not None}
         return node
 
     return mask(msgspec.to_builtins(cfg))

@@ -12,12 +12,15 @@ says it is gone), then the final status, then the link (``disconnected``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
@@ -28,6 +31,7 @@ from .config import Config
 from .core import alerts as alert_rules
 from .core import meeting as core
 from .core.events import (
+    ButtonPressed,
     CommandArrived,
     Delivered,
     FromMedia,
@@ -35,10 +39,14 @@ from .core.events import (
     LinkDown,
     LinkUp,
     OwnStateSeen,
+    PromptSpoken,
     StopRequested,
     StreamChanged,
     StreamFiguresUpdated,
+    Tick,
 )
+from .core.light import LightView, Phase, light_for
+from .core.prompts import PROMPTS, prompt_for_event
 from .protocol import (
     CommandRejected,
     Event,
@@ -62,6 +70,9 @@ log = logging.getLogger("diemcau.supervisor")
 
 QUEUE_SIZE = 10_000
 REPLAY_PURGE_EVERY_S = 300.0
+TICK_S = 1.0  # the schedule timer: invitations' start and end, identify, reset
+RESET_CONFIRM_MAX_S = 15.0  # a factory reset waits for the voice at most this long
+EXIT_FACTORY_RESET = 75  # EX_TEMPFAIL: systemd restarts the box, which enrolls afresh
 
 
 class Link(Protocol):
@@ -99,6 +110,11 @@ class Adapters:
     model: str
     serial: str
     service: Any = None  # adapters.service.ServiceManager (systemd notify), optional
+    # The room's panel and voice, all optional (a box without them still joins meetings).
+    light: Any = None  # adapters.panel.StatusLight
+    make_buttons: Callable[[Callable[[object], None]], list[Any]] | None = None  # PanelButtons
+    voice: Any = None  # adapters.voice.Voice
+    schedule: Any = None  # adapters.statefile.ScheduleFile: the invitation across restarts
 
 
 class Supervisor:
@@ -108,7 +124,6 @@ class Supervisor:
         self._clock = clock
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_SIZE)
         self.dropped_events = 0
-        self.room = core.Room()
         self.stream = StreamFigures()
         self._policy = core.Policy(frozenset(cfg.commands.allowed_schemes),
                                    frozenset(cfg.commands.media_hosts))
@@ -126,6 +141,15 @@ class Supervisor:
         self._clock_synced = True
         self._last_status: bytes = b""
         self._stream_failing_since: float | None = None
+        # The room's panel: what the light shows besides the Room, and how presses are timed.
+        self._phase: Phase = "starting"
+        self._identify_until: float | None = None  # monotonic seconds
+        self._reset_deadline: float | None = None  # monotonic; set while a reset is confirmed
+        self.factory_reset = False  # run() erased the state: exit with EXIT_FACTORY_RESET
+        self._join_early_s = cfg.panel.join_early_s if cfg.panel else 900.0
+        self.room = core.Room(volume_percent=cfg.voice.volume_percent)
+        self._restore_invitation()
+        self._buttons: list[Any] = []
         self.link: Link = adapters.make_link(self.post)
 
     # ------------------------------------------------------------ the queue
@@ -142,7 +166,18 @@ class Supervisor:
 
     def run(self) -> None:
         """Run until a StopRequested arrives; then stop everything in reverse order."""
+        self._show_light()  # "starting", before anything that can take time
+        if self.a.voice is not None:
+            self.a.voice.start()
+        if self.a.make_buttons is not None:
+            # From here the reset window runs: a press held now counts for nothing.
+            self._buttons = self.a.make_buttons(self.post)
+            for button in self._buttons:
+                button.start()
         self.link.start()
+        self._phase = "connecting"
+        self._show_light()
+        next_tick = time.monotonic()
         service = self.a.service
         watchdog_s = service.watchdog_interval_s if service else None
         if service:
@@ -160,11 +195,14 @@ class Supervisor:
                 if now_m >= next_health:
                     self.post(HealthDue())
                     next_health = now_m + self.cfg.health.interval_s
+                if now_m >= next_tick:
+                    self.post(Tick())
+                    next_tick = now_m + TICK_S
                 if now_m >= next_purge:
                     if self._clock_synced:
                         self.a.replay.purge(self._clock(), self.cfg.commands.leeway_s)
                     next_purge = now_m + REPLAY_PURGE_EVERY_S
-                wake = min(next_health, next_alive) if watchdog_s else next_health
+                wake = min(next_health, next_tick, next_alive if watchdog_s else next_tick)
                 try:
                     event = self._queue.get(timeout=max(0.0, wake - time.monotonic()))
                 except queue.Empty:
@@ -182,6 +220,8 @@ class Supervisor:
     def _shutdown(self) -> None:
         if self.a.service:
             self.a.service.stopping()
+        for button in reversed(self._buttons):
+            button.stop()
         if self._media is not None:
             self._media.stop()
             self._media.join(timeout=5.0)
@@ -193,6 +233,12 @@ class Supervisor:
         self.link.stop("disconnected")
         self.a.outbox.close()
         self.a.replay.close()
+        if self.a.voice is not None:
+            self.a.voice.stop()
+        if self._reset_deadline is not None:
+            self._erase_state()
+        if self.a.light is not None:
+            self.a.light.close()
 
     # ------------------------------------------------------------ dispatch
 
@@ -211,14 +257,25 @@ class Supervisor:
                 self._on_link_up()
             case LinkDown(reason=reason):
                 log.warning("link down: %s", reason)
+                if self._phase == "ready":
+                    self._say("link_lost")
+                self._phase = "connecting"
                 # Made while offline: the outbox delivers it once the link is back.
                 self.emit("link_lost", detail=reason)
             case OwnStateSeen(payload=payload):
                 self._on_own_state(payload)
             case HealthDue():
                 self._health_tick()
+            case ButtonPressed():
+                self._on_press(event)
+            case Tick():
+                self._on_tick()
+            case PromptSpoken(key=key):
+                if key == "factory_reset" and self._reset_deadline is not None:
+                    self.post(StopRequested("factory reset"))
             case _:
                 log.error("unknown event %r", event)
+        self._show_light()
 
     # ------------------------------------------------------------ commands
 
@@ -246,7 +303,7 @@ class Supervisor:
         self._command_exp[command.id] = command.exp
         log.info("command %s %s args=%s", command.id, command.cmd, _short(command.args))
         outcome = core.handle_command(self.room, command.cmd, command.id, command.args,
-                                      self._policy)
+                                      self._policy, now if self._clock_synced else None)
         self._apply(outcome)
 
     def _apply(self, outcome: core.Outcome) -> None:
@@ -258,6 +315,8 @@ class Supervisor:
             self._carry_out(effect)
         if before != self.room:
             self._publish_status()
+        if before.invitation != self.room.invitation:
+            self._save_invitation()
 
     def _carry_out(self, effect: core.Effect) -> None:
         match effect:
@@ -269,13 +328,20 @@ class Supervisor:
                 if self._media is not None:
                     self._media.set_muted(muted)
             case core.SetVolume(percent=percent):
-                log.info("speaker volume %d%%", percent)  # the speaker path comes with prompts
+                log.info("speaker volume %d%%", percent)
+                if self.a.voice is not None:
+                    self.a.voice.set_volume(percent)
             case core.PublishHealth():
                 self._health_tick()
             case core.Identify(duration_s=duration):
                 log.info("identify for %d s: site %s", duration, self.cfg.site.name)
+                self._identify_until = time.monotonic() + duration
+                self._say("identify", self.cfg.site.name)
             case core.EmitEvent(kind=kind, meeting_id=meeting_id, detail=detail):
                 self.emit(kind, meeting_id=meeting_id, detail=detail)
+                key = prompt_for_event(kind)
+                if key is not None:
+                    self._say(key)
 
     def _send_reply(self, draft: core.ReplyDraft, *, first_status: str | None = None,
                     remember: bool = True) -> None:
@@ -332,6 +398,9 @@ class Supervisor:
     # ------------------------------------------------------------ link
 
     def _on_link_up(self) -> None:
+        if self._phase != "ready":
+            self._say("connected")
+        self._phase = "ready"
         self._publish_meta()
         self._publish_status(force=True)
         for code, alert in self._alerts.active.items():
@@ -416,12 +485,102 @@ class Supervisor:
         for code in update.cleared:
             log.info("alert %s cleared", code)
             self._send_reliable(alert_topic(self._dev, code), b"", retain=True)
+        if not self.link.connected:
+            # Without any network interface up and addressed, the broker is not the problem.
+            networked = any(i.up and i.addresses for i in reading.interfaces)
+            self._phase = "connecting" if networked else "no_network"
         self._health_seq += 1
         health = health_message(reading, seq=self._health_seq, stream=self.stream,
                                 alerts=self._alerts.codes)
         if self.link.connected:
             self.link.publish(device_topic(self._dev, "health"), encode(health), qos=0)
         self._publish_status()
+
+
+    # ------------------------------------------------------------ the room's panel and voice
+
+    def _on_press(self, press: ButtonPressed) -> None:
+        self.emit("button", meeting_id=self.room.meeting_id or (
+            self.room.invitation.meeting_id if self.room.invitation else None),
+            detail=press.kind, data={"button": press.button, "press": press.kind,
+                                     "held_s": press.held_s})
+        if self._reset_deadline is not None:
+            return  # the box is being erased: no press changes anything now
+        if press.kind == "reset_hold":
+            self._start_factory_reset()
+            return
+        self._apply(core.handle_press(self.room, press.button, press.kind, self._clock(),
+                                      self._join_early_s))
+
+    def _on_tick(self) -> None:
+        now_m = time.monotonic()
+        if self._identify_until is not None and now_m >= self._identify_until:
+            self._identify_until = None
+        if self._reset_deadline is not None:
+            if now_m >= self._reset_deadline:
+                log.warning("factory reset: the voice did not confirm in time; erasing anyway")
+                self.post(StopRequested("factory reset"))
+            return
+        if self._clock_synced:  # an unsynchronised clock cannot start or end a meeting
+            self._apply(core.handle_tick(self.room, self._clock()))
+
+    def _start_factory_reset(self) -> None:
+        """Confirm with the light and the voice; the state goes once the voice has spoken."""
+        log.warning("factory reset requested by the button: erasing %s", self.cfg.device.state_dir)
+        self._reset_deadline = time.monotonic() + RESET_CONFIRM_MAX_S
+        self.emit("factory_reset", detail="button held at start")
+        self._show_light()
+        if self.a.voice is not None:
+            self._say("factory_reset")  # PromptSpoken("factory_reset") then stops the box
+        else:
+            self.post(StopRequested("factory reset"))
+
+    def _erase_state(self) -> None:
+        """Forget identity and state: everything under the state directory (not the directory)."""
+        state = Path(self.cfg.device.state_dir)
+        for child in state.iterdir() if state.is_dir() else ():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        self.factory_reset = True
+        log.warning("factory reset: %s erased; the box starts afresh", state)
+
+    def _say(self, key: str, text: str | None = None) -> None:
+        if self.a.voice is not None:
+            self.a.voice.say(key, text if text is not None else PROMPTS[key])
+
+    def light_view(self) -> LightView:
+        """What the light shows, from the supervisor's state alone."""
+        return LightView.from_room(self.room, self._phase, hand_raised=self.room.hand_raised,
+                                   identify=self._identify_until is not None,
+                                   resetting=self._reset_deadline is not None)
+
+    def _show_light(self) -> None:
+        if self.a.light is not None:
+            self.a.light.show(light_for(self.light_view()))
+
+    def _restore_invitation(self) -> None:
+        if self.a.schedule is None:
+            return
+        saved = self.a.schedule.load()
+        if saved is None:
+            return
+        try:
+            # The same checks as a new invitation (the config may have changed), minus the time:
+            # the first tick drops one that ended while the box was off.
+            inv = core.invitation_from(core.validate("meeting.invite", saved, self._policy))
+        except core.BadArgs as exc:
+            log.error("saved invitation dropped: %s", exc.detail)
+            self.a.schedule.save(None)
+            return
+        log.info("invitation to %s restored", inv.meeting_id)
+        self.room = dataclasses.replace(self.room, state="invited", invitation=inv)
+
+    def _save_invitation(self) -> None:
+        if self.a.schedule is not None:
+            inv = self.room.invitation
+            self.a.schedule.save(None if inv is None else core.invitation_args(inv))
 
 
 def replace_ts(status: Status) -> Status:

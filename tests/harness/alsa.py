@@ -86,3 +86,44 @@ def make_microphone(directory: Path, *, pcm: str = "diemcau_mic", frequency_hz: 
         encoding="utf-8",
     )
     return SimulatedMicrophone(pcm, frequency_hz, sample_rate_hz, channels, seconds, tone, config)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedSpeaker:
+    """A playback PCM whose output lands in ``out_path`` (raw samples, as played)."""
+
+    pcm: str
+    out_path: Path
+    config_path: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"ALSA_CONFIG_PATH": f"{_ALSA_DIR / 'alsa.conf'}:{self.config_path}"}
+
+    def played(self) -> bytes:
+        try:
+            return self.out_path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+
+def make_speaker(directory: Path, *, pcm: str = "diemcau_speaker",
+                 also: SimulatedMicrophone | None = None) -> SimulatedSpeaker:
+    """A speaker: ALSA's ``file`` plugin over ``null`` writes what is played to a file.
+
+    Like the microphone it is not paced: playing takes no real time. ``also``
+    puts a microphone's PCM in the same configuration, for a process that needs both.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{pcm}.s16le"
+    config = directory / f"{pcm}.asoundrc"
+    text = (f"pcm.{pcm} {{\n"
+            f"    type file\n"
+            f"    slave.pcm \"null\"\n"
+            f"    file \"{out}\"\n"
+            f"    format \"raw\"\n"
+            f"}}\n")
+    if also is not None:
+        text += also.config_path.read_text(encoding="utf-8")
+    config.write_text(text, encoding="utf-8")
+    return SimulatedSpeaker(pcm, out, config)

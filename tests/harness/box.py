@@ -50,6 +50,7 @@ def box_config(
     microphone: str = "diemcau_mic",
     health_interval_s: float = 30.0,
     will_delay_s: int = 1,
+    voice: str = "enabled = false",
     extra: str = "",
 ) -> str:
     tls = (f'enabled = true\nca_file = "{broker.ca_file}"' if broker.tls else "enabled = false")
@@ -96,6 +97,9 @@ reconnect_max_s = 2.0
 [health]
 interval_s = {health_interval_s}
 clock_check = "none"
+
+[voice]
+{voice}
 
 [log]
 level = "debug"

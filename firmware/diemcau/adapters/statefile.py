@@ -68,3 +68,28 @@ class Counters:
         self._values[name] = self.get(name) + 1
         write_atomic(self._path, json.dumps(self._values).encode())
         return self._values[name]
+
+
+class ScheduleFile:
+    """The pending invitation, kept across restarts: its ``meeting.invite`` arguments as JSON.
+
+    ``load`` gives None for no file or an unreadable one (logged by the caller's checks).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            loaded: Any = json.loads(self._path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"garbled": str(self._path)}  # refused by the invitation's own checks
+        return loaded if isinstance(loaded, dict) else {"garbled": str(self._path)}
+
+    def save(self, args: dict[str, Any] | None) -> None:
+        if args is None:
+            self._path.unlink(missing_ok=True)
+        else:
+            write_atomic(self._path, json.dumps(args, ensure_ascii=False).encode())

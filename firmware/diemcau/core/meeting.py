@@ -321,6 +321,16 @@ def validate(cmd: str, args: Any, policy: Policy, now: float | None = None) -> _
     return parsed
 
 
+def invitation_from(a: InviteArgs) -> Invitation:
+    return Invitation(a.meeting_id, a.title, a.starts_at, a.ends_at, a.mandatory, a.publish,
+                      a.play, a.profile, a.muted)
+
+
+def invitation_args(inv: Invitation) -> dict[str, Any]:
+    """The ``meeting.invite`` arguments that give ``inv`` (how the schedule is saved)."""
+    return {f.name: getattr(inv, f.name) for f in msgspec.structs.fields(InviteArgs)}
+
+
 # ---------------------------------------------------------------- transitions
 
 
@@ -361,8 +371,7 @@ def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C
         case "meeting.invite", InviteArgs():
             if state not in ("idle", "invited"):
                 _conflict(cid, cmd, f"busy: the meeting state is {state}")
-            inv = Invitation(a.meeting_id, a.title, a.starts_at, a.ends_at, a.mandatory,
-                             a.publish, a.play, a.profile, a.muted)
+            inv = invitation_from(a)
             new = replace(room, state="invited", invitation=inv)
             return Outcome(new, (replace(ok, detail=f"invited to {a.meeting_id}"),),
                            (EmitEvent("invited", a.meeting_id, a.title),))
