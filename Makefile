@@ -15,7 +15,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-numpy python3-systemd ffmpeg \
-	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core
+	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=

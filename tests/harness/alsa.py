@@ -90,7 +90,7 @@ def make_microphone(directory: Path, *, pcm: str = "diemcau_mic", frequency_hz: 
 
 @dataclass(frozen=True, slots=True)
 class SimulatedSpeaker:
-    """A playback PCM whose output lands in ``out_path`` (raw samples, as played)."""
+    """A playback PCM whose output lands in ``out_path`` (raw samples, as played, appended)."""
 
     pcm: str
     out_path: Path
@@ -100,11 +100,21 @@ class SimulatedSpeaker:
     def env(self) -> dict[str, str]:
         return {"ALSA_CONFIG_PATH": f"{_ALSA_DIR / 'alsa.conf'}:{self.config_path}"}
 
+    def openings(self) -> list[bytes]:
+        """What was played each time the PCM was opened, in order (one prompt each)."""
+        # With "truncate false" the plugin never overwrites: each opening after the first
+        # writes to the next free name, out.0001, out.0002, ...
+        paths = [self.out_path] if self.out_path.exists() else []
+        paths += sorted(self.out_path.parent.glob(self.out_path.name + ".[0-9][0-9][0-9][0-9]"))
+        return [path.read_bytes() for path in paths]
+
     def played(self) -> bytes:
-        try:
-            return self.out_path.read_bytes()
-        except FileNotFoundError:
-            return b""
+        """Everything played, in order."""
+        return b"".join(self.openings())
+
+    def clear(self) -> None:
+        for path in self.out_path.parent.glob(self.out_path.name + "*"):
+            path.unlink()
 
 
 def make_speaker(directory: Path, *, pcm: str = "diemcau_speaker",
@@ -122,6 +132,7 @@ def make_speaker(directory: Path, *, pcm: str = "diemcau_speaker",
             f"    slave.pcm \"null\"\n"
             f"    file \"{out}\"\n"
             f"    format \"raw\"\n"
+            f"    truncate false\n"  # each opening writes a new file: nothing is overwritten
             f"}}\n")
     if also is not None:
         text += also.config_path.read_text(encoding="utf-8")
