@@ -18,7 +18,7 @@ from pathlib import Path
 
 import jwt
 
-from diemcau.protocol import Reply, State, Status, decode, device_topic
+from diemcau.protocol import Event, Reply, State, Status, decode, device_topic
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
@@ -72,8 +72,9 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
 
     observer = Observer(broker, centre_key)
     mic = make_microphone(OUT / "mic", seconds=STREAM_S + 60)
+    # The panel on gpiozero's MockFactory: the demo presses the button with SIGUSR1.
     box = Box(OUT / "box", broker, centre_key, device_id=DEV, env=mic.env,
-              microphone=mic.pcm, health_interval_s=5)
+              microphone=mic.pcm, health_interval_s=5, extra='[panel]\ngpio = "mock"\n')
     try:
         say("Plugging in the box (simulated camera: test pattern; microphone: a 1 kHz tone)")
         started = time.time()
@@ -83,14 +84,26 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
               f"(session {decode(birth.payload, State).session})")
         centre("devices", config=centre_cfg)
 
-        say("The centre invites the box to a meeting")
+        say("The centre invites the box to a meeting starting in 10 minutes; the invitation "
+            "says where to send")
+        starts = time.time() + 600
         centre("send", DEV, "meeting.invite", "--arg", f"meeting_id={MEETING}",
-               "--arg", "title=Họp giao ban tháng 11", config=centre_cfg)
+               "--arg", "title=Họp giao ban tháng 11", "--arg", f"publish={media.url}",
+               "--arg", "profile=480p25", "--arg", f"starts_at={starts:.0f}",
+               "--arg", f"ends_at={starts + 3600:.0f}", config=centre_cfg)
+        observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
+                          and decode(m.payload, Status).meeting_state == "invited", timeout=10)
+        print("  the box is invited: its light blinks green, it says "
+              "\"có cuộc họp, nhấn nút để tham gia\"")
 
-        say("The centre tells the box to join: it streams to the media server")
-        centre("send", DEV, "meeting.join", "--arg", f"meeting_id={MEETING}",
-               "--arg", f"publish={media.url}", "--arg", "profile=480p25",
-               "--timeout", "15", config=centre_cfg)
+        say("The clerk presses the box's button (simulated: gpiozero's mock pin, driven low "
+            "for 0.3 s); the box joins and streams to the media server")
+        pressed = time.time()
+        box.press()
+        live = observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
+                                 and decode(m.payload, Status).meeting_state == "live",
+                                 timeout=20, after=pressed)
+        print(f"  live {live.at - pressed:.2f} s after the press")
 
         say(f"Streaming for {STREAM_S} s; the centre's live view of the fleet:")
         time.sleep(STREAM_S / 2)
@@ -145,6 +158,12 @@ def summary(observer: Observer, recording_path: Path) -> None:
                   f"{status.meeting_state:<8} muted={str(status.muted).lower():<5} "
                   f"stream={status.stream.state}")
             last = row
+
+    print("  events the box sent:")
+    for m in observer.on(device_topic(DEV, "event")):
+        event = decode(m.payload, Event)
+        extra = f" {event.data}" if event.data else ""
+        print(f"    #{event.seq:<3} {event.kind:<20} {event.detail}{extra}")
 
     print("  replies (time from the command reaching the broker to the reply):")
     sent = {}

@@ -161,6 +161,16 @@ class Box:
                 self._proc.wait()
         return self._finish()
 
+    def press(self) -> None:
+        """A short press of the join button, for a box with ``panel.gpio = "mock"``.
+
+        SIGUSR1 drives gpiozero's mock pin (see ``diemcau.app``); on any other box
+        the signal is not handled and would end it.
+        """
+        assert self._proc is not None and self._proc.poll() is None, "the box is not running"
+        assert 'gpio = "mock"' in self.config_file.read_text(), "the box has no mock panel"
+        self._proc.send_signal(signal.SIGUSR1)
+
     def kill(self) -> None:
         """kill -9: no clean stop, the broker must publish the will."""
         if self._proc is not None and self._proc.poll() is None:
