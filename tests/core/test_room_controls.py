@@ -236,3 +236,47 @@ def test_leaving_forgets_a_raised_hand() -> None:
     up = handle_press(live(), "join", "short_press", NOW, EARLY).room
     leave = handle_command(up, "meeting.leave", "c5", {}, POLICY, NOW)
     assert handle_stream(leave.room, "off").room.hand_raised is False
+
+
+# ---------------------------------------------------------------- any sequence
+
+STEPS = st.one_of(
+    st.tuples(st.just("press"), st.sampled_from(["join", "mute"]),
+              st.sampled_from(["short_press", "long_press", "reset_hold"])),
+    st.tuples(st.just("tick"), st.floats(min_value=-100, max_value=8000)),
+    st.tuples(st.just("stream"), st.sampled_from(["live", "off", "error", "reconnecting"]),
+              st.booleans()),
+    st.tuples(st.just("cmd"), st.sampled_from([
+        ("meeting.invite", {"meeting_id": "m1", "publish": PUBLISH, "starts_at": NOW + 600,
+                            "ends_at": NOW + 3600, "mandatory": True}),
+        ("meeting.invite", {"meeting_id": "m2", "ends_at": NOW + 60}),
+        ("meeting.cancel", {"meeting_id": "m1"}),
+        ("meeting.join", {"meeting_id": "m3", "publish": PUBLISH}),
+        ("meeting.leave", {}),
+        ("floor.grant", {}), ("floor.revoke", {}), ("audio.mute", {}), ("audio.unmute", {}),
+    ])),
+)
+
+
+@given(st.lists(STEPS, max_size=30))
+def test_any_sequence_of_presses_ticks_commands_and_stream_events_keeps_the_room_sound(
+        steps: list[tuple[Any, ...]]) -> None:
+    room = Room()
+    for step in steps:
+        if step[0] == "press":
+            out = handle_press(room, step[1], step[2], NOW, EARLY)
+        elif step[0] == "tick":
+            out = handle_tick(room, NOW + step[1])
+        elif step[0] == "stream":
+            out = handle_stream(room, step[1], "", step[2])
+        else:
+            out = handle_command(room, step[1][0], "c", step[1][1], POLICY, NOW)
+        room = out.room
+        assert (room.state == "invited") == (room.invitation is not None), room
+        assert not room.hand_raised or room.state in ("live", "leaving"), room
+        assert not room.floor or room.state in ("joining", "live", "leaving", "error"), room
+        if room.state in ("joining", "live"):
+            assert room.stream is not None and room.meeting_id is not None
+        # A press never owes the centre a reply of its own.
+        if step[0] == "press":
+            assert all(r.id == "c" for r in out.replies)

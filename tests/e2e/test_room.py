@@ -132,8 +132,8 @@ def room_box(tmp_path: Path, broker, centre, observer, monkeypatch
              ) -> Iterator[Callable[..., RoomBox]]:  # noqa: ANN001
     boxes: list[RoomBox] = []
 
-    def start(reset_window_s: float = 0.0, before: Callable[[Path], None] | None = None
-              ) -> RoomBox:
+    def start(reset_window_s: float = 0.0, before: Callable[[Path], None] | None = None,
+              held_at_start: bool = False) -> RoomBox:
         mic = make_microphone(tmp_path / "mic", seconds=120)
         speaker = make_speaker(tmp_path / "speaker", also=mic)
         monkeypatch.setenv("ALSA_CONFIG_PATH", speaker.env["ALSA_CONFIG_PATH"])
@@ -150,6 +150,8 @@ def room_box(tmp_path: Path, broker, centre, observer, monkeypatch
         thread = threading.Thread(target=supervisor.run, name="supervisor", daemon=True)
         box = RoomBox(supervisor, factory, speaker, state_dir, thread)
         boxes.append(box)
+        if held_at_start:
+            factory.pin(JOIN_PIN).drive_low()
         thread.start()
         observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
                           and b"ready" in m.payload, timeout=15)
@@ -379,3 +381,36 @@ def test_sigusr1_presses_the_mock_button_of_a_development_box(make_box, observer
     assert pressed.data["press"] == "short_press" and pressed.data["button"] == "join"
     event_where(observer, "call_request", t0)
     assert box.running
+
+
+
+def test_contact_bounce_gives_one_press(room_box, observer) -> None:  # noqa: ANN001
+    box = room_box()
+    box.wait_light("ready")
+    pin = box.factory.pin(JOIN_PIN)
+    t0 = time.time()
+    for _ in range(5):  # a bouncing contact: edges 3 ms apart, shorter than the debounce
+        pin.drive_low()
+        time.sleep(0.003)
+        pin.drive_high()
+        time.sleep(0.003)
+    box.press(0.2)
+    event_where(observer, "call_request", t0)
+    time.sleep(0.5)
+    assert [(e.kind, e.detail) for e in events(observer, t0)] == [
+        ("button", "short_press"), ("call_request", "button")]
+
+
+def test_a_button_held_while_the_box_starts_counts_for_nothing(room_box, observer) -> None:  # noqa: ANN001
+    box = room_box(reset_window_s=30.0, held_at_start=True)
+    box.wait_light("ready")
+    t0 = time.time()
+    time.sleep(1.5)  # longer than the reset hold
+    box.factory.pin(JOIN_PIN).drive_high()
+    time.sleep(0.5)
+    assert [e for e in events(observer, t0) if e.kind in ("button", "factory_reset")] == []
+    assert box.thread.is_alive() and any(box.state_dir.iterdir())
+    # The next press counts again.
+    t1 = time.time()
+    box.press(0.2)
+    assert event_where(observer, "button", t1).detail == "short_press"
