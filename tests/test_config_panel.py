@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diemcau.config import ConfigError, parse_config
+from diemcau.config import ConfigError, effective_config, parse_config
 from tests.test_config import MINIMAL
 
 PANEL = """
@@ -51,6 +52,8 @@ def test_a_panel_with_defaults() -> None:
     assert (panel.join_button.pin, panel.join_button.pull_up) == (17, True)
     assert panel.mute_button is None
     assert panel.light.pins() == {"red_pin": 5, "green_pin": 6, "blue_pin": 13}
+    # What `diemcau check` prints is itself a valid configuration, the panel included.
+    assert parse_config(tomli_w.dumps(effective_config(cfg))) == cfg
 
 
 def test_the_example_configuration_loads() -> None:
