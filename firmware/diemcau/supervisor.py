@@ -547,6 +547,8 @@ class Supervisor:
         log.warning("factory reset: %s erased; the box starts afresh", state)
 
     def _say(self, key: str, text: str | None = None) -> None:
+        if self._reset_deadline is not None and key != "factory_reset":
+            return  # nothing may push the reset's confirmation out of the voice's queue
         if self.a.voice is not None:
             self.a.voice.say(key, text if text is not None else PROMPTS[key])
 
