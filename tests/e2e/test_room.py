@@ -414,3 +414,44 @@ def test_a_button_held_while_the_box_starts_counts_for_nothing(room_box, observe
     t1 = time.time()
     box.press(0.2)
     assert event_where(observer, "button", t1).detail == "short_press"
+
+
+@pytest.mark.parametrize("saved", [
+    b"{not json",
+    b'{"meeting_id": "m7", "publish": "srt://media.elsewhere.example:9000"}',
+    b'{"meeting_id": "m7", "surprise": 1}',
+])
+def test_a_saved_invitation_the_box_cannot_use_is_dropped_at_start(
+        room_box, observer, saved: bytes) -> None:  # noqa: ANN001
+    def write(state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "invitation.json").write_bytes(saved)
+
+    box = room_box(before=write)
+    box.wait_light("ready")
+    status = status_where(observer, lambda s: True, after=0)
+    assert (status.meeting_state, status.invited_meeting_id) == ("idle", None)
+    assert not (box.state_dir / "invitation.json").exists()
+
+
+def test_a_saved_invitation_is_restored_with_what_a_press_needs(
+        room_box, observer, tmp_path) -> None:  # noqa: ANN001
+    listener = SrtListener(tmp_path / "media")
+    listener.start()
+
+    def write(state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        (state_dir / "invitation.json").write_text(
+            f'{{"meeting_id": "m8", "publish": "{listener.url}", "profile": "360p15", '
+            f'"muted": true, "ends_at": {time.time() + 600}}}')
+
+    try:
+        box = room_box(before=write)
+        box.wait_light("invited")
+        t0 = time.time()
+        box.press(0.15)
+        live = status_where(observer, lambda s: s.meeting_state == "live", t0, timeout=20)
+        assert (live.meeting_id, live.muted, live.stream.profile) == ("m8", True, "360p15")
+        box.wait_light("live_muted")
+    finally:
+        listener.stop()
