@@ -118,7 +118,7 @@ class MqttLink:
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
         )
         client.username_pw_set(self._cfg.username or self._dev, self._cfg.password or None)
-        context = tls_context(self._cfg.tls)
+        context = self._tls = tls_context(self._cfg.tls)
         if context is not None:
             if self._cfg.tls.insecure_skip_verify:
                 log.warning("TLS certificate checks are off (mqtt.tls.insecure_skip_verify)")
@@ -250,6 +250,16 @@ class MqttLink:
     @_guarded
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._post(Delivered(mid))
+
+    def reload_certificate(self) -> None:
+        """Use the (renewed) certificate files from the next connection on.
+
+        The connection up now stays: the broker checked the old certificate
+        when it began, and it is still valid for months.
+        """
+        if self._tls is not None and self._cfg.tls.cert_file:
+            self._tls.load_cert_chain(self._cfg.tls.cert_file, self._cfg.tls.key_file or None)
+            log.info("client certificate reloaded for the next connection")
 
     # ------------------------------------------------------------ sending
 
