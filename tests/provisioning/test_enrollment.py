@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import os
+import queue
 import ssl
 import stat
 import subprocess
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 
 from diemcau.adapters.enroll import (
     EnrollError,
+    Renewer,
     enroll_once,
     enroll_until_done,
     identity_dir,
@@ -33,6 +35,7 @@ from diemcau.adapters.enroll import (
     renew_once,
 )
 from diemcau.config import boot_settings, load_config
+from diemcau.core.events import CertificateStatus
 from diemcau.protocol.enrollment import (
     ENROLL_PATH,
     RENEW_PATH,
@@ -442,3 +445,34 @@ def test_a_centre_file_reads_with_the_box_schema(centre: Centre) -> None:
     assert doc.device_id == A2 and doc.site.room == "Hội trường"
     assert doc.service == centre.service_url
     assert os.stat(centre.enrollment_file(A2)).st_mode & 0o077 == 0
+
+
+def test_the_renewer_renews_when_due_and_reports_failures(centre: Centre, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    running = RunningService(centre)
+    try:
+        first = enroll_once(centre.enrollment_file(A), state)
+    finally:
+        running.stop()
+    old_cert = first.cert_file.read_bytes()
+    events: queue.Queue[CertificateStatus] = queue.Queue()
+    # A clock at 90% of the certificate's life: renewal is overdue.
+    late = first.not_before + 0.9 * (first.not_after - first.not_before)
+    renewer = Renewer(state, first, events.put, retry_min_s=0.1, retry_max_s=0.3,
+                      clock=lambda: late)
+    renewer.start()
+    try:
+        assert events.get(timeout=10) == CertificateStatus(first.not_before, first.not_after)
+        failed = events.get(timeout=10)  # the service is down
+        assert not failed.renewed and "cannot reach" in failed.last_error
+        running = RunningService(centre)
+        try:
+            while not (status := events.get(timeout=20)).renewed:
+                pass
+        finally:
+            running.stop()
+    finally:
+        renewer.stop()
+    renewed = load_identity(state)
+    assert renewed is not None and status.last_error == ""
+    assert renewed.cert_file.read_bytes() != old_cert and status.not_after == renewed.not_after
