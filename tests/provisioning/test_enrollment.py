@@ -34,7 +34,7 @@ from diemcau.adapters.enroll import (
     load_identity,
     renew_once,
 )
-from diemcau.config import boot_settings, load_config
+from diemcau.config import ConfigError, boot_settings, load_config
 from diemcau.core.events import CertificateStatus
 from diemcau.protocol.enrollment import (
     ENROLL_PATH,
@@ -119,6 +119,18 @@ def test_the_identity_completes_a_blank_configuration(centre: Centre, service: R
     assert (cfg.mqtt.host, cfg.mqtt.port) == ("127.0.0.1", 8883)
     assert cfg.mqtt.tls.cert_file == str(identity.cert_file)
     assert cfg.commands.centre_keys == centre.settings.centre_keys
+
+
+def test_the_image_example_needs_only_an_identity(centre: Centre, service: RunningService,
+                                                  tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "firmware/examples/endpoint-image.toml"
+    with pytest.raises(ConfigError) as blank:
+        load_config(example)
+    assert "device: missing section [device]" not in blank.value.problems  # state_dir is there
+    assert "device.id: missing (required)" in blank.value.problems
+    identity = enroll_once(centre.enrollment_file(A), tmp_path / "state")
+    cfg = load_config(example, overlay=identity.overlay())
+    assert cfg.device.id == A and cfg.mqtt.tls.key_file == str(identity.key_file)
 
 
 def blank_config(state: Path, enroll_file: Path, broker_port: int | None = None) -> str:
