@@ -147,3 +147,15 @@ def test_enroll_service_refuses_bad_options(tmp_path: Path, args: list[str],
         args = [*args, "--centre-key", str(d / "ca.pem")]
     code, _, err = run("enroll-service", "--dir", str(d), *args)
     assert code == 2 and message in err
+
+
+def test_send_checks_a_key_update_before_it_reaches_the_boxes() -> None:
+    from diemcau.protocol import generate_signing_key, public_key_to_text
+    from diemcau_centre.send import UsageError, build_args
+
+    good = public_key_to_text(generate_signing_key().public_key())
+    assert build_args("keys.update", json_text=f'{{"keys": {{"k2027": "{good}"}}}}') == {
+        "keys": {"k2027": good}}
+    for bad, why in (('{"keys": {}}', "non-empty"), ('{"keys": {"k": "abc"}}', "keys.k: not an")):
+        with pytest.raises(UsageError, match=why):
+            build_args("keys.update", json_text=bad)
