@@ -220,7 +220,7 @@ def test_reply_first_status_is_null_unless_duplicate() -> None:
 
 
 def test_protocol_constants() -> None:
-    assert len(COMMAND_NAMES) == len(set(COMMAND_NAMES)) == 16
+    assert len(COMMAND_NAMES) == len(set(COMMAND_NAMES)) == 17
     assert all(re.fullmatch(r"[a-z]+\.[a-z]+", name) for name in COMMAND_NAMES)
     assert all(NAME_RE.fullmatch(code) for code in ALERT_CODES)
     assert {"accepted", "in_progress"}.isdisjoint(FINAL_STATUSES)

@@ -10,7 +10,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapters.health import HealthProbe
 from .adapters.mqtt import MqttLink
@@ -18,13 +18,47 @@ from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
 from .adapters.service import ServiceManager
 from .adapters.statefile import Counters, ScheduleFile
-from .config import Config, Panel
+from .config import Config, Enrollment, Panel
 from .core.button import PressTiming
-from .core.events import PromptSpoken, StopRequested
+from .core.events import EnrollmentStopped, PromptSpoken, StopRequested
 from .protocol import ReplayCache
 from .supervisor import EXIT_FACTORY_RESET, Adapters, Supervisor
 
+if TYPE_CHECKING:
+    from .adapters.enroll import Identity
+
 log = logging.getLogger("diemcau")
+
+
+def obtain_identity(state_dir: Path, enrollment: Enrollment) -> Identity | None:
+    """The box's stored identity; else, if an enrollment file is there, enroll until done.
+
+    None: no identity and no enrollment file (a box configured by hand).
+    EnrollmentStopped if SIGTERM or SIGINT comes first. Meanwhile systemd
+    hears that the box is alive: enrolling may take days.
+    """
+    from .adapters.enroll import enroll_until_done, load_identity
+
+    identity = load_identity(state_dir)
+    enroll_file = Path(enrollment.file)
+    if identity is not None or not enroll_file.exists():
+        return identity
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    service = ServiceManager()
+    service.ready("enrolling")
+    log.info("no identity yet: enrolling with %s", enroll_file)
+    try:
+        identity = enroll_until_done(enroll_file, state_dir, retry_min_s=enrollment.retry_min_s,
+                                     retry_max_s=enrollment.retry_max_s, stopping=stopping,
+                                     alive=service.alive)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if identity is None:
+        raise EnrollmentStopped
+    return identity
 
 
 def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
@@ -121,8 +155,15 @@ def _press_on_sigusr1(factory: object, cfg: Panel) -> None:
     signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=press, daemon=True).start())
 
 
-def run(cfg: Config) -> int:
+def run(cfg: Config, identity: Identity | None = None) -> int:
     supervisor = build(cfg)
+    renewer = None
+    if identity is not None:
+        from .adapters.enroll import Renewer
+
+        renewer = Renewer(Path(cfg.device.state_dir), identity, supervisor.post,
+                          retry_min_s=cfg.enrollment.retry_min_s,
+                          retry_max_s=cfg.enrollment.retry_max_s)
 
     def on_signal(signum: int, _frame: object) -> None:
         supervisor.post(StopRequested(signal.Signals(signum).name))
@@ -130,7 +171,13 @@ def run(cfg: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("diemcau %s starting as %s (%s)", _version(), cfg.device.id, cfg.site.name)
-    supervisor.run()
+    if renewer is not None:
+        renewer.start()
+    try:
+        supervisor.run()
+    finally:
+        if renewer is not None:
+            renewer.stop()
     if supervisor.factory_reset:
         log.warning("stopped after a factory reset: exit %d so that the box starts afresh",
                     EXIT_FACTORY_RESET)

@@ -157,6 +157,11 @@ class VoiceConfig(_Section, kw_only=True, forbid_unknown_fields=True):
     volume_percent: int = 80  # at start; audio.volume changes it
     voice: str = "vi"  # espeak-ng voice
     words_per_minute: int = 150
+class Enrollment(_Section, kw_only=True, forbid_unknown_fields=True):
+    # Where a blank box finds its enrollment file: the SD card's FAT boot partition.
+    file: str = "/boot/firmware/diemcau-enroll.toml"
+    retry_min_s: float = 10.0
+    retry_max_s: float = 3600.0  # the centre may be unreachable for days: try hourly at worst
 
 
 class Log(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -174,6 +179,7 @@ class Config(_Section, kw_only=True, forbid_unknown_fields=True):
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     panel: Panel | None = None
     voice: VoiceConfig = msgspec.field(default_factory=VoiceConfig)
+    enrollment: Enrollment = msgspec.field(default_factory=Enrollment)
     log: Log = msgspec.field(default_factory=Log)
 
     @property
@@ -321,6 +327,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("voice.volume_percent: must be 0-100")
     if not 80 <= cfg.voice.words_per_minute <= 450:
         problems.append("voice.words_per_minute: must be 80-450")
+    e = cfg.enrollment
+    if e.retry_min_s <= 0 or e.retry_max_s < e.retry_min_s:
+        problems.append("enrollment.retry_min_s/retry_max_s: need 0 < min <= max")
     return problems
 
 
@@ -362,41 +371,88 @@ def _numbers(node: Any, path: str = "") -> list[tuple[str, Any]]:
 S = TypeVar("S", bound=msgspec.Struct)
 
 
-def read_toml(text: str, source: str, root: type[S]) -> S:
-    """TOML text into ``root``, or ConfigError naming every unknown key and wrong type.
-
-    Shared with the centre's configuration, so that both read their files alike.
-    """
+def _toml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise ConfigError(source, ["not valid TOML: nested too deeply"]) from None
+
+
+def _overlaid(data: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``overlay`` laid over it, table by table; overlay values win."""
+    merged = dict(data)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlaid(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(text: str, source: str, root: type[S], overlay: dict[str, Any] | None = None) -> S:
+    """TOML text into ``root``, or ConfigError naming every unknown key and wrong type.
+
+    ``overlay`` (the box's enrolled identity) is laid over the file's tables
+    before anything is checked. Shared with the centre's configuration, so
+    that both read their files alike.
+    """
+    data = _toml(text, source)
+    if overlay:
+        data = _overlaid(data, overlay)
     problems = shape_problems(data, root)
     if problems:
         raise ConfigError(source, problems)
     return msgspec.convert(data, root)
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Parse and check configuration text; raise ConfigError listing every problem."""
-    cfg = read_toml(text, source, Config)
+def parse_config(text: str, source: str = "<config>",
+                 overlay: dict[str, Any] | None = None) -> Config:
+    """Parse and check configuration text; raise ConfigError listing every problem.
+
+    ``overlay`` is what the box's enrolled identity says (device id, site,
+    broker, certificates, centre keys); it wins over the file.
+    """
+    cfg = read_toml(text, source, Config, overlay)
     problems = _semantic_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"cannot read: {exc}"]) from None
-    return parse_config(text, str(path))
+
+
+def load_config(path: str | Path, overlay: dict[str, Any] | None = None) -> Config:
+    path = Path(path)
+    return parse_config(_read(path), str(path), overlay)
+
+
+def boot_settings(path: str | Path) -> tuple[Path, Enrollment]:
+    """The state directory and ``[enrollment]``: all a blank box needs before it has an identity.
+
+    Read on their own, because the rest of a blank box's configuration (its
+    device id, site, broker, keys) comes from enrollment.
+    """
+    path = Path(path)
+    data = _toml(_read(path), str(path))
+    device = data.get("device", {})
+    state_dir = device.get("state_dir", Device(id="").state_dir) \
+        if isinstance(device, dict) else None
+    problems = []
+    if not isinstance(state_dir, str) or not state_dir:
+        problems.append("device.state_dir: expected a directory name")
+    problems += _field_problems("enrollment", data.get("enrollment", {}), Enrollment)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return Path(state_dir), msgspec.convert(data.get("enrollment", {}), Enrollment)
 
 
 SECRET_KEYS = {"password"}

@@ -26,12 +26,15 @@ from typing import Any, Protocol
 import msgspec
 
 from . import __version__
+from .adapters.enroll import store_centre_keys
 from .adapters.health import health_message, observation_from
 from .config import Config
 from .core import alerts as alert_rules
+from .core import identity as identity_rules
 from .core import meeting as core
 from .core.events import (
     ButtonPressed,
+    CertificateStatus,
     CommandArrived,
     Delivered,
     FromMedia,
@@ -150,6 +153,7 @@ class Supervisor:
         self.room = core.Room(volume_percent=cfg.voice.volume_percent)
         self._restore_invitation()
         self._buttons: list[Any] = []
+        self._certificate: CertificateStatus | None = None  # None: no enrolled identity
         self.link: Link = adapters.make_link(self.post)
 
     # ------------------------------------------------------------ the queue
@@ -273,6 +277,8 @@ class Supervisor:
             case PromptSpoken(key=key):
                 if key == "factory_reset" and self._reset_deadline is not None:
                     self.post(StopRequested("factory reset"))
+            case CertificateStatus():
+                self._on_certificate(event)
             case _:
                 log.error("unknown event %r", event)
         self._show_light()
@@ -302,9 +308,43 @@ class Supervisor:
         self.a.replay.remember(command.id, command.exp)
         self._command_exp[command.id] = command.exp
         log.info("command %s %s args=%s", command.id, command.cmd, _short(command.args))
+        if command.cmd == "keys.update":
+            self._update_keys(command.id, command.args)
+            return
         outcome = core.handle_command(self.room, command.cmd, command.id, command.args,
                                       self._policy, now if self._clock_synced else None)
         self._apply(outcome)
+
+    def _update_keys(self, cid: str, args: dict[str, Any]) -> None:
+        """``keys.update``: the whole new set of centre keys, persisted before it is used."""
+        try:
+            texts = identity_rules.key_update(args)
+            keys = {}
+            for kid, text in texts.items():
+                try:
+                    keys[kid] = public_key_from_text(text)
+                except Exception as exc:  # noqa: BLE001 - any parse failure is a bad argument
+                    raise identity_rules.BadKeyUpdate(f"keys.{kid}: not an Ed25519 public key "
+                                                      f"({exc})") from None
+        except identity_rules.BadKeyUpdate as exc:
+            self._send_reply(core.ReplyDraft(cid, "keys.update", "rejected", 400, str(exc)))
+            return
+        try:
+            store_centre_keys(Path(self.cfg.device.state_dir), texts)
+        except OSError as exc:
+            log.error("cannot store the new centre keys: %s", exc)
+            self._send_reply(core.ReplyDraft(cid, "keys.update", "failed", 500,
+                                             f"cannot store the keys: {exc.strerror}"))
+            return
+        self._keys = keys
+        log.warning("centre keys replaced: now %s", ", ".join(sorted(keys)))
+        self._send_reply(core.ReplyDraft(cid, "keys.update", "succeeded", 200,
+                                         f"centre keys: {', '.join(sorted(keys))}"))
+
+    def _on_certificate(self, status: CertificateStatus) -> None:
+        self._certificate = status
+        if status.renewed and hasattr(self.link, "reload_certificate"):
+            self.link.reload_certificate()
 
     def _apply(self, outcome: core.Outcome) -> None:
         before = self.room
@@ -477,6 +517,11 @@ class Supervisor:
             stream_failing_since=self._stream_failing_since,
             camera_missing=self.room.state == "error" and "camera" in self.room.last_error,
         )
+        if self._certificate is not None:
+            cert = self._certificate
+            observation = dataclasses.replace(
+                observation, certificate_not_before=cert.not_before,
+                certificate_not_after=cert.not_after, renewal_error=cert.last_error)
         update = alert_rules.evaluate(self._alerts, observation, self._thresholds, now)
         self._alerts = update.state
         for alert in update.raised:

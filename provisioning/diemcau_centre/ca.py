@@ -314,3 +314,34 @@ def write_crl(ca: CentreCa, revoked: Sequence[tuple[int, dt.datetime]], *,
     crl = make_crl(ca, revoked, number=number, now=now)
     write_atomic(ca.crl_file, crl.public_bytes(serialization.Encoding.PEM))
     return ca.crl_file
+
+
+def issued_to(ca: CentreCa, device_id: str) -> list[x509.Certificate]:
+    """Every certificate the CA signed for ``device_id`` (from issued/), oldest first."""
+    found = []
+    for pem in (ca.directory / ISSUED_DIR).glob("*.pem"):
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if names == [device_id]:
+            found.append(cert)
+    return sorted(found, key=lambda c: c.not_valid_before_utc)
+
+
+def revoke_device(ca: CentreCa, device_id: str, *, now: dt.datetime | None = None
+                  ) -> list[int]:
+    """Put every certificate of ``device_id`` on the CRL; returns the serials newly revoked.
+
+    Those already revoked stay on it. The box can come back only through a new
+    token (``fleet token``), which buys a new certificate.
+    """
+    check_device_id(device_id)
+    when = _now(now)
+    revoked: dict[int, dt.datetime] = {}
+    if ca.crl_file.exists():
+        for entry in x509.load_pem_x509_crl(ca.crl_file.read_bytes()):
+            revoked[entry.serial_number] = entry.revocation_date_utc
+    new = [c.serial_number for c in issued_to(ca, device_id) if c.serial_number not in revoked]
+    for serial in new:
+        revoked[serial] = when
+    write_crl(ca, sorted(revoked.items()), now=when)
+    return new

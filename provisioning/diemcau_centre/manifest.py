@@ -54,7 +54,7 @@ COLUMNS = ("province_code", "province_name", "district_code", "district_name",
 REQUIRED = frozenset(COLUMNS[:7])
 # Administrative level -> (group prefix, digits in the national code).
 LEVELS = {"province": ("p", 2), "district": ("d", 3), "commune": ("c", 5)}
-SERVICE_SCHEMES = ("https", "mqtts")
+SERVICE_SCHEMES = ("https",)
 
 TokenState = Literal["pending", "used", "expired", "replaced"]
 RefusalReason = Literal["unknown", "other_device", "replaced", "used", "expired"]
@@ -464,15 +464,14 @@ class FleetStore:
 
 
 def check_service(url: str) -> str:
-    """The enrollment service's address: ``https://host[:port][/path]`` or ``mqtts://host[:port]``."""
+    """The enrollment service's address: ``https://host[:port]``."""
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a port that is not a number from 0 to 65535
     except ValueError as exc:
         raise ValueError(f"--service {url!r}: {exc}") from None
     if parts.scheme not in SERVICE_SCHEMES or not parts.hostname or port == 0:
-        raise ValueError(f"--service {url!r}: expected https://host[:port] or "
-                         "mqtts://host[:port]")
+        raise ValueError(f"--service {url!r}: expected https://host[:port]")
     if parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError(f"--service {url!r}: no user, query or fragment")
     return url

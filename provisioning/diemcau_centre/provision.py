@@ -8,6 +8,9 @@ bad input (a bad sites file, no CA yet); nothing is written when it is not 0.
     diemcau-centre ca init --dir /srv/centre
     diemcau-centre fleet import sites.csv --dir /srv/centre --service https://enroll.example.vn
     diemcau-centre broker-config --dir /srv/centre --out /srv/centre/broker
+    diemcau-centre enroll-service --dir /srv/centre --broker mqtt.example.vn:8883 \\
+        --centre-key /srv/centre/centre-signing.pub
+    diemcau-centre revoke c00001-r1 --dir /srv/centre
 """
 
 from __future__ import annotations
@@ -19,17 +22,26 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from diemcau.protocol import key_id, public_key_from_text, public_key_to_text
+from diemcau.protocol.enrollment import Broker
+
 from .broker_config import BrokerSettings, write_broker_config
 from .ca import (
     CA_DAYS,
     CLIENT_DAYS,
+    CRL,
+    SERVER_CERT,
     SERVER_DAYS,
+    SERVER_KEY,
     CaError,
     init_ca,
     issue_client_cert,
     issue_server_cert,
+    issued_to,
     load_ca,
+    revoke_device,
 )
+from .files import write_atomic
 from .manifest import (
     BOOT_FILE_NAME,
     TOKEN_DAYS,
@@ -41,7 +53,7 @@ from .manifest import (
     reissue_tokens,
 )
 
-COMMANDS = frozenset({"ca", "fleet", "broker-config"})
+COMMANDS = frozenset({"ca", "fleet", "broker-config", "enroll-service", "revoke"})
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -121,6 +133,28 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     broker.add_argument("--prefix", default="", metavar="DIR",
                         help="where the files will be on the broker host (default: --out)")
 
+    service = sub.add_parser("enroll-service", parents=[common, where],
+                             help="run the enrollment service (HTTPS) until stopped")
+    service.add_argument("--broker", required=True, metavar="HOST[:PORT]",
+                         help="the broker's address, as boxes reach it (port default 8883)")
+    service.add_argument("--centre-key", action="append", required=True, type=Path,
+                         metavar="FILE", help="a command-signing public key (PEM, as `keys "
+                         "init` writes centre-signing.pub) boxes should trust; repeat for more")
+    service.add_argument("--bind", default="", metavar="ADDRESS",
+                         help="listen on this address only (default: every address)")
+    service.add_argument("--port", type=_port, default=8443, help="(default 8443)")
+    service.add_argument("--cert", type=Path, metavar="FILE",
+                         help="the service's certificate (default DIR/broker.pem: it must name "
+                              "the host in the enrollment files' service address)")
+    service.add_argument("--key", type=Path, metavar="FILE",
+                         help="its private key (default DIR/broker.key)")
+
+    revoke = sub.add_parser("revoke", parents=[common, where],
+                            help="revoke every certificate of a box (it can no longer connect)")
+    revoke.add_argument("device", metavar="DEVICE")
+    revoke.add_argument("--broker-dir", type=Path, metavar="DIR",
+                        help="also copy the new crl.pem here (default DIR/broker if it exists)")
+
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run one provisioning command; KeyExists goes up to the console (exit code 1)."""
@@ -129,6 +163,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return _ca(args, out)
         if args.command == "fleet":
             return _fleet(args, out)
+        if args.command == "enroll-service":
+            return _enroll_service(args, out)
+        if args.command == "revoke":
+            return _revoke(args, out)
         return _broker_config(args, out)
     except SitesError as exc:
         print(exc.report(), file=err)
@@ -244,4 +282,75 @@ def _broker_config(args: argparse.Namespace, out: TextIO) -> int:
           f"broker host, chown it to {settings.run_as}. After a fleet import, run this "
           "again and reload Mosquitto (SIGHUP) so new boxes get their groups' commands.",
           file=out)
+    return EXIT_OK
+
+
+def _broker_address(text: str) -> Broker:
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:  # no port, or a bracketed IPv6 address alone
+        host, port = text, "8883"
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--broker {text!r}: expected HOST or HOST:PORT")
+    return Broker(host=host, port=int(port))
+
+
+def _centre_keys(files: list[Path]) -> dict[str, str]:
+    keys = {}
+    for path in files:
+        try:
+            public = public_key_from_text(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"--centre-key {path}: cannot read: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ValueError(f"--centre-key {path}: not an Ed25519 public key ({exc})") from None
+        keys[key_id(public)] = public_key_to_text(public)
+    return keys
+
+
+def _enroll_service(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+    import threading
+
+    from .enroll_service import ServiceSettings, make_server
+
+    settings = ServiceSettings(args.dir, _broker_address(args.broker),
+                               _centre_keys(args.centre_key))
+    cert = args.cert or args.dir / SERVER_CERT
+    key = args.key or args.dir / SERVER_KEY
+    server = make_server(settings, (args.bind, args.port), cert, key)
+
+    def stop(signum: int, _frame: object) -> None:
+        # shutdown() waits for serve_forever(), which runs in this thread: ask from another.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"enrollment service on {args.bind or '*'}:{server.server_address[1]}; boxes go to "
+          f"{settings.broker.host}:{settings.broker.port}; centre keys "
+          f"{', '.join(settings.centre_keys)}", file=out, flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace, out: TextIO) -> int:
+    ca = load_ca(args.dir)
+    if not issued_to(ca, args.device):
+        raise ValueError(f"no certificate was ever issued to {args.device!r}")
+    new = revoke_device(ca, args.device)
+    broker_dir = args.broker_dir or (args.dir / "broker")
+    copied = ""
+    if args.broker_dir or broker_dir.is_dir():
+        write_atomic(broker_dir / CRL, ca.crl_file.read_bytes())
+        copied = f" and {broker_dir / CRL}"
+    what = (f"revoked {len(new)} certificate(s) of {args.device}" if new else
+            f"every certificate of {args.device} was already revoked")
+    print(f"{what}; wrote {ca.crl_file}{copied}", file=out)
+    print("Copy crl.pem to the broker host and reload Mosquitto (systemctl reload mosquitto, "
+          "i.e. SIGHUP): new connections with a revoked certificate are refused from then on. "
+          "A box connected at that moment stays until it reconnects: restart Mosquitto "
+          "(systemctl restart mosquitto) to cut it off at once.", file=out)
     return EXIT_OK

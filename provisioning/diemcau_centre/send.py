@@ -140,7 +140,24 @@ def build_args(cmd: str, pairs: list[str] | None = None, json_text: str | None =
             text = text.replace("`", "")
             raise UsageError(f"args{where.rstrip('`')}: {text[:1].lower()}{text[1:]} "
                              f"(for {cmd})") from None
+    if cmd == "keys.update":
+        _check_key_update(args)
     return args
+
+
+def _check_key_update(args: dict[str, Any]) -> None:
+    """The box's own rule for a new key set: a box left with no usable key is lost."""
+    from diemcau.core.identity import BadKeyUpdate, key_update
+    from diemcau.protocol import public_key_from_text
+
+    try:
+        for kid, text in key_update(args).items():
+            try:
+                public_key_from_text(text)
+            except ValueError as exc:
+                raise BadKeyUpdate(f"keys.{kid}: not an Ed25519 public key ({exc})") from None
+    except BadKeyUpdate as exc:
+        raise UsageError(f"args: {exc} (for keys.update)") from None
 
 
 @dataclass(frozen=True, slots=True)

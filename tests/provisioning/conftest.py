@@ -62,7 +62,10 @@ def box_identity(centre_dir: Path, device_id: str, out: Path) -> tuple[Path, Pat
 @pytest.fixture
 def centre_dir(tmp_path: Path) -> Path:
     """A centre directory as the runbook leaves it before the broker is set up."""
-    directory = tmp_path / "centre"
+    return centre_dir_for(tmp_path / "centre")
+
+
+def centre_dir_for(directory: Path) -> Path:
     ca = init_ca(directory)
     issue_server_cert(ca, ["127.0.0.1", "localhost"])
     issue_client_cert(ca, "centre")

@@ -110,3 +110,52 @@ def test_broker_config_without_a_centre_identity_exits_2(tmp_path: Path) -> None
     code, _, err = run("broker-config", "--dir", d)
     assert code == 2 and "ca client-cert" in err
     assert not (tmp_path / "broker").exists()
+
+
+def test_revoke_puts_a_box_on_the_crl_and_copies_it_to_the_broker(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from tests.provisioning.conftest import box_identity, centre_dir_for
+
+    d = centre_dir_for(tmp_path / "centre")
+    cert, _ = box_identity(d, "c00001-r1", tmp_path / "ids")
+    box_identity(d, "c00004-r1", tmp_path / "ids")
+    assert run("broker-config", "--dir", str(d))[0] == 0
+    code, out, err = run("revoke", "c00001-r1", "--dir", str(d))
+    assert code == 0, err
+    assert "revoked 1 certificate(s) of c00001-r1" in out and "SIGHUP" in out
+    serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    for crl_file in (d / "crl.pem", d / "broker/crl.pem"):
+        crl = x509.load_pem_x509_crl(crl_file.read_bytes())
+        assert [e.serial_number for e in crl] == [serial]
+    code, out, _ = run("revoke", "c00001-r1", "--dir", str(d))
+    assert code == 0 and "already revoked" in out
+    assert run("revoke", "c00001-r2", "--dir", str(d))[0] == 2  # never had a certificate
+    assert run("revoke", "centre", "--dir", str(d))[0] == 2  # not a box
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--broker", "mqtt.example.vn:99999"], "expected HOST or HOST:PORT"),
+    (["--broker", "mqtt.example.vn", "--centre-key", "/nonexistent.pub"], "cannot read"),
+])
+def test_enroll_service_refuses_bad_options(tmp_path: Path, args: list[str],
+                                            message: str) -> None:
+    from tests.provisioning.conftest import centre_dir_for
+
+    d = centre_dir_for(tmp_path / "centre")
+    if "--centre-key" not in args:
+        args = [*args, "--centre-key", str(d / "ca.pem")]
+    code, _, err = run("enroll-service", "--dir", str(d), *args)
+    assert code == 2 and message in err
+
+
+def test_send_checks_a_key_update_before_it_reaches_the_boxes() -> None:
+    from diemcau.protocol import generate_signing_key, public_key_to_text
+    from diemcau_centre.send import UsageError, build_args
+
+    good = public_key_to_text(generate_signing_key().public_key())
+    assert build_args("keys.update", json_text=f'{{"keys": {{"k2027": "{good}"}}}}') == {
+        "keys": {"k2027": good}}
+    for bad, why in (('{"keys": {}}', "non-empty"), ('{"keys": {"k": "abc"}}', "keys.k: not an")):
+        with pytest.raises(UsageError, match=why):
+            build_args("keys.update", json_text=bad)

@@ -81,6 +81,10 @@ def guarded(logger: logging.Logger) -> Callable[[Callable[..., None]], Callable[
 _guarded = guarded(log)
 
 
+def _loop_thread_writes(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's "socket wants writing" hook: nothing to do, the loop thread writes."""
+
+
 class MqttLink:
     def __init__(
         self,
@@ -118,7 +122,7 @@ class MqttLink:
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
         )
         client.username_pw_set(self._cfg.username or self._dev, self._cfg.password or None)
-        context = tls_context(self._cfg.tls)
+        context = self._tls = tls_context(self._cfg.tls)
         if context is not None:
             if self._cfg.tls.insecure_skip_verify:
                 log.warning("TLS certificate checks are off (mqtt.tls.insecure_skip_verify)")
@@ -129,6 +133,12 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_socket_open = self._on_socket_open
+        # Only the link's thread may touch the socket. Without this hook, paho
+        # writes a publish at once from the caller's thread (the supervisor's),
+        # while this thread reads: harmless on plain TCP, but two threads in one
+        # TLS session corrupt it ("bad record mac"). With it, a publish is
+        # queued and the loop thread, woken through paho's socket pair, writes.
+        client.on_socket_register_write = _loop_thread_writes
         return client
 
     def _set_will(self) -> None:
@@ -160,9 +170,11 @@ class MqttLink:
             except (RuntimeError, ValueError) as exc:
                 log.warning("final state not confirmed: %s", exc)
         self._stopping.set()
-        self._client.disconnect()
         if self._thread:
             self._thread.join(timeout_s + 2)
+        # The loop thread has ended: only now may this thread write (DISCONNECT, so no will).
+        self._client.disconnect()
+        self._client.loop_write()
 
     def _run(self) -> None:
         import paho.mqtt.client as mqtt
@@ -198,6 +210,11 @@ class MqttLink:
                 # A session that got as far as CONNACK resets the backoff.
                 if self._had_connack:
                     attempt = 0
+                elif not self._stopping.is_set():
+                    # With TLS 1.3 a refused client certificate shows only here.
+                    log.warning("broker %s:%d closed the connection before accepting us (%s): "
+                                "our certificate refused (revoked?), or the broker is busy",
+                                self._cfg.host, self._cfg.port, mqtt.error_string(rc))
             if self._stopping.is_set():
                 break
             delay = backoff_delay(attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s,
@@ -250,6 +267,16 @@ class MqttLink:
     @_guarded
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._post(Delivered(mid))
+
+    def reload_certificate(self) -> None:
+        """Use the (renewed) certificate files from the next connection on.
+
+        The connection up now stays: the broker checked the old certificate
+        when it began, and it is still valid for months.
+        """
+        if self._tls is not None and self._cfg.tls.cert_file:
+            self._tls.load_cert_chain(self._cfg.tls.cert_file, self._cfg.tls.key_file or None)
+            log.info("client certificate reloaded for the next connection")
 
     # ------------------------------------------------------------ sending
 

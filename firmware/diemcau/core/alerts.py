@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol.messages import ALERT_CODES, Alert, Severity
 from .events import StreamState
+from .identity import expiring_detail
 from .meeting import IN_MEETING, MeetingState
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "stream_failing": "critical",
     "camera_missing": "critical",
     "microphone_silent": "warning",
+    "certificate_expiring": "warning",
 })
 
 _FAILING_STREAM = ("reconnecting", "error")
@@ -93,6 +95,10 @@ class Observation:
     stream_detail: str = ""
     camera_missing: bool = False
     audio_level_dbfs: float | None = None
+    # The certificate in use (Unix seconds) and why its renewal last failed; None: no identity.
+    certificate_not_before: float | None = None
+    certificate_not_after: float | None = None
+    renewal_error: str = ""
 
 
 def _frozen(mapping: Mapping[str, Alert] | None = None) -> Mapping[str, Alert]:
@@ -200,6 +206,15 @@ def _microphone(obs: Observation, lim: Thresholds, now: float, quiet_since: floa
             f" (now {level:.1f} dBFS)"), quiet_since
 
 
+def _certificate(obs: Observation, ts: float) -> Verdict:
+    # Wall-clock dates against the wall clock (``ts``), not the monotonic ``now``.
+    if obs.certificate_not_before is None or obs.certificate_not_after is None:
+        return None
+    detail = expiring_detail(ts, obs.certificate_not_before, obs.certificate_not_after,
+                             obs.renewal_error)
+    return detail if detail is not None else False
+
+
 def evaluate(previous: AlertState, obs: Observation, limits: Thresholds, now: float,
              ts: float | None = None) -> AlertUpdate:
     """Apply every rule once; ``ts`` (Unix seconds) defaults to ``now``."""
@@ -215,6 +230,7 @@ def evaluate(previous: AlertState, obs: Observation, limits: Thresholds, now: fl
         "stream_failing": _stream(obs, limits, now),
         "camera_missing": _flag(obs.camera_missing, "no camera found"),
         "microphone_silent": mic,
+        "certificate_expiring": _certificate(obs, stamp),
     }
     active = dict(previous.active)
     raised: list[Alert] = []

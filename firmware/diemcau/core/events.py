@@ -98,3 +98,15 @@ class PromptSpoken:
     """The voice finished (or gave up on) the prompt ``key``."""
 
     key: str
+class EnrollmentStopped(Exception):
+    """A stop signal came while the box was still enrolling."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateStatus:
+    """From the renewal thread: the certificate in use (Unix times) and the last failure."""
+
+    not_before: float
+    not_after: float
+    last_error: str = ""
+    renewed: bool = False  # a new certificate is on disk: use it for the next connection

@@ -44,6 +44,7 @@ COMMAND_NAMES: tuple[str, ...] = (
     "device.reboot",
     "config.set",
     "firmware.update",
+    "keys.update",
 )
 
 # Statuses after which no further reply comes for the same command id.
@@ -60,6 +61,7 @@ ALERT_CODES: tuple[str, ...] = (
     "stream_failing",
     "camera_missing",
     "microphone_silent",
+    "certificate_expiring",
 )
 
 

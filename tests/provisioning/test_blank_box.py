@@ -1,0 +1,235 @@
+"""From a blank box to a meeting over mutual TLS, all real: the ``diemcau run`` process with
+only its enrollment file, ``diemcau-centre enroll-service``, Mosquitto with the configuration
+``broker-config`` wrote, an ffmpeg SRT listener as the media server. Then the centre rotates
+its command keys, and revokes the box."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from diemcau.protocol import Reply, State, device_filter, device_topic
+from diemcau.protocol.enrollment import Broker as BrokerAddress
+from tests.harness.alsa import make_microphone
+from tests.harness.box import Box, CentreKey
+from tests.harness.broker import Broker, wait_for_port
+from tests.harness.srt_listener import SrtListener, read_recording
+
+from .conftest import A, start_fleet_broker
+from .enrollment import Centre, make_centre
+from .mtls import MtlsClient
+from .test_enrollment import blank_config
+
+pytestmark = pytest.mark.e2e
+
+WAIT_S = 30.0
+
+
+@dataclass
+class Fleet:
+    centre: Centre
+    broker: Broker
+    console: MtlsClient  # the centre's own identity, watching every box
+
+    def reply(self, jti: str, status: str, timeout_s: float = WAIT_S) -> Reply:
+        topic = device_topic(A, "reply")
+
+        def match() -> Reply | None:
+            for m in list(self.console.messages):
+                if m.topic == topic:
+                    reply = msgspec.json.decode(m.payload, type=Reply)
+                    if reply.id == jti and reply.status == status:
+                        return reply
+            return None
+
+        deadline = time.monotonic() + timeout_s
+        while (found := match()) is None:
+            assert time.monotonic() < deadline, (
+                f"no {status} reply to {jti}; replies: "
+                f"{[m.payload for m in self.console.messages if m.topic == topic]}")
+            time.sleep(0.05)
+        return found
+
+    def command(self, key: CentreKey, cmd: str, args: dict | None = None) -> str:
+        token = key.sign(A, cmd, args)
+        jti = json.loads(_claims(token))["jti"]
+        assert self.console.publish(device_topic(A, "cmd"), token) == 0
+        return jti
+
+    def states(self) -> list[State]:
+        return [msgspec.json.decode(m.payload, type=State) for m in list(self.console.messages)
+                if m.topic == device_topic(A, "state") and m.payload]
+
+    def wait_ready(self, after_session: int = 0) -> State:
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            ready = [s for s in self.states() if s.state == "ready" and s.session > after_session]
+            if ready:
+                return ready[-1]
+            assert time.monotonic() < deadline, f"box never ready; states {self.states()}"
+            time.sleep(0.05)
+
+
+def _claims(token: str) -> str:
+    import base64
+
+    part = token.split(".")[1]
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    centre = make_centre(tmp_path / "centre")
+    broker = start_fleet_broker(centre.directory, tmp_path / "broker")
+    centre.settings = type(centre.settings)(centre.directory,
+                                            BrokerAddress(host="127.0.0.1", port=broker.port),
+                                            centre.settings.centre_keys)
+    # The service as operators run it: the console script, in its own process.
+    service_log = tmp_path / "service.log"
+    with service_log.open("wb") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "diemcau_centre", "enroll-service", "--dir",
+             str(centre.directory), "--broker", f"127.0.0.1:{broker.port}", "--centre-key",
+             str(centre.directory / "centre-signing.pub"), "--bind", "127.0.0.1", "--port",
+             str(centre.service_port), "-v"],
+            stdout=log, stderr=log)
+    console = MtlsClient(broker, centre.directory / "ca.pem",
+                         centre.directory / "clients/centre.pem",
+                         centre.directory / "clients/centre.key")
+    try:
+        wait_for_port(centre.service_port, timeout_s=WAIT_S)
+        assert console.connect()
+        console.subscribe(device_filter(A))
+        yield Fleet(centre, broker, console)
+    finally:
+        console.close()
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(10)
+        except subprocess.TimeoutExpired:
+            service.kill()
+        broker.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"----- service log -----\n{service_log.read_text()[-4000:]}")
+            print(f"----- broker log -----\n{broker.log_text()[-4000:]}")
+
+
+@pytest.fixture
+def blank_box(fleet: Fleet, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Box]:
+    """A box with the image's configuration and its enrollment file, nothing else."""
+    mic = make_microphone(tmp_path / "mic", seconds=90)
+    box = Box(tmp_path / "box", fleet.broker, fleet.centre.signing, device_id=A, env=mic.env)
+    boot = tmp_path / "box" / "boot"
+    boot.mkdir()
+    enroll_file = boot / "diemcau-enroll.toml"
+    enroll_file.write_bytes(fleet.centre.enrollment_file(A).read_bytes())
+    box.config_file.write_text(blank_config(box.state_dir, enroll_file).replace(
+        "[media]\n", f'[media]\nmicrophone = "{mic.pcm}"\n'))
+    assert "c00001" not in box.config_file.read_text()  # nothing about this box
+    yield box
+    box.stop()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"----- box log -----\n{box.log_text()[-6000:]}")
+
+
+def test_a_blank_box_enrolls_joins_rotates_keys_and_is_revoked(fleet: Fleet, blank_box: Box,
+                                                               tmp_path: Path) -> None:
+    old = fleet.centre.signing
+    blank_box.start()
+    first = fleet.wait_ready()
+    identity = blank_box.state_dir / "identity"
+    assert (identity / "key.pem").stat().st_mode & 0o777 == 0o600
+    # The broker knows it by its certificate, over mutual TLS.
+    assert f"as {A} " in fleet.broker.log_text()
+
+    # A meeting, commanded by the centre, media to a real SRT listener.
+    listener = SrtListener(tmp_path / "media")
+    listener.start()
+    try:
+        join = fleet.command(old, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
+                                                   "profile": "360p15"})
+        assert fleet.reply(join, "accepted").code == 202
+        assert fleet.reply(join, "succeeded").code == 200
+        time.sleep(2.0)
+        leave = fleet.command(old, "meeting.leave")
+        assert fleet.reply(leave, "succeeded").code == 200
+        assert listener.wait(15), "the stream did not end after leave"
+        recording = read_recording(listener.stop())
+    finally:
+        listener.stop()
+    assert len(recording.stamped) >= 10, f"only {len(recording.stamped)} frames arrived"
+
+    # Rotation: a new key set, signed with the key the box trusts now. A bad one first.
+    new, stranger = CentreKey(), CentreKey()
+    bad = fleet.command(old, "keys.update", {"keys": {new.kid: "not-a-key"}})
+    assert "not an Ed25519 public key" in fleet.reply(bad, "rejected").detail
+    assert fleet.reply(fleet.command(old, "health.report"), "succeeded").code == 200
+    update = fleet.command(old, "keys.update", {"keys": {new.kid: new.public_text}})
+    assert fleet.reply(update, "succeeded").code == 200
+    stored = json.loads((identity / "centre-keys.json").read_text())
+    assert stored == {new.kid: new.public_text}
+    retired = fleet.command(old, "audio.mute")
+    assert fleet.reply(retired, "rejected").code == 401
+    unknown = fleet.command(stranger, "audio.mute")
+    assert fleet.reply(unknown, "rejected").code == 401
+    assert fleet.reply(fleet.command(new, "health.report"), "succeeded").code == 200
+
+    # The new set survives a restart; the retired key stays out.
+    blank_box.stop()
+    blank_box.start()
+    second = fleet.wait_ready(after_session=first.session)
+    assert fleet.reply(fleet.command(new, "health.report"), "succeeded").code == 200
+    assert fleet.reply(fleet.command(old, "audio.unmute"), "rejected").code == 401
+    assert "enrolling" not in blank_box.log_text().split("starting as")[-1]
+
+    # Revocation: the CRL goes to the broker; a reload refuses new connections.
+    revoke = subprocess.run([sys.executable, "-m", "diemcau_centre", "revoke", A, "--dir",
+                             str(fleet.centre.directory), "--broker-dir",
+                             str(fleet.broker.workdir / "conf")],
+                            capture_output=True, text=True, timeout=60)
+    assert revoke.returncode == 0, revoke.stderr
+    assert "revoked 1 certificate(s)" in revoke.stdout
+    before_reload = len(blank_box.log_text())
+    os.kill(fleet.broker._proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+    deadline = time.monotonic() + 10
+    while "Reloading config" not in fleet.broker.log_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with MtlsClient(fleet.broker, identity / "ca.pem", identity / "cert.pem",
+                    identity / "key.pem", client_id=A) as stolen:
+        assert not stolen.connect()
+    # A reload does not cut the box connected at that moment (docs/provisioning.md says so).
+    assert "link down" not in blank_box.log_text()[before_reload:]
+    # The running box is cut off by a restart, and cannot come back.
+    fleet.broker.restart()
+    console = MtlsClient(fleet.broker, fleet.centre.directory / "ca.pem",
+                         fleet.centre.directory / "clients/centre.pem",
+                         fleet.centre.directory / "clients/centre.key")
+    try:
+        assert console.connect()
+        console.subscribe(device_topic(A, "state"))
+        deadline = time.monotonic() + 8
+        while blank_box.log_text().count("closed the connection before accepting us") + \
+                blank_box.log_text().count("cannot reach broker") < 2:
+            assert time.monotonic() < deadline, blank_box.log_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1.0)
+        # What the broker holds for the box: its last word before the cut, never a new ready.
+        states = [msgspec.json.decode(m.payload, type=State) for m in console.messages
+                  if m.payload]
+        assert all(s.session <= second.session for s in states), states
+    finally:
+        console.close()
+    assert blank_box.running, "a refused box keeps running and keeps trying"
