@@ -18,11 +18,15 @@ in_root systemd-sysusers
 # again so that cmdline.txt says so.
 sed -i 's/^#\?ROOTPART=.*/ROOTPART=LABEL=RASPIROOT/' "$root/etc/default/raspi-firmware"
 kernel=$(in_root linux-version list | sort -V | tail -n1)
-in_root /etc/kernel/postinst.d/z50-raspi-firmware "$kernel"
+in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$kernel"
 
 # The first release (install-release.sh, shared with the Raspberry Pi OS
 # recipe), with the compiler it needs only for the time of the build.
 release="/opt/diemcau/releases/$RELEASE_VERSION"
+# systemd-resolved made /etc/resolv.conf a link to its stub, not running
+# here: the build machine's resolver for the time of the build.
+mv "$root/etc/resolv.conf" "$root/etc/resolv.conf.image"
+cp /etc/resolv.conf "$root/etc/resolv.conf"
 # shellcheck disable=SC2086
 in_root apt-get install -y -qq --no-install-recommends $BUILD_ONLY
 cp -a "$IMAGE_WORK/src" "$root/tmp/diemcau-src"
@@ -40,6 +44,7 @@ tar -C "$IMAGE_WORK/release" --sort=name --owner=0 --group=0 --numeric-owner \
 # shellcheck disable=SC2086
 in_root apt-get purge -y -qq --autoremove $BUILD_ONLY
 rm -rf "$root/tmp/diemcau-src" "$root/tmp/wheels" "$root/tmp/install-release.sh" "$root/root/.cache"
+mv "$root/etc/resolv.conf.image" "$root/etc/resolv.conf"
 
 # Services: the box, networking, time. SSH is off until the operator puts
 # an authorized_keys file on the boot partition (see firstboot).
