@@ -5,6 +5,8 @@
 #   make test-fast  only the pure, fast tests (no broker, no ffmpeg)
 #   make bench   benchmarks, printed as figures
 #   make lint    ruff
+#   make image   the box's OS image for Raspberry Pi 4/5 (out/image/; as root)
+#   make image-test  boot that image in QEMU and check it is a working box
 #
 # Every target installs what it needs first (`make setup`): Debian packages
 # and a virtual environment in .venv made from the system Python, so that
@@ -15,7 +17,14 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-numpy python3-systemd ffmpeg \
-	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core espeak-ng
+	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core espeak-ng \
+	shellcheck
+# Only for `make image` and `make image-test`.
+IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test dosfstools mtools fdisk \
+	e2fsprogs
+IMAGE_TEST_APT_PACKAGES := qemu-system-arm mtools fdisk e2fsprogs
+IMAGE_VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' firmware/diemcau/__init__.py)
+IMAGE_FILE = out/image/diemcau-$(IMAGE_VERSION)-arm64.img
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -26,7 +35,7 @@ ASYNCAPI_SPECS := 6.11.1
 ASYNCAPI_SPECS_SHA256 := 01af8744dc33c0c7eb2e908f6a955319ee58b70ecadc9387d1aeb16c0cd28928
 ASYNCAPI_SCHEMA := build/asyncapi/package/schemas/3.0.0.json
 
-.PHONY: setup apt-packages demo test test-fast bench lint clean
+.PHONY: setup apt-packages demo test test-fast bench lint clean image image-test
 
 # The Debian packages are checked every time (a dpkg query, fast); the
 # Python packages again only when a requirements file changes.
@@ -72,6 +81,18 @@ bench: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check firmware provisioning tests
+
+# The image takes a while (an arm64 chroot under emulation): it is not part
+# of `make test`; CI runs it as its own job (see README.md).
+image:
+	@$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(IMAGE_APT_PACKAGES)"
+	@$(SUDO) image/build.sh
+
+# Boots out/image/ (built first if missing) in qemu-system-aarch64.
+image-test: setup
+	@$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(IMAGE_TEST_APT_PACKAGES)"
+	@[ -f $(IMAGE_FILE) ] || $(MAKE) --no-print-directory image
+	@DIEMCAU_IMAGE=$(IMAGE_FILE) $(PY) -m pytest -s tests/image/test_boot.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis out build

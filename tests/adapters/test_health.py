@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -244,6 +246,20 @@ def test_clock_synced_from_timesyncd_flag_file(fake_root: Path) -> None:
 
 def test_clock_check_none_is_always_synced(fake_root: Path) -> None:
     assert probe_on(fake_root, "none").measure().clock_synced is True
+
+
+def test_a_clock_before_the_build_time_is_never_synced(fake_root: Path) -> None:
+    # timesyncd's clock file holds the image's build time (or the last sync):
+    # a wall clock earlier than that is wrong, whatever the flag file says.
+    write(fake_root, "run/systemd/timesync/synchronized", "")
+    clock = write(fake_root, "var/lib/systemd/timesync/clock", "")
+    probe = probe_on(fake_root, "timesyncd")
+    future = time.time() + 86400
+    os.utime(clock, (future, future))
+    assert probe.measure().clock_synced is False
+    past = time.time() - 86400
+    os.utime(clock, (past, past))
+    assert probe.measure().clock_synced is True
 
 
 def fake_timedatectl(tmp_path: Path, script: str) -> str:

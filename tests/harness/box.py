@@ -52,7 +52,11 @@ def box_config(
     will_delay_s: int = 1,
     voice: str = "enabled = false",
     extra: str = "",
+    mqtt_address: tuple[str, int] | None = None,
 ) -> str:
+    # mqtt_address: where the box finds the broker when that is not where the
+    # tests do (a box in a virtual machine reaches it through a forwarded port).
+    host, port = mqtt_address or ("127.0.0.1", broker.port)
     tls = (f'enabled = true\nca_file = "{broker.ca_file}"' if broker.tls else "enabled = false")
     key_lines = "\n".join(f'"{kid}" = "{text}"' for kid, text in keys.items())
     return f"""\
@@ -70,8 +74,8 @@ commune = "c00001"
 room = "Phòng họp 1"
 
 [mqtt]
-host = "127.0.0.1"
-port = {broker.port}
+host = "{host}"
+port = {port}
 keepalive_s = 5
 will_delay_s = {will_delay_s}
 reconnect_min_s = 0.2

@@ -12,16 +12,22 @@ from pathlib import Path
 
 import pytest
 
-UNITS = sorted((Path(__file__).parents[2] / "image" / "systemd").glob("*.service"))
-INSTALLED_COMMAND = "/opt/diemcau/current/bin/diemcau"
+IMAGE = Path(__file__).parents[2] / "image"
+UNITS = sorted((IMAGE / "systemd").glob("*.service"))
+# Where the image installs each command the units run -> this checkout's copy.
+INSTALLED = {
+    "/opt/diemcau/current/bin/diemcau": str(Path(sys.executable).with_name("diemcau")),
+    "/usr/libexec/diemcau/firstboot": str(IMAGE / "rootfs" / "usr" / "libexec" / "diemcau" / "firstboot"),
+}
 
 
 def verify(unit_text: str, tmp_path: Path, name: str) -> str:
-    # The unit names the command where the image installs it; verify checks
-    # that it exists, so point it at this checkout's command for the check.
-    here = str(Path(sys.executable).with_name("diemcau"))
+    # The unit names commands where the image installs them; verify checks
+    # that they exist, so point them at this checkout's copies for the check.
+    for installed, here in INSTALLED.items():
+        unit_text = unit_text.replace(installed, here)
     unit = tmp_path / name
-    unit.write_text(unit_text.replace(INSTALLED_COMMAND, here))
+    unit.write_text(unit_text)
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True, timeout=60)
     return (proc.stderr + proc.stdout).strip()
@@ -35,8 +41,9 @@ def test_unit_verifies_without_a_word(unit: Path, tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd is not installed")
 def test_the_check_catches_a_misspelt_key(tmp_path: Path) -> None:
-    text = UNITS[0].read_text().replace("WatchdogSec=", "WatchdogSecs=")
-    assert "Unknown key" in verify(text, tmp_path, UNITS[0].name)
+    unit = IMAGE / "systemd" / "diemcau.service"
+    text = unit.read_text().replace("WatchdogSec=", "WatchdogSecs=")
+    assert "Unknown key" in verify(text, tmp_path, unit.name)
 
 
 def test_the_service_is_watched_by_its_loop() -> None:

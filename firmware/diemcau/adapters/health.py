@@ -37,6 +37,7 @@ import psutil
 from ..core.alerts import Observation
 from ..core.meeting import MeetingState
 from ..protocol.messages import Health, Interface, StreamFigures, now_ts
+from .clock import clock_floor
 from .platform import read_text_or_empty
 
 log = logging.getLogger("diemcau.health")
@@ -248,6 +249,8 @@ class HealthProbe:
     def _clock_synced(self) -> bool:
         if self._clock_check == "none":
             return True
+        if time.time() < clock_floor(str(self._root)):
+            return False  # before the build time or the last sync: certainly wrong
         if self._path(_TIMESYNCD_FLAG).exists():
             return True
         if self._timedatectl is None:

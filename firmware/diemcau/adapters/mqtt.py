@@ -28,6 +28,7 @@ from ..config import Mqtt, Tls
 from ..core.backoff import backoff_delay
 from ..core.events import CommandArrived, Delivered, LinkDown, LinkUp, OwnStateSeen
 from ..protocol import State, device_topic, encode, group_cmd_topic, now_ts
+from .clock import check_clock, clock_floor
 from .statefile import Counters
 
 log = logging.getLogger("diemcau.link")
@@ -95,8 +96,10 @@ class MqttLink:
         post: Callable[[object], None],
         *,
         rng: random.Random | None = None,
+        clock_floor: Callable[[], float] = clock_floor,
     ) -> None:
         self._cfg = cfg
+        self._clock_floor = clock_floor
         self._dev = device_id
         self._groups = groups
         self._counters = counters
@@ -188,6 +191,9 @@ class MqttLink:
             self._set_will()
             self._had_connack = False  # set by _on_connect for this attempt only
             try:
+                if self._cfg.tls.enabled:
+                    # Certificates cannot be judged on a clock known to be wrong.
+                    check_clock(self._clock_floor())
                 if first:
                     props = Properties(PacketTypes.CONNECT)
                     props.SessionExpiryInterval = self._cfg.session_expiry_s
