@@ -11,38 +11,18 @@ the clock, so audio timestamps do not jitter with the thread's scheduling.
     data = mic.read()   # one period of interleaved S16_LE; b"" after an overrun
     mic.close()
 
-``level_dbfs`` gives the RMS level of some samples in dBFS, for the figures
-(and the ``microphone_silent`` alert).
+The media thread measures the level of what it reads (dBFS, into the
+figures and health, where the ``microphone_silent`` rule reads it).
 """
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
-from .media import AUDIO_PERIOD_S, SILENCE_DBFS, MediaFault
+from .media import AUDIO_PERIOD_S, MediaFault
 
 if TYPE_CHECKING:
     from ..config import Media
-
-FULL_SCALE = 32768.0
-
-
-def level_dbfs(sum_of_squares: float, count: int) -> float | None:
-    """RMS level in dBFS of ``count`` S16 samples whose squares add up to ``sum_of_squares``.
-
-    None for no samples; never below ``SILENCE_DBFS`` (digital silence).
-
-        >>> level_dbfs(0.0, 960)
-        -100.0
-        >>> round(level_dbfs(960 * 32767.0 ** 2, 960), 1)   # full-scale square wave
-        -0.0
-    """
-    if count <= 0:
-        return None
-    mean_square = sum_of_squares / count / FULL_SCALE**2
-    level = 10 * math.log10(mean_square) if mean_square > 0 else SILENCE_DBFS
-    return round(max(SILENCE_DBFS, level), 1)
 
 
 class Microphone:
