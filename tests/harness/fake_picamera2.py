@@ -100,6 +100,7 @@ class H264Encoder:
         self.framerate = framerate
         self._output: list[Output] = []
         self._running = False
+        self._stopped = threading.Event()
         self._key_frames_requested = 0
         self._key_frames_generated = 0
         self._thread: threading.Thread | None = None
@@ -124,6 +125,7 @@ class H264Encoder:
         if self._running:
             raise RuntimeError("Encoder already running")
         self._running = True
+        self._stopped.clear()
         for out in self._output:
             out.start()
         self._thread = threading.Thread(target=self._encode_loop, daemon=True)
@@ -133,6 +135,7 @@ class H264Encoder:
         if not self._running:
             raise RuntimeError("Encoder already stopped")
         self._running = False
+        self._stopped.set()
         if self._thread is not None:
             self._thread.join(5)
         for out in self._output:
@@ -151,7 +154,8 @@ class H264Encoder:
                          format="lavfi")
         try:
             for n, frame in enumerate(source.decode(video=0)):
-                if not self._running:
+                # A camera's pace: one picture per frame time.
+                if n and self._stopped.wait(1 / rate) or not self._running:
                     break
                 frame.pts = n
                 if self._key_frames_requested > self._key_frames_generated:

@@ -326,18 +326,30 @@ class UsbCamera:
     its bitrate and keyframe interval are the camera's own, so
     ``request_keyframe`` and ``set_bitrate`` can only be logged.
 
+    A camera runs on its own clock, not the media thread's. So a live camera
+    is read by a thread of its own as fast as it delivers: ``read()`` gives
+    the newest picture and skips older ones (counted in ``skipped``), never a
+    picture that waited in the driver's queue; H.264 is kept whole, in order,
+    in a bounded queue that drops whole GOPs if the media thread falls behind.
+
     ``demuxer`` and ``demuxer_options`` replace ``v4l2`` and its options, so
-    that a test can point the same code at a file FFmpeg writes.
+    that a test can point the same code at a file or pipe FFmpeg writes;
+    ``live`` (default: only for ``v4l2``) says whether the source runs by
+    itself or hands over pictures only when asked (a file).
     """
 
     backend = "usb"
 
     def __init__(self, profile: VideoProfile, device: str = "auto", input_format: str = "auto",
-                 *, demuxer: str = "v4l2", demuxer_options: dict[str, str] | None = None) -> None:
+                 *, demuxer: str = "v4l2", demuxer_options: dict[str, str] | None = None,
+                 live: bool | None = None) -> None:
         self.profile = profile
         self.device = device
         self.input_format = input_format
         self.encodes = input_format == "h264"
+        self.live = demuxer == "v4l2" if live is None else live
+        self.skipped = 0  # live pictures never handed over: a newer one was there
+        self.received = 0  # packets taken from the camera
         self._demuxer = demuxer
         self._demuxer_options = demuxer_options
         self._container: Any = None
@@ -348,6 +360,13 @@ class UsbCamera:
         self._next_pts_us = 0
         self._told_keyframes = False
         self._told_bitrate = False
+        # The live reader thread and what it hands over.
+        self._reader: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._latest: Any = None
+        self._failure: str | None = None
+        self._queue = _PacketQueue(self.request_keyframe)
 
     def _device_path(self) -> str:
         if self._demuxer != "v4l2":
@@ -387,6 +406,11 @@ class UsbCamera:
         log.info("USB camera %s: %s %dx%d%s", path, self._stream.codec_context.name,
                  self._stream.codec_context.width, self._stream.codec_context.height,
                  " (H.264 passed through)" if self.encodes else "")
+        if self.live:
+            self._stopping.clear()
+            self._reader = threading.Thread(target=self._read_device, name="usb-camera",
+                                            daemon=True)
+            self._reader.start()
 
     def _next_packet(self) -> Any:
         import av
@@ -399,15 +423,11 @@ class UsbCamera:
             except (av.error.FFmpegError, OSError) as exc:
                 raise MediaFault(f"camera {self.device} failed: {exc}") from None
             if packet.size:
+                self.received += 1
                 return packet
 
-    def read(self) -> av.VideoFrame | av.Packet:
-        if self.encodes:
-            return self._read_packet()
-        return self._read_frame()
-
-    def _read_packet(self) -> av.Packet:
-        packet = self._next_packet()
+    def _packet_time_us(self, packet: Any) -> int:
+        """``packet``'s time in µs since the camera's first packet."""
         time_base = packet.time_base or self._stream.time_base
         pts = packet.pts if packet.pts is not None else packet.dts
         if pts is not None and time_base:
@@ -423,13 +443,74 @@ class UsbCamera:
         else:
             frame_us = round(1_000_000 / self.profile.fps)
         self._next_pts_us = pts_us + frame_us
-        return h264_packet(bytes(packet), pts_us, packet.is_keyframe)
+        return pts_us
+
+    # -- the live reader thread
+
+    def _read_device(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                packet = self._next_packet()
+                if self.encodes:
+                    self._queue.put(bytes(packet), packet.is_keyframe,
+                                    self._packet_time_us(packet))
+                    continue
+                with self._changed:
+                    if self._latest is not None:
+                        self.skipped += 1
+                    self._latest = packet
+                    self._changed.notify_all()
+        except MediaFault as exc:
+            failure = str(exc)
+        except Exception as exc:  # noqa: BLE001 - reported by the next read()
+            failure = f"camera {self.device} failed: {exc!r}"
+        else:
+            return
+        with self._changed:
+            self._failure = failure
+            self._changed.notify_all()
+
+    def _take_live(self) -> Any:
+        """The newest packet not yet handed over; waits for one (MediaFault if none comes)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._latest is not None or self._failure is not None,
+                                   timeout=READ_TIMEOUT_S)
+            packet, self._latest = self._latest, None
+            if packet is None:
+                raise MediaFault(self._failure
+                                 or f"camera {self.device} stopped delivering frames")
+            return packet
+
+    def _take_live_h264(self) -> tuple[bytes, bool, int]:
+        deadline = READ_TIMEOUT_S
+        step = 0.05
+        while True:
+            item = self._queue.get(step)
+            if item is not None:
+                return item
+            deadline -= step
+            if self._failure is not None or deadline <= 0:
+                raise MediaFault(self._failure
+                                 or f"camera {self.device} stopped delivering frames")
+
+    # -- the media thread
+
+    def read(self) -> av.VideoFrame | av.Packet:
+        if self._container is None:
+            raise MediaFault(f"camera {self.device} is not open")
+        if self.encodes:
+            if self.live:
+                data, keyframe, pts_us = self._take_live_h264()
+                return h264_packet(data, pts_us, keyframe)
+            packet = self._next_packet()
+            return h264_packet(bytes(packet), self._packet_time_us(packet), packet.is_keyframe)
+        return self._read_frame()
 
     def _read_frame(self) -> av.VideoFrame:
         import av
 
         while not self._pending:
-            packet = self._next_packet()
+            packet = self._take_live() if self.live else self._next_packet()
             try:
                 self._pending = list(packet.decode())
             except av.error.FFmpegError as exc:
@@ -452,6 +533,16 @@ class UsbCamera:
             self._told_bitrate = True
 
     def close(self) -> None:
+        self._stopping.set()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            # It ends after the packet it waits for: one frame time for a live camera.
+            reader.join(2.0)
+            if reader.is_alive():
+                # Closing the input under a thread still reading it would crash FFmpeg.
+                log.warning("camera %s does not answer; leaving it open", self.device)
+                self._container = None
+                return
         if self._container is not None:
             self._container.close()
             self._container = None
