@@ -8,7 +8,8 @@ the USB camera adapter's own PyAV code, pointed at an MJPEG file FFmpeg made.
 
 The box tests run the real ``diemcau run`` process: a microphone that is
 silent then speaks raises and clears ``microphone_silent``; a missing camera
-fails the join and raises ``camera_missing``; ``camera = "auto"`` shows in
+fails the join and raises ``camera_missing``; a missing microphone fails the
+join naming it; ``camera = "auto"`` shows in
 ``meta`` what it found.
 """
 
@@ -253,3 +254,22 @@ def test_auto_camera_shows_what_it_found_in_meta(make_box, observer, ready,
                               and "test_pattern" in decode(m.payload, Meta).capabilities,
                               timeout=20)
     assert "auto" not in decode(found.payload, Meta).capabilities
+
+
+def test_a_missing_microphone_fails_the_join_naming_it_and_the_box_carries_on(
+        make_box, observer, ready, tmp_path: Path) -> None:  # noqa: ANN001
+    from tests.harness.alsa import make_microphone
+
+    mic = make_microphone(tmp_path / "mic", seconds=5)  # ALSA set up, but another PCM named
+    box = make_box(env=mic.env, microphone="diemcau_no_such_mic")
+    ready(box)
+    with SrtListener(tmp_path / "server") as listener:
+        listener.start()
+        join = observer.command(DEV, "meeting.join", {"meeting_id": "m-nomic",
+                                                      "publish": listener.url,
+                                                      "profile": "360p15"})
+        failed = observer.wait_reply(DEV, join, status="failed", timeout=20)
+    assert failed.code == 500 and "microphone 'diemcau_no_such_mic'" in failed.detail
+    probe = observer.command(DEV, "health.report")
+    assert observer.wait_reply(DEV, probe, timeout=10).code == 200
+    assert box.running
