@@ -452,6 +452,21 @@ def test_one_picamera2_for_the_life_of_the_process(monkeypatch: pytest.MonkeyPat
     assert len(fake.instances) == 1 and fake.camera.starts == 3
 
 
+def test_an_encoder_left_running_by_a_broken_meeting_is_stopped_first(
+        monkeypatch: pytest.MonkeyPatch, no_shared_camera: None) -> None:
+    fake = fake_picamera2.install(monkeypatch, platform="VC4")
+    abandoned = PiCamera(SMALL, kbps=300)
+    abandoned.open()  # and never closed
+    camera = PiCamera(SMALL, kbps=300)
+    camera.open()
+    try:
+        assert len(fake.camera.encoders) == 1
+        assert camera.read().is_keyframe
+    finally:
+        camera.close()
+    assert not fake.camera.encoders
+
+
 def test_no_csi_camera_or_no_picamera2_is_a_clear_fault(monkeypatch: pytest.MonkeyPatch,
                                                         no_shared_camera: None) -> None:
     fake_picamera2.install(monkeypatch, cameras=0)

@@ -614,7 +614,11 @@ class PiCamera:
         p = self.profile
         frame_us = round(1_000_000 / p.fps)
         try:
-            camera.stop()  # a camera left running by a meeting that ended badly
+            # Whatever a meeting that ended badly left running: its encoder, the camera.
+            if camera.encoders:
+                with contextlib.suppress(RuntimeError):  # "Encoder already stopped"
+                    camera.stop_encoder()
+            camera.stop()
             config = camera.create_video_configuration(
                 main={"size": (p.width, p.height), "format": "YUV420"},
                 controls={"FrameDurationLimits": (frame_us, frame_us)})
