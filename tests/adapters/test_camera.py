@@ -266,6 +266,15 @@ def test_a_packet_can_be_marked_key_or_not(key: bool) -> None:
     assert packet.is_keyframe is (not key)
 
 
+@given(st.binary(min_size=1, max_size=4096), st.integers(0, 2**40), st.booleans())
+def test_any_encoded_picture_becomes_a_packet_with_its_time_and_flag(
+        data: bytes, pts_us: int, key: bool) -> None:
+    packet = h264_packet(data, pts_us, key)
+    assert bytes(packet) == data
+    assert (packet.pts, packet.dts, packet.is_keyframe) == (pts_us, pts_us, key)
+    assert packet.time_base == Fraction(1, 1_000_000)
+
+
 def test_the_packet_queue_drops_whole_gops_and_asks_for_a_keyframe() -> None:
     asked = []
     packets = _PacketQueue(lambda: asked.append(1), limit=4)
