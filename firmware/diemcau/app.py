@@ -170,6 +170,8 @@ def run(cfg: Config, identity: Identity | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if cfg.media.camera == "auto":
+        _detect_camera_later(cfg, supervisor)
     log.info("diemcau %s starting as %s (%s)", _version(), cfg.device.id, cfg.site.name)
     if renewer is not None:
         renewer.start()
@@ -184,6 +186,26 @@ def run(cfg: Config, identity: Identity | None = None) -> int:
         return EXIT_FACTORY_RESET
     log.info("stopped")
     return 0
+
+
+def _detect_camera_later(cfg: Config, supervisor: Supervisor) -> None:
+    """Resolve ``media.camera = "auto"`` off the main thread, for ``meta``.
+
+    Asking libcamera means importing picamera2, which takes too long for the
+    box's first second online; the supervisor republishes ``meta`` when told.
+    """
+    import threading
+
+    def detect() -> None:
+        from .adapters.camera import detect_backend
+        from .core.events import CameraDetected
+
+        try:
+            supervisor.post(CameraDetected(detect_backend(cfg.media)))
+        except Exception:  # noqa: BLE001 - a failed probe must not end the box
+            log.exception("camera detection failed")
+
+    threading.Thread(target=detect, name="camera-detect", daemon=True).start()
 
 
 def _version() -> str:

@@ -90,7 +90,10 @@ class Outbox(_Section, kw_only=True, forbid_unknown_fields=True):
 
 
 class Media(_Section, kw_only=True, forbid_unknown_fields=True):
-    camera: Literal["test_pattern"] = "test_pattern"
+    camera: Literal["auto", "picamera2", "usb", "test_pattern"] = "test_pattern"
+    camera_device: str = "auto"  # usb: a /dev/video* path, or the first USB camera
+    camera_input_format: Literal["auto", "mjpeg", "yuyv422", "h264"] = "auto"  # usb only
+    camera_fallback: Literal["none", "test_pattern"] = "none"  # auto and no camera found
     microphone: str = "default"  # ALSA PCM name
     sample_rate_hz: int = 48000
     channels: int = 1
@@ -269,8 +272,18 @@ def _field_problems(path: str, value: Any, typ: Any) -> list[str]:
     try:
         msgspec.convert(value, typ)
     except msgspec.ValidationError as exc:
-        return [_explain(path, str(exc))]
+        return [_explain(path, str(exc)) + _choices(typ, value)]
     return []
+
+
+def _choices(typ: Any, value: Any) -> str:
+    """For a wrong value of a fixed set of words: the words, and the nearest one."""
+    words = [w for w in get_args(typ) if isinstance(w, str)] if get_origin(typ) is Literal else []
+    if not words:
+        return ""
+    close = difflib.get_close_matches(value, words, n=1) if isinstance(value, str) else []
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return " (one of " + ", ".join(f"'{w}'" for w in words) + hint + ")"
 
 
 def _explain(section: str, message: str) -> str:
@@ -330,6 +343,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
     e = cfg.enrollment
     if e.retry_min_s <= 0 or e.retry_max_s < e.retry_min_s:
         problems.append("enrollment.retry_min_s/retry_max_s: need 0 < min <= max")
+    problems += _camera_problems(cfg.media)
     return problems
 
 
@@ -359,6 +373,18 @@ def _panel_problems(panel: Panel) -> list[str]:
         problems.append("panel.join_early_s: must be 0 or more")
     if not 0 < panel.light.brightness <= 1:
         problems.append("panel.light.brightness: must be more than 0 and at most 1")
+    return problems
+
+
+def _camera_problems(media: Media) -> list[str]:
+    problems = []
+    if media.camera_device != "auto" and not media.camera_device.startswith("/"):
+        problems.append(f"media.camera_device: {media.camera_device!r} is not a device path "
+                        "(like /dev/video0) or \"auto\"")
+    if media.camera in ("picamera2", "test_pattern") and media.camera_device != "auto":
+        problems.append(f"media.camera_device: only for a USB camera, not {media.camera!r}")
+    if media.camera_fallback != "none" and media.camera != "auto":
+        problems.append("media.camera_fallback: only applies when media.camera = \"auto\"")
     return problems
 
 

@@ -34,6 +34,7 @@ from .core import identity as identity_rules
 from .core import meeting as core
 from .core.events import (
     ButtonPressed,
+    CameraDetected,
     CertificateStatus,
     CommandArrived,
     Delivered,
@@ -139,6 +140,8 @@ class Supervisor:
         self._inflight: dict[int, int] = {}  # paho mid -> outbox row
         self._command_exp: dict[str, float] = {}  # pending command id -> its exp
         self._alerts = alert_rules.AlertState.after_restart()
+        # The camera in meta: the configured one, until "auto" has been resolved.
+        self._camera_capability: str = cfg.media.camera
         self._thresholds = alert_rules.Thresholds.from_config(cfg.health)
         self._health_seq = 0
         self._clock_synced = True
@@ -279,6 +282,8 @@ class Supervisor:
                     self.post(StopRequested("factory reset"))
             case CertificateStatus():
                 self._on_certificate(event)
+            case CameraDetected(backend=backend):
+                self._on_camera_detected(backend)
             case _:
                 log.error("unknown event %r", event)
         self._show_light()
@@ -478,12 +483,20 @@ class Supervisor:
         site = self.cfg.site
         meta = Meta(
             model=self.a.model, serial=self.a.serial, firmware=__version__,
-            capabilities=["srt", "h264", self.cfg.media.audio_codec, self.cfg.media.camera],
+            capabilities=["srt", "h264", self.cfg.media.audio_codec, self._camera_capability],
             site=Site(name=site.name, province=site.province, district=site.district,
                       commune=site.commune, room=site.room),
             groups=self.cfg.groups, config_version=self.cfg.config_version, ts=now_ts(),
         )
         self.link.publish(device_topic(self._dev, "meta"), encode(meta), qos=1, retain=True)
+
+    def _on_camera_detected(self, backend: str) -> None:
+        log.info("camera: %s (media.camera = %s)", backend, self.cfg.media.camera)
+        capability = "no_camera" if backend == "none" else backend
+        if capability != self._camera_capability:
+            self._camera_capability = capability
+            if self.link.connected:
+                self._publish_meta()
 
     def status_message(self) -> Status:
         room = self.room

@@ -73,6 +73,11 @@ def make_microphone(directory: Path, *, pcm: str = "diemcau_mic", frequency_hz: 
     tone = directory / f"{pcm}.s16le"
     write_tone(tone, frequency_hz=frequency_hz, sample_rate_hz=sample_rate_hz,
                channels=channels, seconds=seconds, level_dbfs=level_dbfs)
+    config = _write_pcm_config(directory, pcm, tone)
+    return SimulatedMicrophone(pcm, frequency_hz, sample_rate_hz, channels, seconds, tone, config)
+
+
+def _write_pcm_config(directory: Path, pcm: str, infile: Path) -> Path:
     config = directory / f"{pcm}.asoundrc"
     # What the plugin "records" is also written to `file`; nobody needs it.
     config.write_text(
@@ -80,12 +85,31 @@ def make_microphone(directory: Path, *, pcm: str = "diemcau_mic", frequency_hz: 
         f"    type file\n"
         f"    slave.pcm \"null\"\n"
         f"    file \"/dev/null\"\n"
-        f"    infile \"{tone}\"\n"
+        f"    infile \"{infile}\"\n"
         f"    format \"raw\"\n"
         f"}}\n",
         encoding="utf-8",
     )
-    return SimulatedMicrophone(pcm, frequency_hz, sample_rate_hz, channels, seconds, tone, config)
+    return config
+
+
+def microphone_from_samples(directory: Path, samples: np.ndarray, *, pcm: str = "diemcau_mic",
+                            sample_rate_hz: int = 48000, frequency_hz: float = 0.0,
+                            ) -> SimulatedMicrophone:
+    """A microphone that captures exactly ``samples`` (float, -1..1; 1-D mono or frames x 2).
+
+    For sound that is not one steady tone: silence then speech, beeps at
+    chosen instants. ``frequency_hz`` is only recorded, for the test's own use.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    frames = samples.reshape(len(samples), -1)
+    channels = frames.shape[1]
+    raw = directory / f"{pcm}.s16le"
+    pcm16 = np.clip(np.round(frames * 32767), -32768, 32767).astype("<i2")
+    raw.write_bytes(pcm16.tobytes())
+    config = _write_pcm_config(directory, pcm, raw)
+    return SimulatedMicrophone(pcm, frequency_hz, sample_rate_hz, channels,
+                               len(frames) / sample_rate_hz, raw, config)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
     from ..config import Media
     from ..core.meeting import StreamRequest
+    from .camera import Camera
+    from .microphone import Microphone
 
 log = logging.getLogger("diemcau.media")
 
@@ -292,98 +294,6 @@ class _Link:
 # ---------------------------------------------------------------- sources
 
 
-class _TestPattern:
-    """The development camera: ``testsrc2`` with the frame number drawn in, via lavfi.
-
-    Frames come as fast as they are read; the session paces them.
-    """
-
-    def __init__(self, profile: VideoProfile) -> None:
-        self.profile = profile
-        self._container: Any = None
-        self._frames: Any = None
-
-    def _graph(self, with_text: bool) -> str:
-        from .framestamp import strip_height
-
-        p = self.profile
-        top = strip_height(p.height) + p.height // 45  # just below the stamp strip
-        text = (f",drawtext=text='frame %{{n}}':x=w/40:y={top}:fontsize=h/12"
-                ":fontcolor=white:box=1:boxcolor=black@0.6:boxborderw=6") if with_text else ""
-        return f"testsrc2=size={p.width}x{p.height}:rate={p.fps}{text},format=yuv420p"
-
-    def open(self) -> None:
-        import av
-
-        try:
-            self._container = av.open(self._graph(with_text=True), format="lavfi")
-        except av.error.FFmpegError as exc:
-            # drawtext needs a font (fontconfig); the stamp strip alone still works.
-            log.warning("test pattern without the frame number as text: %s", exc)
-            try:
-                self._container = av.open(self._graph(with_text=False), format="lavfi")
-            except av.error.FFmpegError as exc2:
-                raise MediaFault(f"camera (test pattern) cannot be opened: {exc2}") from None
-        self._frames = self._container.decode(video=0)
-
-    def read(self) -> av.VideoFrame:
-        import av
-
-        try:
-            return next(self._frames)
-        except StopIteration:
-            raise MediaFault("camera (test pattern) stopped delivering frames") from None
-        except av.error.FFmpegError as exc:
-            raise MediaFault(f"camera (test pattern) failed: {exc}") from None
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-            self._container = None
-
-
-class _Microphone:
-    """An ALSA capture PCM through pyalsaaudio: S16_LE, blocking reads of one period."""
-
-    def __init__(self, cfg: Media) -> None:
-        self.device = cfg.microphone
-        self.rate_hz = cfg.sample_rate_hz
-        self.channels = cfg.channels
-        self.period_frames = max(1, round(cfg.sample_rate_hz * AUDIO_PERIOD_S))
-        self._pcm: Any = None
-
-    def open(self) -> None:
-        try:
-            import alsaaudio
-        except ImportError as exc:
-            raise MediaFault(f"pyalsaaudio is not installed: {exc}") from None
-        try:
-            self._pcm = alsaaudio.PCM(
-                type=alsaaudio.PCM_CAPTURE, mode=alsaaudio.PCM_NORMAL, device=self.device,
-                rate=self.rate_hz, channels=self.channels, format=alsaaudio.PCM_FORMAT_S16_LE,
-                periodsize=self.period_frames)
-        except TypeError:
-            raise MediaFault("pyalsaaudio is too old (0.8 cannot read on Python 3.10+); "
-                             "install pyalsaaudio >= 0.10") from None
-        except alsaaudio.ALSAAudioError as exc:
-            raise MediaFault(f"microphone {self.device!r} cannot be opened: {exc}") from None
-
-    def read(self) -> bytes:
-        """One period of interleaved S16_LE samples; b"" after an overrun (samples lost)."""
-        import alsaaudio
-
-        try:
-            length, data = self._pcm.read()
-        except alsaaudio.ALSAAudioError as exc:
-            raise MediaFault(f"microphone {self.device!r} failed: {exc}") from None
-        return data if length > 0 else b""
-
-    def close(self) -> None:
-        if self._pcm is not None:
-            self._pcm.close()
-            self._pcm = None
-
-
 # ---------------------------------------------------------------- encoders and muxer
 
 
@@ -586,9 +496,12 @@ class MediaSession:
             video_kbps = cfg.video_bitrate_kbps if cfg.video_bitrate_kbps > 0 \
                 else profile.bitrate_kbps
 
+        from .camera import open_camera
+        from .microphone import Microphone
+
         _redact_ffmpeg_logs()
-        camera = _TestPattern(profile) if profile is not None else None
-        microphone = _Microphone(cfg)
+        camera = open_camera(cfg, profile, video_kbps) if profile is not None else None
+        microphone = Microphone(cfg)
         try:
             if camera is not None:
                 camera.open()
@@ -604,8 +517,8 @@ class MediaSession:
 class _Pump:
     """The worker's loop: take each frame and audio period when due, send while connected."""
 
-    def __init__(self, session: MediaSession, camera: _TestPattern | None,
-                 microphone: _Microphone, url: str, profile: VideoProfile | None,
+    def __init__(self, session: MediaSession, camera: Camera | None,
+                 microphone: Microphone, url: str, profile: VideoProfile | None,
                  video_kbps: int) -> None:
         import numpy
 

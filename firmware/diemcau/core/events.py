@@ -57,6 +57,13 @@ class StreamChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class CameraDetected:
+    """``media.camera = "auto"`` resolved: ``picamera2``, ``usb``, ``test_pattern`` or ``none``."""
+
+    backend: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamFiguresUpdated:
     figures: dict[str, Any] = field(default_factory=dict)
 
