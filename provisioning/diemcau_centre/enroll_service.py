@@ -52,7 +52,7 @@ from diemcau.protocol.enrollment import (
     parse_request,
 )
 
-from .ca import CaError, CsrRefused, load_ca, sign_device_csr
+from .ca import CRL, CaError, CsrRefused, load_ca, sign_device_csr
 from .identity import is_device_id
 from .manifest import FleetStore, Manifest, ManifestError, TokenRefused, burn_token, check_token
 
@@ -128,8 +128,6 @@ def enroll(settings: ServiceSettings, body: bytes, now: float | None = None) -> 
 
 def revoked_serials(directory: Path) -> set[int]:
     """Serial numbers on the CA's current CRL."""
-    from .ca import CRL
-
     try:
         crl = x509.load_pem_x509_crl((directory / CRL).read_bytes())
     except FileNotFoundError:

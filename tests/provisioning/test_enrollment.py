@@ -444,7 +444,14 @@ def test_the_service_refuses_what_is_not_an_enrollment(centre: Centre,
 
     assert call("GET", ENROLL_PATH) == 405
     assert call("POST", "/other", b"{}") == 404
-    assert call("POST", ENROLL_PATH, b"x" * 20000) == 413
+    # Refused on its Content-Length, before a byte of the body is read.
+    conn = http.client.HTTPSConnection("127.0.0.1", centre.service_port, context=context,
+                                       timeout=10)
+    conn.putrequest("POST", ENROLL_PATH)
+    conn.putheader("Content-Length", "20000")
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
     assert call("POST", ENROLL_PATH, b"{}") == 400
     doc = read_enrollment_file(centre.enrollment_file(A).read_bytes())
     assert token_hash(doc.token) in FleetStore(centre.directory).load().tokens
@@ -488,3 +495,18 @@ def test_the_renewer_renews_when_due_and_reports_failures(centre: Centre, tmp_pa
     renewed = load_identity(state)
     assert renewed is not None and status.last_error == ""
     assert renewed.cert_file.read_bytes() != old_cert and status.not_after == renewed.not_after
+
+
+def test_a_damaged_identity_is_named_not_a_traceback(centre: Centre, service: RunningService,
+                                                     tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "endpoint.toml"
+    config.write_text(blank_config(state, centre.enrollment_file(A)))
+    enroll_once(centre.enrollment_file(A), state)
+    (identity_dir(state) / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
+    for command in ("check", "run"):
+        result = subprocess.run([sys.executable, "-m", "diemcau", command, "--config",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "the stored identity is damaged" in result.stderr
+        assert "Traceback" not in result.stderr

@@ -79,6 +79,10 @@ class EnrollError(Exception):
         self.reason = reason
 
 
+class IdentityError(Exception):
+    """The stored identity cannot be read (a failing SD card); the message says what to do."""
+
+
 class IdentityInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``identity.json``: what the box learnt when it enrolled."""
 
@@ -164,9 +168,15 @@ def load_identity(state_dir: Path) -> Identity | None:
         shutil.rmtree(stale, ignore_errors=True)
     if not (current / INFO_FILE).exists():
         return None
-    info = msgspec.json.decode((current / INFO_FILE).read_bytes(), type=IdentityInfo)
-    not_before, not_after = _cert_dates((current / CERT_FILE).read_bytes())
-    return Identity(current, info, load_centre_keys(state_dir) or {}, not_before, not_after)
+    try:
+        info = msgspec.json.decode((current / INFO_FILE).read_bytes(), type=IdentityInfo)
+        not_before, not_after = _cert_dates((current / CERT_FILE).read_bytes())
+        keys = load_centre_keys(state_dir) or {}
+    except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise IdentityError(f"{current}: the stored identity is damaged ({exc}); a factory "
+                            "reset and a new enrollment file (`diemcau-centre fleet token`) "
+                            "enroll the box again") from None
+    return Identity(current, info, keys, not_before, not_after)
 
 
 def load_centre_keys(state_dir: Path) -> dict[str, str] | None:
