@@ -510,3 +510,22 @@ def test_a_damaged_identity_is_named_not_a_traceback(centre: Centre, service: Ru
         assert result.returncode == 2, result.stderr
         assert "the stored identity is damaged" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_box_whose_clock_disagrees_says_so(centre: Centre, tmp_path: Path) -> None:
+    # A service certificate that starts in two days looks, to the box, like a box clock
+    # two days behind: what a Pi without a real-time clock sees before NTP answers.
+    import datetime as dt
+
+    from diemcau_centre.ca import issue_server_cert
+
+    issue_server_cert(load_ca(centre.directory), ["127.0.0.1"], force=True,
+                      now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    running = RunningService(centre)
+    try:
+        with pytest.raises(EnrollError) as refused:
+            enroll_once(centre.enrollment_file(A), tmp_path / "state")
+    finally:
+        running.stop()
+    assert refused.value.reason == "clock" and "is the clock set?" in str(refused.value)
+    assert token_state(centre, A) == "pending"

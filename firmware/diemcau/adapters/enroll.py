@@ -267,8 +267,13 @@ def _post(service: str, path: str, body: bytes, context: ssl.SSLContext) -> Enro
         response = conn.getresponse()
         data = response.read(MAX_RESPONSE_BYTES + 1)
     except ssl.SSLCertVerificationError as exc:
+        why = exc.verify_message or str(exc)
+        if "not yet valid" in why or "expired" in why:
+            # No real-time clock: before NTP answers, the box may think it is 1970.
+            raise EnrollError("clock", f"cannot check the service at {host}: {why}; is the "
+                                       "clock set? (trying again)") from None
         raise EnrollError("untrusted", f"the service at {host} is not the centre's "
-                                       f"({exc.verify_message})") from None
+                                       f"({why})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise EnrollError("unreachable", f"cannot reach {service}: {exc}") from None
     finally:
