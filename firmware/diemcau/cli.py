@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 def _enroll(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .adapters.enroll import EnrollError, enroll_once, load_identity
+    from .adapters.enroll import EnrollError, enroll_once, load_identity, utc_text
     from .config import boot_settings
 
     state_dir, enrollment = boot_settings(args.config)
@@ -62,7 +62,7 @@ def _enroll(args: argparse.Namespace) -> int:
         current = None  # replaced by this enrollment, if it succeeds
     if current is not None and not args.force:
         print(f"diemcau enroll: already enrolled as {current.device_id} (certificate until "
-              f"{current.not_after:.0f}); --force to enroll again", file=sys.stderr)
+              f"{utc_text(current.not_after)}); --force to enroll again", file=sys.stderr)
         return 1
     try:
         identity = enroll_once(Path(args.file or enrollment.file), state_dir)

@@ -340,7 +340,7 @@ def enroll_once(enroll_file: Path, state_dir: Path) -> Identity:
     _check_answer(enrolled, doc.device_id, key_pem)
     identity = store_identity(state_dir, key_pem, enrolled, doc.service)
     log.info("enrolled as %s (%s); certificate valid until %s", identity.device_id,
-             identity.info.site.name, _utc(identity.not_after))
+             identity.info.site.name, utc_text(identity.not_after))
     return identity
 
 
@@ -355,11 +355,12 @@ def renew_once(state_dir: Path) -> Identity:
     enrolled = _post(current.info.service, RENEW_PATH, encode(RenewRequest(csr_pem=csr)), context)
     _check_answer(enrolled, current.device_id, key_pem)
     identity = store_identity(state_dir, key_pem, enrolled, current.info.service, keep_keys=True)
-    log.info("certificate renewed; valid until %s", _utc(identity.not_after))
+    log.info("certificate renewed; valid until %s", utc_text(identity.not_after))
     return identity
 
 
-def _utc(ts: float) -> str:
+def utc_text(ts: float) -> str:
+    """A Unix time as a short UTC date and time, for logs and messages."""
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
