@@ -40,6 +40,7 @@ from diemcau.protocol.enrollment import (
     ENROLL_PATH,
     RENEW_PATH,
     BadRequest,
+    EnrollmentFileError,
     EnrollRefused,
     EnrollRequest,
     parse_request,
@@ -529,3 +530,32 @@ def test_a_box_whose_clock_disagrees_says_so(centre: Centre, tmp_path: Path) -> 
         running.stop()
     assert refused.value.reason == "clock" and "is the clock set?" in str(refused.value)
     assert token_state(centre, A) == "pending"
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
+def test_any_bytes_on_the_card_are_an_enrollment_file_or_a_named_problem(data: bytes) -> None:
+    try:
+        doc = read_enrollment_file(data, "/boot/firmware/diemcau-enroll.toml")
+    except EnrollmentFileError as exc:
+        assert str(exc).startswith("/boot/firmware/diemcau-enroll.toml: ")
+    else:
+        assert doc.service.startswith("https://") and "-----END CERTIFICATE-----" in doc.ca_pem
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=4000), flip=st.integers(min_value=0, max_value=4000))
+def test_a_real_file_cut_or_flipped_anywhere_is_read_or_refused(centre: Centre, cut: int,
+                                                                 flip: int) -> None:
+    good = centre.enrollment_file(A).read_bytes()
+    damaged = bytearray(good[: min(cut, len(good))] if cut < len(good) else good)
+    if damaged:
+        damaged[flip % len(damaged)] ^= 0x5A
+    try:
+        doc = read_enrollment_file(bytes(damaged))
+    except EnrollmentFileError:
+        return
+    # What survives a flipped byte is still a whole document with every field.
+    assert doc.device_id and doc.token and doc.site.name
