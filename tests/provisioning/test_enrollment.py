@@ -559,3 +559,33 @@ def test_a_real_file_cut_or_flipped_anywhere_is_read_or_refused(centre: Centre, 
         return
     # What survives a flipped byte is still a whole document with every field.
     assert doc.device_id and doc.token and doc.site.name
+
+
+def test_too_many_connections_are_turned_away_then_served(centre: Centre,
+                                                          service: RunningService,
+                                                          tmp_path: Path) -> None:
+    import socket
+
+    service.server._slots = threading.BoundedSemaphore(2)  # as if 64 boxes were mid-request
+    silent = [socket.create_connection(("127.0.0.1", centre.service_port)) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while service.server._slots.acquire(blocking=False):  # until both slots are taken
+            service.server._slots.release()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with pytest.raises(EnrollError) as away:
+            enroll_once(centre.enrollment_file(A), tmp_path / "state")
+        assert away.value.reason == "unreachable" and service.server.turned_away >= 1
+    finally:
+        for sock in silent:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            enroll_once(centre.enrollment_file(A), tmp_path / "state")
+            break
+        except EnrollError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert token_state(centre, A) == "used"
