@@ -23,6 +23,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .adapters.enroll import IdentityError
 from .config import Config, ConfigError, effective_config, load_config
 from .core.events import EnrollmentStopped
 
@@ -52,15 +53,18 @@ def _parser() -> argparse.ArgumentParser:
 def _enroll(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .adapters.enroll import EnrollError, enroll_once, load_identity
+    from .adapters.enroll import EnrollError, enroll_once, load_identity, utc_text
     from .config import boot_settings
 
     state_dir, enrollment = boot_settings(args.config)
     logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
-    current = load_identity(state_dir)
+    try:
+        current = load_identity(state_dir)
+    except IdentityError:
+        current = None  # replaced by this enrollment, if it succeeds
     if current is not None and not args.force:
         print(f"diemcau enroll: already enrolled as {current.device_id} (certificate until "
-              f"{current.not_after:.0f}); --force to enroll again", file=sys.stderr)
+              f"{utc_text(current.not_after)}); --force to enroll again", file=sys.stderr)
         return 1
     try:
         identity = enroll_once(Path(args.file or enrollment.file), state_dir)
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except EnrollmentStopped:
         return 0
+    except IdentityError as exc:
+        print(f"diemcau: {exc}", file=sys.stderr)
+        return 2
     if args.command == "check":
         import tomli_w
 

@@ -16,6 +16,9 @@ Provisioning, in the centre's directory (no configuration needed; see docs/provi
     diemcau-centre fleet token c00001-r1 --dir /srv/centre
     diemcau-centre fleet list --dir /srv/centre
     diemcau-centre broker-config --dir /srv/centre --out /srv/centre/broker
+    diemcau-centre enroll-service --dir /srv/centre --broker mqtt.diemcau.gov.vn:8883 \
+        --centre-key /srv/centre/centre-signing.pub
+    diemcau-centre revoke c00001-r1 --dir /srv/centre
 
 The configuration is ``--config FILE``, else ``$DIEMCAU_CENTRE_CONFIG``, else
 /etc/diemcau/centre.toml. See docs/centre.md.

@@ -28,6 +28,7 @@ import http.server
 import logging
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ from diemcau.protocol.enrollment import (
     parse_request,
 )
 
-from .ca import CaError, CsrRefused, load_ca, sign_device_csr
+from .ca import CRL, CaError, CsrRefused, load_ca, sign_device_csr
 from .identity import is_device_id
 from .manifest import FleetStore, Manifest, ManifestError, TokenRefused, burn_token, check_token
 
@@ -60,6 +61,9 @@ log = logging.getLogger("diemcau_centre.enroll")
 
 # A slow or silent client holds one thread for at most this long.
 REQUEST_TIMEOUT_S = 15.0
+# Connections served at once; more are closed at once (boxes retry with jitter),
+# so that a province's boxes all coming online cannot exhaust the centre's threads.
+MAX_CONNECTIONS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +132,6 @@ def enroll(settings: ServiceSettings, body: bytes, now: float | None = None) -> 
 
 def revoked_serials(directory: Path) -> set[int]:
     """Serial numbers on the CA's current CRL."""
-    from .ca import CRL
-
     try:
         crl = x509.load_pem_x509_crl((directory / CRL).read_bytes())
     except FileNotFoundError:
@@ -221,10 +223,32 @@ class EnrollServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, settings: ServiceSettings, address: tuple[str, int],
-                 context: ssl.SSLContext) -> None:
+                 context: ssl.SSLContext, max_connections: int = MAX_CONNECTIONS) -> None:
         self.settings = settings
         self.context = context
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.turned_away = 0
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.turned_away += 1
+            if self.turned_away in (1, 10, 100) or self.turned_away % 1000 == 0:
+                log.warning("too many connections at once: turned %d away so far",
+                            self.turned_away)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(REQUEST_TIMEOUT_S)

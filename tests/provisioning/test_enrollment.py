@@ -40,6 +40,7 @@ from diemcau.protocol.enrollment import (
     ENROLL_PATH,
     RENEW_PATH,
     BadRequest,
+    EnrollmentFileError,
     EnrollRefused,
     EnrollRequest,
     parse_request,
@@ -444,7 +445,14 @@ def test_the_service_refuses_what_is_not_an_enrollment(centre: Centre,
 
     assert call("GET", ENROLL_PATH) == 405
     assert call("POST", "/other", b"{}") == 404
-    assert call("POST", ENROLL_PATH, b"x" * 20000) == 413
+    # Refused on its Content-Length, before a byte of the body is read.
+    conn = http.client.HTTPSConnection("127.0.0.1", centre.service_port, context=context,
+                                       timeout=10)
+    conn.putrequest("POST", ENROLL_PATH)
+    conn.putheader("Content-Length", "20000")
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
     assert call("POST", ENROLL_PATH, b"{}") == 400
     doc = read_enrollment_file(centre.enrollment_file(A).read_bytes())
     assert token_hash(doc.token) in FleetStore(centre.directory).load().tokens
@@ -488,3 +496,96 @@ def test_the_renewer_renews_when_due_and_reports_failures(centre: Centre, tmp_pa
     renewed = load_identity(state)
     assert renewed is not None and status.last_error == ""
     assert renewed.cert_file.read_bytes() != old_cert and status.not_after == renewed.not_after
+
+
+def test_a_damaged_identity_is_named_not_a_traceback(centre: Centre, service: RunningService,
+                                                     tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "endpoint.toml"
+    config.write_text(blank_config(state, centre.enrollment_file(A)))
+    enroll_once(centre.enrollment_file(A), state)
+    (identity_dir(state) / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
+    for command in ("check", "run"):
+        result = subprocess.run([sys.executable, "-m", "diemcau", command, "--config",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert "the stored identity is damaged" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_box_whose_clock_disagrees_says_so(centre: Centre, tmp_path: Path) -> None:
+    # A service certificate that starts in two days looks, to the box, like a box clock
+    # two days behind: what a Pi without a real-time clock sees before NTP answers.
+    import datetime as dt
+
+    from diemcau_centre.ca import issue_server_cert
+
+    issue_server_cert(load_ca(centre.directory), ["127.0.0.1"], force=True,
+                      now=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    running = RunningService(centre)
+    try:
+        with pytest.raises(EnrollError) as refused:
+            enroll_once(centre.enrollment_file(A), tmp_path / "state")
+    finally:
+        running.stop()
+    assert refused.value.reason == "clock" and "is the clock set?" in str(refused.value)
+    assert token_state(centre, A) == "pending"
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
+def test_any_bytes_on_the_card_are_an_enrollment_file_or_a_named_problem(data: bytes) -> None:
+    try:
+        doc = read_enrollment_file(data, "/boot/firmware/diemcau-enroll.toml")
+    except EnrollmentFileError as exc:
+        assert str(exc).startswith("/boot/firmware/diemcau-enroll.toml: ")
+    else:
+        assert doc.service.startswith("https://") and "-----END CERTIFICATE-----" in doc.ca_pem
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=4000), flip=st.integers(min_value=0, max_value=4000))
+def test_a_real_file_cut_or_flipped_anywhere_is_read_or_refused(centre: Centre, cut: int,
+                                                                 flip: int) -> None:
+    good = centre.enrollment_file(A).read_bytes()
+    damaged = bytearray(good[: min(cut, len(good))] if cut < len(good) else good)
+    if damaged:
+        damaged[flip % len(damaged)] ^= 0x5A
+    try:
+        doc = read_enrollment_file(bytes(damaged))
+    except EnrollmentFileError:
+        return
+    # What survives a flipped byte is still a whole document with every field.
+    assert doc.device_id and doc.token and doc.site.name
+
+
+def test_too_many_connections_are_turned_away_then_served(centre: Centre,
+                                                          service: RunningService,
+                                                          tmp_path: Path) -> None:
+    import socket
+
+    service.server._slots = threading.BoundedSemaphore(2)  # as if 64 boxes were mid-request
+    silent = [socket.create_connection(("127.0.0.1", centre.service_port)) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 10
+        while service.server._slots.acquire(blocking=False):  # until both slots are taken
+            service.server._slots.release()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with pytest.raises(EnrollError) as away:
+            enroll_once(centre.enrollment_file(A), tmp_path / "state")
+        assert away.value.reason == "unreachable" and service.server.turned_away >= 1
+    finally:
+        for sock in silent:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            enroll_once(centre.enrollment_file(A), tmp_path / "state")
+            break
+        except EnrollError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert token_state(centre, A) == "used"

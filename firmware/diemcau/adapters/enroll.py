@@ -79,6 +79,10 @@ class EnrollError(Exception):
         self.reason = reason
 
 
+class IdentityError(Exception):
+    """The stored identity cannot be read (a failing SD card); the message says what to do."""
+
+
 class IdentityInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``identity.json``: what the box learnt when it enrolled."""
 
@@ -164,9 +168,15 @@ def load_identity(state_dir: Path) -> Identity | None:
         shutil.rmtree(stale, ignore_errors=True)
     if not (current / INFO_FILE).exists():
         return None
-    info = msgspec.json.decode((current / INFO_FILE).read_bytes(), type=IdentityInfo)
-    not_before, not_after = _cert_dates((current / CERT_FILE).read_bytes())
-    return Identity(current, info, load_centre_keys(state_dir) or {}, not_before, not_after)
+    try:
+        info = msgspec.json.decode((current / INFO_FILE).read_bytes(), type=IdentityInfo)
+        not_before, not_after = _cert_dates((current / CERT_FILE).read_bytes())
+        keys = load_centre_keys(state_dir) or {}
+    except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise IdentityError(f"{current}: the stored identity is damaged ({exc}); a factory "
+                            "reset and a new enrollment file (`diemcau-centre fleet token`) "
+                            "enroll the box again") from None
+    return Identity(current, info, keys, not_before, not_after)
 
 
 def load_centre_keys(state_dir: Path) -> dict[str, str] | None:
@@ -257,8 +267,13 @@ def _post(service: str, path: str, body: bytes, context: ssl.SSLContext) -> Enro
         response = conn.getresponse()
         data = response.read(MAX_RESPONSE_BYTES + 1)
     except ssl.SSLCertVerificationError as exc:
+        why = exc.verify_message or str(exc)
+        if "not yet valid" in why or "expired" in why:
+            # No real-time clock: before NTP answers, the box may think it is 1970.
+            raise EnrollError("clock", f"cannot check the service at {host}: {why}; is the "
+                                       "clock set? (trying again)") from None
         raise EnrollError("untrusted", f"the service at {host} is not the centre's "
-                                       f"({exc.verify_message})") from None
+                                       f"({why})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise EnrollError("unreachable", f"cannot reach {service}: {exc}") from None
     finally:
@@ -325,7 +340,7 @@ def enroll_once(enroll_file: Path, state_dir: Path) -> Identity:
     _check_answer(enrolled, doc.device_id, key_pem)
     identity = store_identity(state_dir, key_pem, enrolled, doc.service)
     log.info("enrolled as %s (%s); certificate valid until %s", identity.device_id,
-             identity.info.site.name, _utc(identity.not_after))
+             identity.info.site.name, utc_text(identity.not_after))
     return identity
 
 
@@ -340,11 +355,12 @@ def renew_once(state_dir: Path) -> Identity:
     enrolled = _post(current.info.service, RENEW_PATH, encode(RenewRequest(csr_pem=csr)), context)
     _check_answer(enrolled, current.device_id, key_pem)
     identity = store_identity(state_dir, key_pem, enrolled, current.info.service, keep_keys=True)
-    log.info("certificate renewed; valid until %s", _utc(identity.not_after))
+    log.info("certificate renewed; valid until %s", utc_text(identity.not_after))
     return identity
 
 
-def _utc(ts: float) -> str:
+def utc_text(ts: float) -> str:
+    """A Unix time as a short UTC date and time, for logs and messages."""
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
