@@ -14,6 +14,7 @@ from .adapters.health import HealthProbe
 from .adapters.mqtt import MqttLink
 from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
+from .adapters.releases import ReleaseStore
 from .adapters.service import ServiceManager
 from .adapters.statefile import Counters
 from .config import Config
@@ -48,6 +49,7 @@ def build(cfg: Config) -> Supervisor:
         model=board_model(cfg.device.model),
         serial=board_serial(cfg.device.serial),
         service=ServiceManager(),
+        releases=ReleaseStore.from_config(cfg),
     )
     return Supervisor(cfg, adapters)
 
@@ -62,8 +64,8 @@ def run(cfg: Config) -> int:
     signal.signal(signal.SIGINT, on_signal)
     log.info("diemcau %s starting as %s (%s)", _version(), cfg.device.id, cfg.site.name)
     supervisor.run()
-    log.info("stopped")
-    return 0
+    log.info("stopped (exit code %d)", supervisor.exit_code)
+    return supervisor.exit_code
 
 
 def _version() -> str:

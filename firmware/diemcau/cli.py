@@ -2,6 +2,7 @@
 
     diemcau run --config /etc/diemcau/endpoint.toml
     diemcau check --config /etc/diemcau/endpoint.toml
+    diemcau release install|check|wait|status   (updates: see release_cli.py)
 
 Exit codes: 0 fine, 2 configuration problem (each one is printed).
 """
@@ -28,11 +29,19 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", default=os.environ.get("DIEMCAU_CONFIG", DEFAULT_CONFIG),
                        help=f"configuration file (default {DEFAULT_CONFIG})")
+    from .release_cli import add_parser
+
+    add_parser(sub, os.environ.get("DIEMCAU_CONFIG", DEFAULT_CONFIG))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "release":
+        from .release_cli import main as release_main
+
+        logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
+        return release_main(args)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

@@ -113,6 +113,17 @@ class HealthConfig(_Section, kw_only=True, forbid_unknown_fields=True):
     stream_failing_s: float = 30.0
 
 
+class Updates(_Section, kw_only=True, forbid_unknown_fields=True):
+    # kid -> Ed25519 public key of the centre's *release* key (not a command key);
+    # empty: firmware.update is refused.
+    release_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    root: str = "/opt/diemcau"  # releases/<version>, current, committed
+    python: str = "/usr/bin/python3"  # makes each release's virtual environment
+    health_deadline_s: float = 60.0  # a new release must connect and be born within this
+    max_trial_starts: int = 3  # starts of a new release before going back
+    ca_file: str = ""  # for an https download from a private CA; empty: the system's
+
+
 class Log(_Section, kw_only=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -126,6 +137,7 @@ class Config(_Section, kw_only=True, forbid_unknown_fields=True):
     outbox: Outbox = msgspec.field(default_factory=Outbox)
     media: Media = msgspec.field(default_factory=Media)
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
+    updates: Updates = msgspec.field(default_factory=Updates)
     log: Log = msgspec.field(default_factory=Log)
 
     @property
@@ -258,6 +270,22 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("outbox.max_messages: must be at least 10")
     if cfg.media.channels not in (1, 2):
         problems.append("media.channels: 1 or 2")
+    return problems + _update_problems(cfg.updates)
+
+
+def _update_problems(updates: Updates) -> list[str]:
+    problems = []
+    for kid, text in updates.release_keys.items():
+        try:
+            public_key_from_text(text)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a config problem
+            problems.append(f"updates.release_keys.{kid}: not an Ed25519 public key ({exc})")
+    if not updates.health_deadline_s >= 5:
+        problems.append("updates.health_deadline_s: must be at least 5")
+    if not 1 <= updates.max_trial_starts <= 10:
+        problems.append("updates.max_trial_starts: 1-10")
+    if updates.ca_file and not Path(updates.ca_file).is_file():
+        problems.append(f"updates.ca_file: no such file {updates.ca_file!r}")
     return problems
 
 

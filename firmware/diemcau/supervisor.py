@@ -38,6 +38,9 @@ from .core.events import (
     StopRequested,
     StreamChanged,
     StreamFiguresUpdated,
+    UpdateFailed,
+    UpdateInstalled,
+    UpdateProgress,
 )
 from .protocol import (
     CommandRejected,
@@ -99,6 +102,7 @@ class Adapters:
     model: str
     serial: str
     service: Any = None  # adapters.service.ServiceManager (systemd notify), optional
+    releases: Any = None  # adapters.releases.ReleaseStore; None: no firmware updates
 
 
 class Supervisor:
@@ -127,6 +131,8 @@ class Supervisor:
         self._last_status: bytes = b""
         self._stream_failing_since: float | None = None
         self.link: Link = adapters.make_link(self.post)
+        self.exit_code = 0  # EXIT_RESTART after installing an update: the service restarts us
+        self._update: tuple[str, str] | None = None  # (command id, version) under way
 
     # ------------------------------------------------------------ the queue
 
@@ -190,7 +196,7 @@ class Supervisor:
         if self.room.state != "idle":
             self.room = core.Room(volume_percent=self.room.volume_percent)
         self._publish_status()
-        self.link.stop("disconnected")
+        self.link.stop("updating" if self.exit_code == EXIT_RESTART else "disconnected")
         self.a.outbox.close()
         self.a.replay.close()
 
@@ -217,6 +223,8 @@ class Supervisor:
                 self._on_own_state(payload)
             case HealthDue():
                 self._health_tick()
+            case UpdateProgress() | UpdateInstalled() | UpdateFailed():
+                self._on_update_event(event)
             case _:
                 log.error("unknown event %r", event)
 
@@ -276,6 +284,8 @@ class Supervisor:
                 log.info("identify for %d s: site %s", duration, self.cfg.site.name)
             case core.EmitEvent(kind=kind, meeting_id=meeting_id, detail=detail):
                 self.emit(kind, meeting_id=meeting_id, detail=detail)
+            case core.StartUpdate(command_id=cid, manifest=manifest):
+                self._start_update(cid, manifest)
 
     def _send_reply(self, draft: core.ReplyDraft, *, first_status: str | None = None,
                     remember: bool = True) -> None:
@@ -332,6 +342,7 @@ class Supervisor:
     # ------------------------------------------------------------ link
 
     def _on_link_up(self) -> None:
+        self._update_on_link_up()
         self._publish_meta()
         self._publish_status(force=True)
         for code, alert in self._alerts.active.items():
@@ -421,6 +432,92 @@ class Supervisor:
         if self.link.connected:
             self.link.publish(device_topic(self._dev, "health"), encode(health), qos=0)
         self._publish_status()
+
+
+    # ------------------------------------------------------------ firmware updates
+    # The policy is core/update.py's, the file work adapters/releases.py's
+    # (see docs/updates.md). Here: replies, the `updating` state, the restart.
+
+    def _start_update(self, cid: str, token: str) -> None:
+        from .adapters.releases import run_update
+        from .core.update import UpdateRefused, check_manifest
+        from .protocol.release import ManifestRejected, verify_manifest
+
+        def refuse(code: int, detail: str) -> None:
+            log.warning("firmware.update refused: %s", detail)
+            self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "rejected", code, detail))
+
+        releases, keys = self.a.releases, self.cfg.updates.release_keys
+        if releases is None or not keys:
+            return refuse(403, "this box takes no updates: no release keys in its configuration")
+        if self._update is not None:
+            return refuse(409, f"an update to {self._update[1]} is already under way")
+        try:
+            manifest = verify_manifest(token, {k: public_key_from_text(v) for k, v in keys.items()})
+            check_manifest(manifest.version, url=manifest.url, sha256=manifest.sha256,
+                           size_bytes=manifest.size_bytes, running=__version__,
+                           minimum=releases.minimum())
+        except (ManifestRejected, UpdateRefused) as exc:
+            return refuse(exc.code, exc.detail)
+        self._update = (cid, manifest.version)
+        self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "accepted", 202,
+                                         f"updating {__version__} -> {manifest.version}"))
+        self._publish_updating()
+        run_update(releases, manifest, cid, self.post, ca_file=self.cfg.updates.ca_file)
+
+    def _on_update_event(self, event: UpdateProgress | UpdateInstalled | UpdateFailed) -> None:
+        if self._update is None or event.command_id != self._update[0]:
+            return
+        cid, version = self._update
+        match event:
+            case UpdateProgress(detail=detail):
+                self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "in_progress", 202, detail))
+            case UpdateFailed(code=code, detail=detail):
+                log.error("update to %s failed: %s", version, detail)
+                self._update = None
+                self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "failed", code, detail))
+                self.emit("update_failed", detail=f"{version}: {detail}")
+                if self.link.connected:
+                    self.link.publish_birth()  # back to `ready`
+            case UpdateInstalled():
+                exp = self._command_exp.get(cid, self._clock() + 3600)
+                self.a.releases.begin_trial(version, cid, exp)
+                self._send_reply(core.ReplyDraft(
+                    cid, UPDATE_CMD, "in_progress", 202,
+                    f"installed {version}; restarting into it (it must connect within "
+                    f"{self.cfg.updates.health_deadline_s:g} s or the box goes back)"))
+                self.exit_code = EXIT_RESTART
+                self.post(StopRequested(f"restarting into release {version}"))
+
+    def _publish_updating(self) -> None:
+        if self.link.connected:
+            state = State(state="updating", session=self.link.session, ts=now_ts())
+            self.link.publish(device_topic(self._dev, "state"), encode(state), qos=1, retain=True)
+
+    def _update_on_link_up(self) -> None:
+        """Online: commit this release if it is on trial, then say how the last update ended."""
+        releases = self.a.releases
+        if releases is None:
+            return
+        if self._update is not None:
+            self._publish_updating()  # the birth said `ready`; still downloading
+            return
+        releases.commit(__version__)
+        outcome = releases.take_unreported()
+        if outcome is None:
+            return
+        ok = outcome.result == "committed"
+        reply = core.ReplyDraft(outcome.command_id, UPDATE_CMD, "succeeded" if ok else "failed",
+                                200 if ok else 500, outcome.detail)
+        self._command_exp[outcome.command_id] = outcome.command_exp  # so the replay cache keeps it
+        self._send_reply(reply)
+        self.emit(f"update_{outcome.result}", detail=outcome.detail,
+                  data={"version": outcome.version, "running": __version__})
+        releases.mark_reported()
+
+
+UPDATE_CMD = "firmware.update"
+EXIT_RESTART = 75  # EX_TEMPFAIL: not 0, so the service manager (Restart=on-failure) starts us again
 
 
 def replace_ts(status: Status) -> Status:

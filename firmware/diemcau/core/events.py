@@ -75,3 +75,28 @@ class FromMedia:
 
     generation: int
     event: object
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateProgress:
+    """The update's worker got further (downloaded so much, verifying, installing)."""
+
+    command_id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateInstalled:
+    """The new release is downloaded, verified and installed beside the running one."""
+
+    command_id: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFailed:
+    """The update stopped before anything the service runs was changed."""
+
+    command_id: str
+    code: int
+    detail: str

@@ -28,6 +28,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from .update import COMMAND as UPDATE_COMMAND
+from .update import UpdateArgs
+
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
 Profile = Literal["720p30", "480p25", "360p15", "audio"]
 
@@ -131,7 +134,16 @@ class EmitEvent:
     detail: str = ""
 
 
-Effect = StartMedia | StopMedia | SetMuted | SetVolume | PublishHealth | Identify | EmitEvent
+@dataclass(frozen=True, slots=True)
+class StartUpdate:
+    """Check the manifest and, if it holds, download and install (see core/update.py)."""
+
+    command_id: str
+    manifest: str
+
+
+Effect = (StartMedia | StopMedia | SetMuted | SetVolume | PublishHealth | Identify | EmitEvent
+          | StartUpdate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +196,7 @@ class IdentifyArgs(_Args, kw_only=True, forbid_unknown_fields=True):
     duration_s: int = 10
 
 
-ARGS: dict[str, type[_Args]] = {
+ARGS: dict[str, type[msgspec.Struct]] = {
     "meeting.invite": InviteArgs,
     "meeting.join": JoinArgs,
     "meeting.leave": LeaveArgs,
@@ -196,6 +208,7 @@ ARGS: dict[str, type[_Args]] = {
     "floor.revoke": NoArgs,
     "health.report": NoArgs,
     "device.identify": IdentifyArgs,
+    UPDATE_COMMAND: UpdateArgs,
 }
 HANDLED_COMMANDS = frozenset(ARGS)
 
@@ -207,7 +220,7 @@ class BadArgs(Exception):
         self.detail = detail
 
 
-def _parse_args(cmd: str, args: Any) -> _Args:
+def _parse_args(cmd: str, args: Any) -> msgspec.Struct:
     try:
         return msgspec.convert(args, ARGS[cmd])
     except msgspec.ValidationError as exc:
@@ -248,7 +261,7 @@ def check_media_url(url: str, field: str, policy: Policy) -> None:
         raise BadArgs(400, f"{field}: the box only calls out (mode=caller)")
 
 
-def validate(cmd: str, args: Any, policy: Policy) -> _Args:
+def validate(cmd: str, args: Any, policy: Policy) -> msgspec.Struct:
     """Parse and check a command's arguments; raise BadArgs naming the field."""
     parsed = _parse_args(cmd, args)
     match parsed:
@@ -303,7 +316,7 @@ def handle_command(room: Room, cmd: str, cid: str, args: Any, policy: Policy) ->
         return Outcome(room, (exc.reply,))
 
 
-def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C901, PLR0911, PLR0912
+def _transition(room: Room, cmd: str, cid: str, a: msgspec.Struct) -> Outcome:  # noqa: C901, PLR0911, PLR0912
     ok = _reply(cid, cmd, "succeeded", 200, "")
     state = room.state
     match cmd, a:
@@ -385,6 +398,12 @@ def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C
         case "device.identify", IdentifyArgs():
             return Outcome(room, (replace(ok, detail=f"identifying for {a.duration_s} s"),),
                            (Identify(a.duration_s), EmitEvent("identify", None, f"{a.duration_s} s")))
+
+        case "firmware.update", UpdateArgs():
+            # Restarting into a new release ends any meeting: never in the middle of one.
+            if state in (*IN_MEETING, "leaving"):
+                _conflict(cid, cmd, f"busy: the meeting state is {state}; update after it")
+            return Outcome(room, (), (StartUpdate(cid, a.manifest),))
     raise AssertionError(f"no transition for {cmd}")  # ARGS and the cases above disagree
 
 
