@@ -5,6 +5,7 @@
 #   make test-fast  only the pure, fast tests (no broker, no ffmpeg)
 #   make bench   benchmarks, printed as figures
 #   make lint    ruff
+#   make release the firmware as a release artefact, out/diemcau-<version>.tar (docs/updates.md)
 #
 # Every target installs what it needs first (`make setup`): Debian packages
 # and a virtual environment in .venv made from the system Python, so that
@@ -26,7 +27,7 @@ ASYNCAPI_SPECS := 6.11.1
 ASYNCAPI_SPECS_SHA256 := 01af8744dc33c0c7eb2e908f6a955319ee58b70ecadc9387d1aeb16c0cd28928
 ASYNCAPI_SCHEMA := build/asyncapi/package/schemas/3.0.0.json
 
-.PHONY: setup apt-packages demo test test-fast bench lint clean
+.PHONY: setup apt-packages demo test test-fast bench lint clean release
 
 # The Debian packages are checked every time (a dpkg query, fast); the
 # Python packages again only when a requirements file changes.
@@ -72,6 +73,14 @@ bench: setup
 
 lint: setup
 	@$(VENV)/bin/ruff check firmware provisioning tests
+
+# Wheels for the machine this runs on: build on (or for) the boxes' architecture, arm64.
+# The release's virtual environment takes python3-av and friends from Debian.
+release: setup
+	@rm -rf build/release && mkdir -p build/release/wheels
+	@PYTHONWARNINGS=ignore $(PY) -m pip wheel -q --disable-pip-version-check \
+		--wheel-dir build/release/wheels ./firmware
+	@$(VENV)/bin/diemcau-centre release pack build/release/wheels --out out
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis out build

@@ -460,6 +460,7 @@ class Supervisor:
         except (ManifestRejected, UpdateRefused) as exc:
             return refuse(exc.code, exc.detail)
         self._update = (cid, manifest.version)
+        releases.accept(manifest.version, cid, self._command_exp.get(cid, self._clock() + 3600))
         self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "accepted", 202,
                                          f"updating {__version__} -> {manifest.version}"))
         self._publish_updating()
@@ -475,6 +476,7 @@ class Supervisor:
             case UpdateFailed(code=code, detail=detail):
                 log.error("update to %s failed: %s", version, detail)
                 self._update = None
+                self.a.releases.drop_pending()
                 self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "failed", code, detail))
                 self.emit("update_failed", detail=f"{version}: {detail}")
                 if self.link.connected:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 UNITS = sorted((Path(__file__).parents[2] / "image" / "systemd").glob("*.service"))
-INSTALLED_COMMAND = "/opt/diemcau/current/bin/diemcau"
+INSTALLED_COMMANDS = ("/opt/diemcau/current/bin/diemcau", "/opt/diemcau/committed/bin/diemcau")
 
 
 def verify(unit_text: str, tmp_path: Path, name: str) -> str:
@@ -21,7 +21,9 @@ def verify(unit_text: str, tmp_path: Path, name: str) -> str:
     # that it exists, so point it at this checkout's command for the check.
     here = str(Path(sys.executable).with_name("diemcau"))
     unit = tmp_path / name
-    unit.write_text(unit_text.replace(INSTALLED_COMMAND, here))
+    for command in INSTALLED_COMMANDS:
+        unit_text = unit_text.replace(command, here)
+    unit.write_text(unit_text)
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True, timeout=60)
     return (proc.stderr + proc.stdout).strip()

@@ -247,8 +247,23 @@ class ReleaseStore:
             log.info("committed release %s", running)
             return True
 
+    def accept(self, version: str, command_id: str, command_exp: float) -> None:
+        with self.locked():
+            self.write(policy.accept(self.read(), policy.Pending(
+                command_id=command_id, command_exp=command_exp, version=version)))
+
+    def drop_pending(self) -> None:
+        with self.locked():
+            self.write(policy.drop_pending(self.read()))
+
     def take_unreported(self) -> policy.Outcome | None:
-        return policy.unreported(self.read())
+        """How the last update ended, if not reported yet (an interrupted one included)."""
+        with self.locked():
+            record = self.read()
+            new = policy.interrupted(record)
+            if new != record:
+                self.write(new)
+        return policy.unreported(new)
 
     def mark_reported(self) -> None:
         with self.locked():
@@ -351,6 +366,8 @@ def run_update(store: ReleaseStore, manifest, command_id: str,  # type: ignore[n
 
     def work() -> None:
         store.update_dir.mkdir(parents=True, exist_ok=True)
+        for stale in store.update_dir.glob("wheels.*"):  # left by a box stopped mid-install
+            shutil.rmtree(stale, ignore_errors=True)
         artefact = store.update_dir / f"diemcau-{version}.tar.part"
         try:
             download(manifest.url, artefact, sha256=manifest.sha256, size_bytes=total,

@@ -110,11 +110,42 @@ class Outcome(msgspec.Struct, kw_only=True):
     reported: bool = False
 
 
+class Pending(msgspec.Struct, kw_only=True):
+    """An update accepted and downloading or installing; nothing switched yet."""
+
+    command_id: str
+    command_exp: float
+    version: str
+
+
 class Record(msgspec.Struct, kw_only=True):
     committed: str | None = None
     minimum: str | None = None
+    pending: Pending | None = None
     trial: Trial | None = None
     outcome: Outcome | None = None
+
+
+def accept(record: Record, pending: Pending) -> Record:
+    """An update was accepted: remembered, so that a restart midway still gets a reply."""
+    return msgspec.structs.replace(record, pending=pending)
+
+
+def drop_pending(record: Record) -> Record:
+    """The update failed before switching (and said so in its reply)."""
+    return msgspec.structs.replace(record, pending=None)
+
+
+def interrupted(record: Record) -> Record:
+    """At start: an update that was downloading or installing when the box stopped."""
+    p = record.pending
+    if p is None or record.trial is not None:
+        return record
+    outcome = Outcome(command_id=p.command_id, command_exp=p.command_exp, version=p.version,
+                      result="abandoned", detail=f"the box restarted while downloading or "
+                                                 f"installing {p.version}; nothing was switched: "
+                                                 f"send the update again")
+    return msgspec.structs.replace(record, pending=None, outcome=outcome)
 
 
 Decision = Literal["run", "rolled_back", "abandoned"]
@@ -122,7 +153,7 @@ Decision = Literal["run", "rolled_back", "abandoned"]
 
 def begin(record: Record, trial: Trial) -> Record:
     """The trial starts: the next start of the service runs ``trial.version``."""
-    return msgspec.structs.replace(record, trial=trial)
+    return msgspec.structs.replace(record, trial=trial, pending=None)
 
 
 def on_start(record: Record, current: str | None, max_starts: int) -> tuple[Record, Decision]:
