@@ -20,11 +20,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
-from .adapters.releases import InstallError, ReleaseStore
 from .config import ConfigError, Updates, load_config
+
+if TYPE_CHECKING:  # loaded when a release command runs, not for every `diemcau run`
+    from .adapters.releases import ReleaseStore
 
 log = logging.getLogger("diemcau.release")
 POLL_S = 0.5
@@ -53,6 +56,8 @@ def _settings(args: argparse.Namespace) -> tuple[ReleaseStore, Updates, bool]:
     ``check`` and ``wait`` must still go back when a new release brought a
     configuration the box cannot read, so a bad file is logged, not fatal.
     """
+    from .adapters.releases import ReleaseStore
+
     updates, state_dir, readable = Updates(), "/var/lib/diemcau", False
     try:
         cfg = load_config(args.config)
@@ -64,6 +69,8 @@ def _settings(args: argparse.Namespace) -> tuple[ReleaseStore, Updates, bool]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from .adapters.releases import InstallError
+
     store, updates, config_ok = _settings(args)
     match args.release_command:
         case "install":

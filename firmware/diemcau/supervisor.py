@@ -342,7 +342,6 @@ class Supervisor:
     # ------------------------------------------------------------ link
 
     def _on_link_up(self) -> None:
-        self._update_on_link_up()
         self._publish_meta()
         self._publish_status(force=True)
         for code, alert in self._alerts.active.items():
@@ -352,6 +351,10 @@ class Supervisor:
             if item.row not in in_flight:
                 mid = self.link.publish(item.topic, item.payload, qos=1, retain=item.retain)
                 self._inflight[mid] = item.row
+        try:
+            self._update_on_link_up()
+        except Exception:  # noqa: BLE001 - the update record must never keep the box offline
+            log.exception("could not commit or report the last update")
 
     def _on_own_state(self, payload: bytes) -> None:
         try:

@@ -73,6 +73,15 @@ def test_trial_commit(store: ReleaseStore) -> None:
     assert store.take_unreported() is None
 
 
+def test_a_commit_keeps_the_new_and_the_previous_release_only(store: ReleaseStore) -> None:
+    made(store, "0.9.0", "1.2.0")
+    (store.releases / "1.2.0" / "bin").mkdir()
+    store.begin_trial("1.1.0", "c1", 99.0)
+    store.check_at_start(3)
+    assert store.commit("1.1.0")
+    assert sorted(p.name for p in store.releases.iterdir()) == ["1.0.0", "1.1.0"]
+
+
 def test_too_many_starts_switch_back(store: ReleaseStore) -> None:
     store.begin_trial("1.1.0", "c1", 99.0)
     assert [store.check_at_start(2) for _ in range(3)] == ["run", "run", "rolled_back"]

@@ -245,7 +245,19 @@ class ReleaseStore:
             self.switch(self.committed, running)
             self.write(new)
             log.info("committed release %s", running)
+            assert record.trial is not None
+            self.prune(keep={running, record.trial.previous})
             return True
+
+    def prune(self, keep: set[str]) -> None:
+        """Remove releases other than ``keep`` and what the links name: nobody visits the SD card."""
+        keep = keep | {self.version_of(self.current), self.version_of(self.committed)}  # type: ignore[arg-type]
+        for release in self.releases.iterdir() if self.releases.is_dir() else ():
+            if release.name not in keep and not release.name.startswith("."):
+                # The mark first: stopped midway, it is an unfinished release, never switched to.
+                (release / INSTALLED_MARK).unlink(missing_ok=True)
+                shutil.rmtree(release, ignore_errors=True)
+                log.info("removed old release %s", release.name)
 
     def accept(self, version: str, command_id: str, command_exp: float) -> None:
         with self.locked():
