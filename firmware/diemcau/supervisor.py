@@ -27,6 +27,7 @@ from .adapters.health import health_message, observation_from
 from .config import Config
 from .core import alerts as alert_rules
 from .core import meeting as core
+from .core import update as update_policy
 from .core.events import (
     CommandArrived,
     Delivered,
@@ -133,6 +134,7 @@ class Supervisor:
         self.link: Link = adapters.make_link(self.post)
         self.exit_code = 0  # EXIT_RESTART after installing an update: the service restarts us
         self._update: tuple[str, str] | None = None  # (command id, version) under way
+        self._installed = False  # the update is installed and waits for the meeting to end
 
     # ------------------------------------------------------------ the queue
 
@@ -266,6 +268,8 @@ class Supervisor:
             self._carry_out(effect)
         if before != self.room:
             self._publish_status()
+        if self._installed and update_policy.may_restart(self.room.state):
+            self._restart_into_update()
 
     def _carry_out(self, effect: core.Effect) -> None:
         match effect:
@@ -485,14 +489,26 @@ class Supervisor:
                 if self.link.connected:
                     self.link.publish_birth()  # back to `ready`
             case UpdateInstalled():
-                exp = self._command_exp.get(cid, self._clock() + 3600)
-                self.a.releases.begin_trial(version, cid, exp)
-                self._send_reply(core.ReplyDraft(
-                    cid, UPDATE_CMD, "in_progress", 202,
-                    f"installed {version}; restarting into it (it must connect within "
-                    f"{self.cfg.updates.health_deadline_s:g} s or the box goes back)"))
-                self.exit_code = EXIT_RESTART
-                self.post(StopRequested(f"restarting into release {version}"))
+                self._installed = True
+                if update_policy.may_restart(self.room.state):
+                    self._restart_into_update()
+                else:  # a meeting began meanwhile: never cut it short
+                    self._send_reply(core.ReplyDraft(
+                        cid, UPDATE_CMD, "in_progress", 202,
+                        f"installed {version}; restarting into it when the meeting ends"))
+
+    def _restart_into_update(self) -> None:
+        assert self._update is not None
+        cid, version = self._update
+        self._installed = False
+        exp = self._command_exp.get(cid, self._clock() + 3600)
+        self.a.releases.begin_trial(version, cid, exp)
+        self._send_reply(core.ReplyDraft(
+            cid, UPDATE_CMD, "in_progress", 202,
+            f"installed {version}; restarting into it (it must connect within "
+            f"{self.cfg.updates.health_deadline_s:g} s or the box goes back)"))
+        self.exit_code = EXIT_RESTART
+        self.post(StopRequested(f"restarting into release {version}"))
 
     def _publish_updating(self) -> None:
         if self.link.connected:

@@ -184,6 +184,12 @@ def test_the_command_is_refused_in_a_meeting() -> None:
     assert out.effects == () and out.room == live_room()
 
 
+@pytest.mark.parametrize(("state", "may"), [("idle", True), ("invited", True), ("error", True),
+                                            ("joining", False), ("live", False), ("leaving", False)])
+def test_a_restart_waits_for_the_meeting_to_end(state: str, may: bool) -> None:
+    assert update.may_restart(state) is may
+
+
 def test_the_command_needs_a_manifest() -> None:
     out = handle_command(Room(), "firmware.update", "c1", {"version": "1"}, POLICY)
     assert out.replies[0].code == 400 and "args" in out.replies[0].detail

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from diemcau.protocol import Event, Meta, State, decode, device_topic
+from tests.harness.alsa import make_microphone
 from tests.harness.box import box_config
 from tests.harness.releases import (
     CANNOT_IMPORT,
@@ -31,6 +32,7 @@ from tests.harness.releases import (
     ReleaseBuilder,
     ReleaseKey,
 )
+from tests.harness.srt_listener import SrtListener
 from tests.harness.unit_runner import UnitRunner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -55,18 +57,22 @@ class Site:
     """One box: its release root, state, configuration, the unit runner and the artefact server."""
 
     def __init__(self, tmp: Path, broker, centre, release_key: ReleaseKey,  # noqa: ANN001
-                 builder: ReleaseBuilder) -> None:
+                 builder: ReleaseBuilder, env: dict[str, str] | None = None,
+                 microphone: str = "diemcau_mic") -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.root, self.state = tmp / "opt", tmp / "state"
         self.config = tmp / "endpoint.toml"
         extra = (f'\n[updates]\nroot = "{self.root}"\nhealth_deadline_s = {DEADLINE_S}\n'
                  f'max_trial_starts = 3\n\n[updates.release_keys]\n'
                  f'"{release_key.kid}" = "{release_key.public_text}"\n')
         self.config.write_text(box_config(device_id=DEV, broker=broker, state_dir=self.state,
-                                          keys={centre.kid: centre.public_text}, extra=extra))
+                                          keys={centre.kid: centre.public_text}, extra=extra,
+                                          microphone=microphone))
         self.log = tmp / "unit.log"
         self.release("install", str(builder.artefact(FIRST)), "--activate")
         self.server = ArtefactServer(builder.out)
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        env = {k: v for k, v in {**os.environ, **(env or {})}.items()
+               if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
         self.runner = UnitRunner(root=self.root, config=self.config, log_file=self.log, env=env)
 
     def release(self, *args: str) -> str:
@@ -281,3 +287,42 @@ def test_kill_9_at_each_step_leaves_a_box_that_starts(site, observer, release_ke
         assert result["status"] == "failed" and "send the update again" in result["detail"]
     jti2 = observer.command(DEV, "health.report")
     assert observer.wait_reply(DEV, jti2, "succeeded", timeout=30).code == 200
+
+
+# ---------------------------------------------------------------- never in the middle of a meeting
+
+
+def test_an_installed_update_waits_for_the_meeting_to_end(tmp_path, broker, centre,  # noqa: ANN001
+                                                          release_key, builder, observer) -> None:
+    mic = make_microphone(tmp_path / "mic", seconds=300)
+    site = Site(tmp_path / "box", broker, centre, release_key, builder, env=mic.env,
+                microphone=mic.pcm)
+    listener = SrtListener(tmp_path / "media")
+    try:
+        start(site, observer)
+        listener.start()
+        site.server.slow.set()  # the download takes seconds: time to start a meeting meanwhile
+        jti = update(site, observer, release_key, builder.artefact(GOOD))
+        observer.wait_reply(DEV, jti, "accepted")
+        join = observer.command(DEV, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
+                                                      "profile": "360p15"})
+        assert observer.wait_reply(DEV, join, "succeeded", timeout=60).code == 200
+        waiting = observer.wait_for(lambda m: m.topic == device_topic(DEV, "reply")
+                                    and jti.encode() in m.payload and b"meeting ends" in m.payload,
+                                    timeout=120)
+        assert json.loads(waiting.payload)["detail"] == (
+            f"installed {GOOD}; restarting into it when the meeting ends")
+        time.sleep(2)  # it would restart at once if it did not wait
+        assert site.runner.starts == 1 and site.status()["current"] == FIRST
+        status = observer.on(device_topic(DEV, "status"))[-1]
+        assert json.loads(status.payload)["meeting_state"] == "live"
+
+        leave = observer.command(DEV, "meeting.leave")
+        assert observer.wait_reply(DEV, leave, "succeeded", timeout=30).code == 200
+        final = observer.wait_reply(DEV, jti, "succeeded", timeout=180)
+        assert final.detail.startswith(f"{GOOD} is running and committed")
+        assert site.status()["current"] == GOOD
+    finally:
+        listener.stop()
+        site.runner.stop()
+        site.server.close()

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from .update import COMMAND as UPDATE_COMMAND
-from .update import UpdateArgs
+from .update import UpdateArgs, may_restart
 
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
 Profile = Literal["720p30", "480p25", "360p15", "audio"]
@@ -401,7 +401,7 @@ def _transition(room: Room, cmd: str, cid: str, a: msgspec.Struct) -> Outcome:  
 
         case "firmware.update", UpdateArgs():
             # Restarting into a new release ends any meeting: never in the middle of one.
-            if state in (*IN_MEETING, "leaving"):
+            if not may_restart(state):
                 _conflict(cid, cmd, f"busy: the meeting state is {state}; update after it")
             return Outcome(room, (), (StartUpdate(cid, a.manifest),))
     raise AssertionError(f"no transition for {cmd}")  # ARGS and the cases above disagree

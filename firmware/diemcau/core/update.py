@@ -83,6 +83,15 @@ def check_manifest(version: str, *, url: str, sha256: str, size_bytes: int, runn
         raise UpdateRefused(400, f"url: an http(s) URL to download from, not {url[:80]!r}")
 
 
+# A restart ends a meeting: an installed release waits until none is under way.
+BUSY_MEETING_STATES = frozenset({"joining", "live", "leaving"})
+
+
+def may_restart(meeting_state: str) -> bool:
+    """Whether the box may restart into a new release now."""
+    return meeting_state not in BUSY_MEETING_STATES
+
+
 # ---------------------------------------------------------------- the record
 
 
