@@ -7,15 +7,18 @@ unit's ``ExecStartPre=``, ``ExecStart=`` and ``ExecStartPost=`` command lines
 and restarts like ``Restart=on-failure`` with ``RestartPreventExitStatus=``:
 
 - every ExecStartPre in turn; one that fails fails the start;
-- ExecStart, then ExecStartPost beside it (systemd starts it after READY=1;
-  ``release wait`` only watches the update record, so the order is immaterial);
-- an ExecStartPost that fails stops the main process (SIGTERM) and fails the start;
+- ExecStart with a notify socket (``Type=notify``); a main process that ends
+  before it says READY=1 fails the start, as does no READY=1 in
+  ``START_TIMEOUT_S`` (TimeoutStartSec);
+- after READY=1, the ExecStartPost commands; one that fails stops the main
+  process (SIGTERM) and fails the start. A main process that ends meanwhile is
+  acted on only once they are done, as systemd (since v239) does;
 - a main process that exits 0 stays stopped; anything else, after a
   start that failed, is restarted after a short pause (RestartSec, shortened);
 - stopping and killing reach the main process's whole group, as systemd's
   KillMode=control-group reaches its children (a pip that installs a release).
 
-It does not emulate the rest of systemd (watchdog, notify socket, sandboxing).
+It does not emulate the rest of systemd (watchdog pings, sandboxing).
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 UNIT = Path(__file__).parents[2] / "image" / "systemd" / "diemcau.service"
+START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -103,11 +109,12 @@ class UnitRunner:
     def stopped(self) -> bool:
         return not self._thread.is_alive()
 
-    def _spawn(self, argv: list[str], group: bool = False) -> subprocess.Popen[bytes]:
+    def _spawn(self, argv: list[str], group: bool = False,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.log_file, "ab") as log:
             log.write(f"--- {shlex.join(argv)}\n".encode())
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                    start_new_session=group)
+            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env or self.env, start_new_session=group)
 
     def _run(self) -> None:
         while not self._stopping.is_set() and self.starts < self.max_starts:
@@ -124,36 +131,65 @@ class UnitRunner:
             code = self._spawn(argv).wait()
             if code != 0:
                 return f"pre failed {code}: {argv[0]} {argv[1:3]}"
-        with self._lock:
-            main = self._main = self._spawn(self.unit.start, group=True)
+        with tempfile.TemporaryDirectory(prefix="notify.") as tmp, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(f"{tmp}/notify")
+            notify.settimeout(0.1)
+            env = {**self.env, "NOTIFY_SOCKET": f"{tmp}/notify"}
+            env.pop("WATCHDOG_USEC", None)
+            with self._lock:
+                main = self._main = self._spawn(self.unit.start, group=True, env=env)
+            try:
+                return self._supervise(main, notify)
+            finally:
+                _signal_group(main, signal.SIGKILL)  # what it left behind, as systemd does
+                main.wait()
+                with self._lock:
+                    self._main = None
+
+    def _supervise(self, main: subprocess.Popen[bytes], notify: socket.socket) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _ready(notify):
+            if main.poll() is not None:
+                return self._ended(main.returncode)
+            if time.monotonic() > deadline:
+                return "start timed out"
         posts = [self._spawn(argv) for argv in self.unit.post]
         try:
-            while True:
-                code = main.poll()
-                if code is not None:
-                    if self._stopping.is_set():
-                        return "stopped"
-                    if code in self.unit.prevent_exit:
-                        return f"prevented {code}"
-                    return f"exited {code}"
-                for post in posts:
-                    if post.poll() not in (None, 0):
+            for post in posts:
+                while post.poll() is None:
+                    _ready(notify)  # keep the socket drained
+                if post.returncode != 0:
+                    if main.poll() is None:
                         _signal_group(main, signal.SIGTERM)
                         try:
                             main.wait(15)
                         except subprocess.TimeoutExpired:
                             _signal_group(main, signal.SIGKILL)
-                            main.wait()
-                        return f"post failed {post.returncode}"
-                time.sleep(0.1)
+                    return f"post failed {post.returncode}"
         finally:
-            _signal_group(main, signal.SIGKILL)  # what the main process left behind, like systemd
             for post in posts:
                 if post.poll() is None:
                     post.terminate()
                     post.wait()
-            with self._lock:
-                self._main = None
+        while main.poll() is None:
+            _ready(notify)
+        return self._ended(main.returncode)
+
+    def _ended(self, code: int) -> str:
+        if self._stopping.is_set():
+            return "stopped"
+        if code in self.unit.prevent_exit:
+            return f"prevented {code}"
+        return f"exited {code}"
+
+
+def _ready(notify: socket.socket) -> bool:
+    """Wait up to the socket's timeout for a notification; True for READY=1."""
+    try:
+        return b"READY=1" in notify.recv(4096).split(b"\n")
+    except TimeoutError:
+        return False
 
 
 def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
