@@ -440,14 +440,12 @@ class Supervisor:
             self.link.publish(device_topic(self._dev, "health"), encode(health), qos=0)
         self._publish_status()
 
-
     # ------------------------------------------------------------ firmware updates
     # The policy is core/update.py's, the file work adapters/releases.py's
     # (see docs/updates.md). Here: replies, the `updating` state, the restart.
 
     def _start_update(self, cid: str, token: str) -> None:
         from .adapters.releases import run_update
-        from .core.update import UpdateRefused, check_manifest
         from .protocol.release import ManifestRejected, verify_manifest
 
         def refuse(code: int, detail: str) -> None:
@@ -461,13 +459,18 @@ class Supervisor:
             return refuse(409, f"an update to {self._update[1]} is already under way")
         try:
             manifest = verify_manifest(token, {k: public_key_from_text(v) for k, v in keys.items()})
-            check_manifest(manifest.version, url=manifest.url, sha256=manifest.sha256,
-                           size_bytes=manifest.size_bytes, running=__version__,
-                           minimum=releases.minimum())
-        except (ManifestRejected, UpdateRefused) as exc:
+            update_policy.check_manifest(
+                manifest.version, url=manifest.url, sha256=manifest.sha256,
+                size_bytes=manifest.size_bytes, running=__version__, minimum=releases.minimum())
+        except (ManifestRejected, update_policy.UpdateRefused) as exc:
             return refuse(exc.code, exc.detail)
+        try:
+            releases.accept(manifest.version, cid, self._command_exp.get(cid, self._clock() + 3600))
+        except OSError as exc:
+            log.error("cannot write the update record: %s", exc)
+            return self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "failed", 500,
+                                                    f"cannot write the update record: {exc}"))
         self._update = (cid, manifest.version)
-        releases.accept(manifest.version, cid, self._command_exp.get(cid, self._clock() + 3600))
         self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "accepted", 202,
                                          f"updating {__version__} -> {manifest.version}"))
         self._publish_updating()
@@ -498,11 +501,16 @@ class Supervisor:
                         f"installed {version}; restarting into it when the meeting ends"))
 
     def _restart_into_update(self) -> None:
+        from .adapters.releases import InstallError
+
         assert self._update is not None
         cid, version = self._update
         self._installed = False
         exp = self._command_exp.get(cid, self._clock() + 3600)
-        self.a.releases.begin_trial(version, cid, exp)
+        try:
+            self.a.releases.begin_trial(version, cid, exp)
+        except (InstallError, OSError) as exc:  # nothing switched: stay on this release
+            return self._on_update_event(UpdateFailed(cid, 500, f"cannot switch: {exc}"))
         self._send_reply(core.ReplyDraft(
             cid, UPDATE_CMD, "in_progress", 202,
             f"installed {version}; restarting into it (it must connect within "
@@ -537,7 +545,7 @@ class Supervisor:
         releases.mark_reported()
 
 
-UPDATE_CMD = "firmware.update"
+UPDATE_CMD = update_policy.COMMAND
 EXIT_RESTART = 75  # EX_TEMPFAIL: not 0, so the service manager (Restart=on-failure) starts us again
 
 

@@ -73,6 +73,13 @@ def test_trial_commit(store: ReleaseStore) -> None:
     assert store.take_unreported() is None
 
 
+def test_a_trial_of_a_release_not_installed_changes_nothing(store: ReleaseStore) -> None:
+    before = store.read()
+    with pytest.raises(InstallError):
+        store.begin_trial("3.0.0", "c1", 99.0)
+    assert store.read() == before and store.version_of(store.current) == "1.0.0"
+
+
 def test_a_commit_keeps_the_new_and_the_previous_release_only(store: ReleaseStore) -> None:
     made(store, "0.9.0", "1.2.0")
     (store.releases / "1.2.0" / "bin").mkdir()

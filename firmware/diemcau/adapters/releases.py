@@ -204,7 +204,11 @@ class ReleaseStore:
                           command_exp=command_exp)
             # Record first, then switch: stopped in between, nothing ran and it is abandoned.
             self.write(policy.begin(record, trial))
-            self.switch(self.current, version)
+            try:
+                self.switch(self.current, version)
+            except BaseException:
+                self.write(record)  # no trial after all
+                raise
 
     def check_at_start(self, max_starts: int) -> policy.Decision:
         """Before each start of the service (ExecStartPre): count the start, or go back."""
