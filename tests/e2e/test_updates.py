@@ -169,6 +169,11 @@ def test_a_good_update_commits(site, observer, release_key, builder) -> None:  #
     assert site.installed() == [FIRST, GOOD]
     assert [e.data["version"] for e in events(observer, "update_committed")] == [GOOD]
     assert site.runner.history[0] == "exited 75"  # restarted into the new release by the unit
+    replies = observer.replies(DEV, jti)
+    ts = {r.detail.split(":")[0].split(";")[0]: r.ts for r in replies}
+    print(f"\nupdate figures (loaded machine, not asserted): accepted -> installed "
+          f"{ts[f'installed {GOOD}'] - replies[0].ts:.1f} s, installed -> committed and reported "
+          f"{final.ts - ts[f'installed {GOOD}']:.1f} s, artefact {new.stat().st_size / 1e6:.1f} MB")
 
     # No way back: the old version, or the same one again, is refused before any download.
     before = list(site.server.requests)

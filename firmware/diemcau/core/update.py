@@ -128,6 +128,9 @@ class Pending(msgspec.Struct, kw_only=True):
 
 
 class Record(msgspec.Struct, kw_only=True):
+    """The update record. Every field has a default and unknown fields are ignored: the
+    committed release's ``release check`` reads what a newer release wrote, and back."""
+
     committed: str | None = None
     minimum: str | None = None
     pending: Pending | None = None
