@@ -77,3 +77,11 @@ def test_any_flipped_byte_is_refused(at: int, value: int) -> None:
         assert exc.code in (400, 401)
     else:  # base64 padding bits can change without changing the bytes
         assert (m.version, m.sha256, m.url) == (CLAIMS["version"], CLAIMS["sha256"], CLAIMS["url"])
+
+
+def test_an_unsigned_manifest_is_refused() -> None:
+    token = jwt.encode({**CLAIMS, "iat": 1}, None, algorithm="none",
+                       headers={"kid": "rel1", "typ": "diemcau-release+jwt"})
+    assert "not accepted (EdDSA only)" in rejected(token, 401)
+    header, payload, _ = sign_manifest(KEY, "rel1", **CLAIMS).split(".")
+    assert rejected(f"{header}.{payload}.", 401)  # the signature cut off

@@ -193,3 +193,11 @@ def test_a_restart_waits_for_the_meeting_to_end(state: str, may: bool) -> None:
 def test_the_command_needs_a_manifest() -> None:
     out = handle_command(Room(), "firmware.update", "c1", {"version": "1"}, POLICY)
     assert out.replies[0].code == 400 and "args" in out.replies[0].detail
+
+
+def test_a_record_from_another_version_reads() -> None:
+    import msgspec
+
+    newer = b'{"committed":"1.0.0","minimum":"1.0.0","future_field":{"x":1}}'
+    assert msgspec.json.decode(newer, type=Record).minimum == "1.0.0"
+    assert msgspec.json.decode(b"{}", type=Record) == Record()
