@@ -26,6 +26,7 @@ from tests.harness.alsa import make_microphone
 from tests.harness.box import box_config
 from tests.harness.releases import (
     CANNOT_IMPORT,
+    CRASHES_AFTER_READY,
     CRASHES_AT_START,
     NEVER_CONNECTS,
     ArtefactServer,
@@ -191,7 +192,8 @@ def test_a_good_update_commits(site, observer, release_key, builder) -> None:  #
     ("1.2.0", CRASHES_AT_START, "did not become healthy in 3 start(s)"),
     ("1.3.0", CANNOT_IMPORT, "failed its configuration check"),
     ("1.4.0", NEVER_CONNECTS, f"did not connect to the broker within {DEADLINE_S} s"),
-], ids=["crashes-at-start", "cannot-import", "never-connects"])
+    ("1.5.0", CRASHES_AFTER_READY, f"did not connect to the broker within {DEADLINE_S} s"),
+], ids=["crashes-at-start", "cannot-import", "never-connects", "crashes-after-ready"])
 def test_a_bad_release_rolls_back_by_itself(site, observer, release_key, builder, version,  # noqa: ANN001
                                              change, words) -> None:
     bad = builder.artefact(version, change)
