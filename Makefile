@@ -7,6 +7,7 @@
 #   make lint    ruff
 #   make image   the box's OS image for Raspberry Pi 4/5 (out/image/; as root)
 #   make image-test  boot that image in QEMU and check it is a working box
+#   make release the firmware as a release artefact, out/diemcau-<version>.tar (docs/updates.md)
 #
 # Every target installs what it needs first (`make setup`): Debian packages
 # and a virtual environment in .venv made from the system Python, so that
@@ -35,7 +36,7 @@ ASYNCAPI_SPECS := 6.11.1
 ASYNCAPI_SPECS_SHA256 := 01af8744dc33c0c7eb2e908f6a955319ee58b70ecadc9387d1aeb16c0cd28928
 ASYNCAPI_SCHEMA := build/asyncapi/package/schemas/3.0.0.json
 
-.PHONY: setup apt-packages demo test test-fast bench lint clean image image-test
+.PHONY: setup apt-packages demo test test-fast bench lint clean image image-test release
 
 # The Debian packages are checked every time (a dpkg query, fast); the
 # Python packages again only when a requirements file changes.
@@ -93,6 +94,13 @@ image-test: setup
 	@$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(IMAGE_TEST_APT_PACKAGES)"
 	@[ -f $(IMAGE_FILE) ] || $(MAKE) --no-print-directory image
 	@DIEMCAU_IMAGE=$(IMAGE_FILE) $(PY) -m pytest -s tests/image/test_boot.py $(PYTEST_ARGS)
+# Wheels for the machine this runs on: build on (or for) the boxes' architecture, arm64.
+# The release's virtual environment takes python3-av and friends from Debian.
+release: setup
+	@rm -rf build/release && mkdir -p build/release/wheels
+	@PYTHONWARNINGS=ignore $(PY) -m pip wheel -q --disable-pip-version-check \
+		--wheel-dir build/release/wheels ./firmware
+	@$(VENV)/bin/diemcau-centre release pack build/release/wheels --out out
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis out build

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from diemcau.config import load_config, parse_config
-from tests.test_config import KEY, MINIMAL, problems_of
+from tests.harness.example import loadable_example
+from tests.test_config import MINIMAL, problems_of
 
 EXAMPLE = Path(__file__).parents[1] / "firmware" / "examples" / "endpoint.toml"
 
@@ -58,12 +59,5 @@ def test_a_misspelt_camera_gets_the_nearest_choice() -> None:
 
 
 def test_the_example_file_loads_with_a_camera_set_to_auto(tmp_path: Path) -> None:
-    # Its centre key is a placeholder and its CA file is on the box: stand in for both.
-    ca = tmp_path / "ca.pem"
-    ca.write_text("placeholder")
-    text = EXAMPLE.read_text(encoding="utf-8")
-    text = text.replace("REPLACE-WITH-THE-CENTRE-PUBLIC-KEY-43-CHARACTERS-BASE64URL", KEY)
-    text = text.replace("/etc/diemcau/centre-ca.pem", str(ca))
-    (tmp_path / "endpoint.toml").write_text(text, encoding="utf-8")
-    cfg = load_config(tmp_path / "endpoint.toml")
+    cfg = load_config(loadable_example(tmp_path))
     assert cfg.media.camera == "auto"

@@ -15,7 +15,8 @@ import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diemcau.config import ConfigError, effective_config, parse_config
+from diemcau.config import ConfigError, effective_config, load_config, parse_config
+from tests.harness.example import loadable_example
 from tests.test_config import MINIMAL
 
 PANEL = """
@@ -56,13 +57,8 @@ def test_a_panel_with_defaults() -> None:
     assert parse_config(tomli_w.dumps(effective_config(cfg))) == cfg
 
 
-def test_the_example_configuration_loads() -> None:
-    example = Path(__file__).resolve().parents[1] / "firmware" / "examples" / "endpoint.toml"
-    text = example.read_text(encoding="utf-8").replace(
-        "REPLACE-WITH-THE-CENTRE-PUBLIC-KEY-43-CHARACTERS-BASE64URL",
-        parse_config(MINIMAL).commands.centre_keys["centre-2024"])
-    text = text.replace('ca_file = "/etc/diemcau/centre-ca.pem"', "")
-    cfg = parse_config(text)
+def test_the_example_configuration_loads(tmp_path: Path) -> None:
+    cfg = load_config(loadable_example(tmp_path))
     assert cfg.panel is not None and cfg.panel.mute_button is None
 
 

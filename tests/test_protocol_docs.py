@@ -351,6 +351,7 @@ def test_protocol_md_examples_decode_with_the_real_structs(md) -> None:
 
 def test_protocol_md_replies_are_consistent(md) -> None:
     final = {"succeeded": {200}, "failed": {409, 500}, "rejected": {400, 401, 403, 404, 409},
+             "in_progress": {202},
              "expired": {410}, "accepted": {202}}
     replies = [msgspec.json.decode(text.encode(), type=Reply)
                for marker, _, text in md_blocks(md) if marker == "payload: Reply"]

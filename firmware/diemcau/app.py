@@ -16,6 +16,7 @@ from .adapters.health import HealthProbe
 from .adapters.mqtt import MqttLink
 from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
+from .adapters.releases import ReleaseStore
 from .adapters.service import ServiceManager
 from .adapters.statefile import Counters, ScheduleFile
 from .config import Config, Enrollment, Panel
@@ -99,6 +100,7 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
         voice=voice,
         schedule=ScheduleFile(state / "invitation.json"),
         **panel,
+        releases=ReleaseStore.from_config(cfg),
     )
     supervisor = Supervisor(cfg, adapters)
     posted.append(supervisor)
@@ -184,8 +186,8 @@ def run(cfg: Config, identity: Identity | None = None) -> int:
         log.warning("stopped after a factory reset: exit %d so that the box starts afresh",
                     EXIT_FACTORY_RESET)
         return EXIT_FACTORY_RESET
-    log.info("stopped")
-    return 0
+    log.info("stopped (exit code %d)", supervisor.exit_code)
+    return supervisor.exit_code
 
 
 def _detect_camera_later(cfg: Config, supervisor: Supervisor) -> None:

@@ -3,6 +3,7 @@
     diemcau run --config /etc/diemcau/endpoint.toml
     diemcau check --config /etc/diemcau/endpoint.toml
     diemcau enroll --config /etc/diemcau/endpoint.toml [--file diemcau-enroll.toml] [--force]
+    diemcau release install|check|wait|status   (updates: see release_cli.py)
 
 ``run`` on a box without an identity enrolls first (from ``[enrollment]
 file``), retrying until it succeeds; ``enroll`` makes one attempt and says
@@ -47,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--file", help="the enrollment file (default: [enrollment] file)")
             p.add_argument("--force", action="store_true",
                            help="enroll even if the box has an identity (it is replaced)")
+    from .release_cli import add_parser
+
+    add_parser(sub, os.environ.get("DIEMCAU_CONFIG", DEFAULT_CONFIG))
     return parser
 
 
@@ -94,6 +98,11 @@ def _load(path: str) -> tuple[Config, Identity | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "release":
+        from .release_cli import main as release_main
+
+        logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
+        return release_main(args)
     identity = None
     try:
         if args.command == "enroll":

@@ -160,11 +160,24 @@ class VoiceConfig(_Section, kw_only=True, forbid_unknown_fields=True):
     volume_percent: int = 80  # at start; audio.volume changes it
     voice: str = "vi"  # espeak-ng voice
     words_per_minute: int = 150
+
+
 class Enrollment(_Section, kw_only=True, forbid_unknown_fields=True):
     # Where a blank box finds its enrollment file: the SD card's FAT boot partition.
     file: str = "/boot/firmware/diemcau-enroll.toml"
     retry_min_s: float = 10.0
     retry_max_s: float = 3600.0  # the centre may be unreachable for days: try hourly at worst
+
+
+class Updates(_Section, kw_only=True, forbid_unknown_fields=True):
+    # kid -> Ed25519 public key of the centre's *release* key (not a command key);
+    # empty: firmware.update is refused.
+    release_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    root: str = "/opt/diemcau"  # releases/<version>, current, committed
+    python: str = "/usr/bin/python3"  # makes each release's virtual environment
+    health_deadline_s: float = 60.0  # a new release must connect and be born within this
+    max_trial_starts: int = 3  # starts of a new release before going back
+    ca_file: str = ""  # for an https download from a private CA; empty: the system's
 
 
 class Log(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -183,6 +196,7 @@ class Config(_Section, kw_only=True, forbid_unknown_fields=True):
     panel: Panel | None = None
     voice: VoiceConfig = msgspec.field(default_factory=VoiceConfig)
     enrollment: Enrollment = msgspec.field(default_factory=Enrollment)
+    updates: Updates = msgspec.field(default_factory=Updates)
     log: Log = msgspec.field(default_factory=Log)
 
     @property
@@ -344,7 +358,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
     if e.retry_min_s <= 0 or e.retry_max_s < e.retry_min_s:
         problems.append("enrollment.retry_min_s/retry_max_s: need 0 < min <= max")
     problems += _camera_problems(cfg.media)
-    return problems
+    return problems + _update_problems(cfg.updates)
 
 
 GPIO_PINS = range(28)  # BCM GPIO 0-27, the Pi's 40-pin header
@@ -385,6 +399,22 @@ def _camera_problems(media: Media) -> list[str]:
         problems.append(f"media.camera_device: only for a USB camera, not {media.camera!r}")
     if media.camera_fallback != "none" and media.camera != "auto":
         problems.append("media.camera_fallback: only applies when media.camera = \"auto\"")
+    return problems
+
+
+def _update_problems(updates: Updates) -> list[str]:
+    problems = []
+    for kid, text in updates.release_keys.items():
+        try:
+            public_key_from_text(text)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a config problem
+            problems.append(f"updates.release_keys.{kid}: not an Ed25519 public key ({exc})")
+    if not updates.health_deadline_s >= 5:
+        problems.append("updates.health_deadline_s: must be at least 5")
+    if not 1 <= updates.max_trial_starts <= 10:
+        problems.append("updates.max_trial_starts: 1-10")
+    if updates.ca_file and not Path(updates.ca_file).is_file():
+        problems.append(f"updates.ca_file: no such file {updates.ca_file!r}")
     return problems
 
 

@@ -32,6 +32,7 @@ from .config import Config
 from .core import alerts as alert_rules
 from .core import identity as identity_rules
 from .core import meeting as core
+from .core import update as update_policy
 from .core.events import (
     ButtonPressed,
     CameraDetected,
@@ -48,6 +49,9 @@ from .core.events import (
     StreamChanged,
     StreamFiguresUpdated,
     Tick,
+    UpdateFailed,
+    UpdateInstalled,
+    UpdateProgress,
 )
 from .core.light import LightView, Phase, light_for
 from .core.prompts import PROMPTS, prompt_for_event
@@ -76,7 +80,10 @@ QUEUE_SIZE = 10_000
 REPLAY_PURGE_EVERY_S = 300.0
 TICK_S = 1.0  # the schedule timer: invitations' start and end, identify, reset
 RESET_CONFIRM_MAX_S = 15.0  # a factory reset waits for the voice at most this long
-EXIT_FACTORY_RESET = 75  # EX_TEMPFAIL: systemd restarts the box, which enrolls afresh
+# EX_TEMPFAIL: not 0, so the service manager (Restart=on-failure) starts the box again.
+EXIT_RESTART = 75  # after installing an update: the new release starts
+EXIT_FACTORY_RESET = EXIT_RESTART  # after a factory reset: the box enrolls afresh
+UPDATE_CMD = update_policy.COMMAND
 
 
 class Link(Protocol):
@@ -119,6 +126,7 @@ class Adapters:
     make_buttons: Callable[[Callable[[object], None]], list[Any]] | None = None  # PanelButtons
     voice: Any = None  # adapters.voice.Voice
     schedule: Any = None  # adapters.statefile.ScheduleFile: the invitation across restarts
+    releases: Any = None  # adapters.releases.ReleaseStore; None: no firmware updates
 
 
 class Supervisor:
@@ -158,6 +166,9 @@ class Supervisor:
         self._buttons: list[Any] = []
         self._certificate: CertificateStatus | None = None  # None: no enrolled identity
         self.link: Link = adapters.make_link(self.post)
+        self.exit_code = 0  # EXIT_RESTART after installing an update: the service restarts us
+        self._update: tuple[str, str] | None = None  # (command id, version) under way
+        self._installed = False  # the update is installed and waits for the meeting to end
 
     # ------------------------------------------------------------ the queue
 
@@ -237,7 +248,7 @@ class Supervisor:
         if self.room.state != "idle":
             self.room = core.Room(volume_percent=self.room.volume_percent)
         self._publish_status()
-        self.link.stop("disconnected")
+        self.link.stop("updating" if self.exit_code == EXIT_RESTART else "disconnected")
         self.a.outbox.close()
         self.a.replay.close()
         if self.a.voice is not None:
@@ -284,6 +295,8 @@ class Supervisor:
                 self._on_certificate(event)
             case CameraDetected(backend=backend):
                 self._on_camera_detected(backend)
+            case UpdateProgress() | UpdateInstalled() | UpdateFailed():
+                self._on_update_event(event)
             case _:
                 log.error("unknown event %r", event)
         self._show_light()
@@ -362,6 +375,8 @@ class Supervisor:
             self._publish_status()
         if before.invitation != self.room.invitation:
             self._save_invitation()
+        if self._installed and update_policy.may_restart(self.room.state):
+            self._restart_into_update()
 
     def _carry_out(self, effect: core.Effect) -> None:
         match effect:
@@ -387,6 +402,8 @@ class Supervisor:
                 key = prompt_for_event(kind)
                 if key is not None:
                     self._say(key)
+            case core.StartUpdate(command_id=cid, manifest=manifest):
+                self._start_update(cid, manifest)
 
     def _send_reply(self, draft: core.ReplyDraft, *, first_status: str | None = None,
                     remember: bool = True) -> None:
@@ -455,6 +472,10 @@ class Supervisor:
             if item.row not in in_flight:
                 mid = self.link.publish(item.topic, item.payload, qos=1, retain=item.retain)
                 self._inflight[mid] = item.row
+        try:
+            self._update_on_link_up()
+        except Exception:  # noqa: BLE001 - the update record must never keep the box offline
+            log.exception("could not commit or report the last update")
 
     def _on_own_state(self, payload: bytes) -> None:
         try:
@@ -554,6 +575,110 @@ class Supervisor:
             self.link.publish(device_topic(self._dev, "health"), encode(health), qos=0)
         self._publish_status()
 
+    # ------------------------------------------------------------ firmware updates
+    # The policy is core/update.py's, the file work adapters/releases.py's
+    # (see docs/updates.md). Here: replies, the `updating` state, the restart.
+
+    def _start_update(self, cid: str, token: str) -> None:
+        from .adapters.releases import run_update
+        from .protocol.release import ManifestRejected, verify_manifest
+
+        def refuse(code: int, detail: str) -> None:
+            log.warning("firmware.update refused: %s", detail)
+            self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "rejected", code, detail))
+
+        releases, keys = self.a.releases, self.cfg.updates.release_keys
+        if releases is None or not keys:
+            return refuse(403, "this box takes no updates: no release keys in its configuration")
+        if self._update is not None:
+            return refuse(409, f"an update to {self._update[1]} is already under way")
+        try:
+            manifest = verify_manifest(token, {k: public_key_from_text(v) for k, v in keys.items()})
+            update_policy.check_manifest(
+                manifest.version, url=manifest.url, sha256=manifest.sha256,
+                size_bytes=manifest.size_bytes, running=__version__, minimum=releases.minimum())
+        except (ManifestRejected, update_policy.UpdateRefused) as exc:
+            return refuse(exc.code, exc.detail)
+        try:
+            releases.accept(manifest.version, cid, self._command_exp.get(cid, self._clock() + 3600))
+        except OSError as exc:
+            log.error("cannot write the update record: %s", exc)
+            return self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "failed", 500,
+                                                    f"cannot write the update record: {exc}"))
+        self._update = (cid, manifest.version)
+        self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "accepted", 202,
+                                         f"updating {__version__} -> {manifest.version}"))
+        self._publish_updating()
+        run_update(releases, manifest, cid, self.post, ca_file=self.cfg.updates.ca_file)
+
+    def _on_update_event(self, event: UpdateProgress | UpdateInstalled | UpdateFailed) -> None:
+        if self._update is None or event.command_id != self._update[0]:
+            return
+        cid, version = self._update
+        match event:
+            case UpdateProgress(detail=detail):
+                self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "in_progress", 202, detail))
+            case UpdateFailed(code=code, detail=detail):
+                log.error("update to %s failed: %s", version, detail)
+                self._update = None
+                self.a.releases.drop_pending()
+                self._send_reply(core.ReplyDraft(cid, UPDATE_CMD, "failed", code, detail))
+                self.emit("update_failed", detail=f"{version}: {detail}")
+                if self.link.connected:
+                    self.link.publish_birth()  # back to `ready`
+            case UpdateInstalled():
+                self._installed = True
+                if update_policy.may_restart(self.room.state):
+                    self._restart_into_update()
+                else:  # a meeting began meanwhile: never cut it short
+                    self._send_reply(core.ReplyDraft(
+                        cid, UPDATE_CMD, "in_progress", 202,
+                        f"installed {version}; restarting into it when the meeting ends"))
+
+    def _restart_into_update(self) -> None:
+        from .adapters.releases import InstallError
+
+        assert self._update is not None
+        cid, version = self._update
+        self._installed = False
+        exp = self._command_exp.get(cid, self._clock() + 3600)
+        try:
+            self.a.releases.begin_trial(version, cid, exp)
+        except (InstallError, OSError) as exc:  # nothing switched: stay on this release
+            return self._on_update_event(UpdateFailed(cid, 500, f"cannot switch: {exc}"))
+        self._send_reply(core.ReplyDraft(
+            cid, UPDATE_CMD, "in_progress", 202,
+            f"installed {version}; restarting into it (it must connect within "
+            f"{self.cfg.updates.health_deadline_s:g} s or the box goes back)"))
+        self.exit_code = EXIT_RESTART
+        self.post(StopRequested(f"restarting into release {version}"))
+
+    def _publish_updating(self) -> None:
+        if self.link.connected:
+            state = State(state="updating", session=self.link.session, ts=now_ts())
+            self.link.publish(device_topic(self._dev, "state"), encode(state), qos=1, retain=True)
+
+    def _update_on_link_up(self) -> None:
+        """Online: commit this release if it is on trial, then say how the last update ended."""
+        releases = self.a.releases
+        if releases is None:
+            return
+        if self._update is not None:
+            self._publish_updating()  # the birth said `ready`; still downloading
+            return
+        releases.commit(__version__)
+        outcome = releases.take_unreported()
+        if outcome is None:
+            return
+        ok = outcome.result == "committed"
+        reply = core.ReplyDraft(outcome.command_id, UPDATE_CMD, "succeeded" if ok else "failed",
+                                200 if ok else 500, outcome.detail)
+        self._command_exp[outcome.command_id] = outcome.command_exp  # so the replay cache keeps it
+        self._send_reply(reply)
+        self.emit(f"update_{outcome.result}", detail=outcome.detail,
+                  data={"version": outcome.version, "running": __version__})
+        releases.mark_reported()
+
 
     # ------------------------------------------------------------ the room's panel and voice
 
@@ -614,7 +739,8 @@ class Supervisor:
         """What the light shows, from the supervisor's state alone."""
         return LightView.from_room(self.room, self._phase, hand_raised=self.room.hand_raised,
                                    identify=self._identify_until is not None,
-                                   resetting=self._reset_deadline is not None)
+                                   resetting=self._reset_deadline is not None,
+                                   updating=self._update is not None)
 
     def _show_light(self) -> None:
         if self.a.light is not None:

@@ -20,6 +20,12 @@ Provisioning, in the centre's directory (no configuration needed; see docs/provi
         --centre-key /srv/centre/centre-signing.pub
     diemcau-centre revoke c00001-r1 --dir /srv/centre
 
+Releases (see docs/updates.md):
+
+    diemcau-centre release keys init --dir /srv/centre/release
+    diemcau-centre release pack build/release/wheels --out out
+    diemcau-centre release sign out/diemcau-0.2.0.tar --key KEY --url URL
+
 The configuration is ``--config FILE``, else ``$DIEMCAU_CENTRE_CONFIG``, else
 /etc/diemcau/centre.toml. See docs/centre.md.
 
@@ -42,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from diemcau.config import ConfigError
 from diemcau.protocol import key_id
 
-from . import __version__, console, provision
+from . import __version__, console, provision, release
 from .config import DEFAULT_PATH, ENV_VAR, CentreConfig, config_path, load_config
 from .keys import KeyExists, box_config_line, init_keys, load_signing_key
 from .mqtt import MqttError, Session
@@ -118,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--max-wait", type=_positive, default=10.0, metavar="S",
                        help="wait at most S seconds for the retained state (default 10)")
     provision.add_parsers(sub, common)
+    release.add_parsers(sub, common)
     return parser
 
 
@@ -148,6 +155,8 @@ def _signing(cfg: CentreConfig) -> tuple[Ed25519PrivateKey, str]:
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command in provision.COMMANDS:
         return provision.run(args, out, err)
+    if args.command in release.COMMANDS:
+        return release.run(args, out, err)
     if args.command == "keys" and args.keys_command == "init":
         return _keys_init(args, out, err)
     if args.command == "keys" and args.keys_command == "show" and args.key:

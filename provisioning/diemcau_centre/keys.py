@@ -52,10 +52,15 @@ def _write(path: Path, data: bytes, mode: int, *, force: bool) -> None:
     write_atomic(path, data, mode, replace=force)
 
 
-def init_keys(directory: Path, *, force: bool = False) -> KeyPair:
-    """Make a new key pair in ``directory``; raise KeyExists rather than overwrite."""
+def init_keys(directory: Path, *, force: bool = False, private_name: str = PRIVATE_NAME,
+              public_name: str = PUBLIC_NAME) -> KeyPair:
+    """Make a new key pair in ``directory``; raise KeyExists rather than overwrite.
+
+    The release key (``diemcau-centre release keys init``) is made the same
+    way under other names.
+    """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    private_file, public_file = directory / PRIVATE_NAME, directory / PUBLIC_NAME
+    private_file, public_file = directory / private_name, directory / public_name
     if not force:
         for existing in (private_file, public_file):
             if existing.exists():

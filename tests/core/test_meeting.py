@@ -423,7 +423,7 @@ def test_leave_of_another_meeting_is_a_conflict() -> None:
 
 
 @pytest.mark.parametrize("cmd", ["meeting.explode", "", "MEETING.JOIN", "meeting.join ",
-                                 "device.reboot", "firmware.update"])
+                                 "device.reboot"])
 def test_a_command_the_core_does_not_handle_is_unknown(cmd: str) -> None:
     room = live()
     reply = rejected(command(room, cmd, {"x": 1}, "c9"), room, 404, "unknown command")

@@ -17,6 +17,7 @@ UNITS = sorted((IMAGE / "systemd").glob("*.service"))
 # Where the image installs each command the units run -> this checkout's copy.
 INSTALLED = {
     "/opt/diemcau/current/bin/diemcau": str(Path(sys.executable).with_name("diemcau")),
+    "/opt/diemcau/committed/bin/diemcau": str(Path(sys.executable).with_name("diemcau")),
     "/usr/libexec/diemcau/firstboot": str(IMAGE / "rootfs" / "usr" / "libexec" / "diemcau" / "firstboot"),
 }
 

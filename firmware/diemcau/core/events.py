@@ -105,6 +105,8 @@ class PromptSpoken:
     """The voice finished (or gave up on) the prompt ``key``."""
 
     key: str
+
+
 class EnrollmentStopped(Exception):
     """A stop signal came while the box was still enrolling."""
 
@@ -117,3 +119,28 @@ class CertificateStatus:
     not_after: float
     last_error: str = ""
     renewed: bool = False  # a new certificate is on disk: use it for the next connection
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateProgress:
+    """The update's worker got further (downloaded so much, verifying, installing)."""
+
+    command_id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateInstalled:
+    """The new release is downloaded, verified and installed beside the running one."""
+
+    command_id: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateFailed:
+    """The update stopped before anything the service runs was changed."""
+
+    command_id: str
+    code: int
+    detail: str

@@ -30,6 +30,8 @@ from urllib.parse import parse_qs, urlsplit
 import msgspec
 
 from .button import ButtonName, PressKind
+from .update import COMMAND as UPDATE_COMMAND
+from .update import UpdateArgs, may_restart
 
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
 Profile = Literal["720p30", "480p25", "360p15", "audio"]
@@ -150,7 +152,16 @@ class EmitEvent:
     detail: str = ""
 
 
-Effect = StartMedia | StopMedia | SetMuted | SetVolume | PublishHealth | Identify | EmitEvent
+@dataclass(frozen=True, slots=True)
+class StartUpdate:
+    """Check the manifest and, if it holds, download and install (see core/update.py)."""
+
+    command_id: str
+    manifest: str
+
+
+Effect = (StartMedia | StopMedia | SetMuted | SetVolume | PublishHealth | Identify | EmitEvent
+          | StartUpdate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +218,7 @@ class IdentifyArgs(_Args, kw_only=True, forbid_unknown_fields=True):
     duration_s: int = 10
 
 
-ARGS: dict[str, type[_Args]] = {
+ARGS: dict[str, type[msgspec.Struct]] = {
     "meeting.invite": InviteArgs,
     "meeting.join": JoinArgs,
     "meeting.leave": LeaveArgs,
@@ -219,6 +230,7 @@ ARGS: dict[str, type[_Args]] = {
     "floor.revoke": NoArgs,
     "health.report": NoArgs,
     "device.identify": IdentifyArgs,
+    UPDATE_COMMAND: UpdateArgs,
 }
 HANDLED_COMMANDS = frozenset(ARGS)
 
@@ -230,7 +242,7 @@ class BadArgs(Exception):
         self.detail = detail
 
 
-def _parse_args(cmd: str, args: Any) -> _Args:
+def _parse_args(cmd: str, args: Any) -> msgspec.Struct:
     try:
         return msgspec.convert(args, ARGS[cmd])
     except msgspec.ValidationError as exc:
@@ -295,7 +307,7 @@ def _check_invite(a: InviteArgs, policy: Policy, now: float | None) -> None:
                            "under way)")
 
 
-def validate(cmd: str, args: Any, policy: Policy, now: float | None = None) -> _Args:
+def validate(cmd: str, args: Any, policy: Policy, now: float | None = None) -> msgspec.Struct:
     """Parse and check a command's arguments; raise BadArgs naming the field.
 
     ``now`` (Unix seconds) judges an invitation's times; None when the clock is
@@ -364,7 +376,7 @@ def handle_command(room: Room, cmd: str, cid: str, args: Any, policy: Policy,
         return Outcome(room, (exc.reply,))
 
 
-def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C901, PLR0911, PLR0912
+def _transition(room: Room, cmd: str, cid: str, a: msgspec.Struct) -> Outcome:  # noqa: C901, PLR0911, PLR0912
     ok = _reply(cid, cmd, "succeeded", 200, "")
     state = room.state
     match cmd, a:
@@ -446,6 +458,12 @@ def _transition(room: Room, cmd: str, cid: str, a: _Args) -> Outcome:  # noqa: C
         case "device.identify", IdentifyArgs():
             return Outcome(room, (replace(ok, detail=f"identifying for {a.duration_s} s"),),
                            (Identify(a.duration_s), EmitEvent("identify", None, f"{a.duration_s} s")))
+
+        case "firmware.update", UpdateArgs():
+            # Restarting into a new release ends any meeting: never in the middle of one.
+            if not may_restart(state):
+                _conflict(cid, cmd, f"busy: the meeting state is {state}; update after it")
+            return Outcome(room, (), (StartUpdate(cid, a.manifest),))
     raise AssertionError(f"no transition for {cmd}")  # ARGS and the cases above disagree
 
 
