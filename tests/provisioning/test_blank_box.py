@@ -5,6 +5,7 @@ its command keys, and revokes the box."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -336,3 +337,49 @@ def test_a_running_box_renews_keeps_its_session_and_warns_while_the_centre_is_aw
     # All along one box process, one session since the restart, no traceback.
     assert max(s.session for s in fleet.states() if s.state == "ready") == second.session
     assert blank_box.running and "Traceback" not in blank_box.log_text()
+
+
+# ---------------------------------------------------------------- keys.update that cannot be kept
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` on a read-only mount, as an SD card the kernel found failing leaves it.
+
+    (Root ignores file modes, so a chmod would not stop the box's writes.)
+    """
+    bind = subprocess.run(["mount", "--bind", str(directory), str(directory)],
+                          capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here: {bind.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True,
+                       capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True)
+
+
+def test_a_key_set_that_cannot_be_stored_is_refused_and_the_old_keys_still_work(
+        fleet: Fleet, blank_box: Box) -> None:
+    old, new = fleet.centre.signing, CentreKey()
+    blank_box.start()
+    fleet.wait_ready()
+    identity = blank_box.state_dir / "identity"
+    before = {f.name: f.read_bytes() for f in identity.iterdir()}
+
+    with read_only(identity):
+        update = fleet.command(old, "keys.update", {"keys": {new.kid: new.public_text}})
+        failed = fleet.reply(update, "failed")
+        assert failed.code == 500 and "cannot store the keys" in failed.detail, failed
+        assert "Read-only file system" in failed.detail
+        # Nothing changed: the old key still commands the box, the new one does not.
+        assert fleet.reply(fleet.command(old, "health.report"), "succeeded").code == 200
+        assert fleet.reply(fleet.command(new, "health.report"), "rejected").code == 401
+    assert {f.name: f.read_bytes() for f in identity.iterdir()} == before
+
+    # The same set once the card can be written again: applied (so the refusal was the disk).
+    update = fleet.command(old, "keys.update", {"keys": {new.kid: new.public_text}})
+    assert fleet.reply(update, "succeeded").code == 200
+    assert fleet.reply(fleet.command(new, "health.report"), "succeeded").code == 200
+    assert blank_box.running
