@@ -15,6 +15,7 @@ Provisioning, in the centre's directory (no configuration needed; see docs/provi
     diemcau-centre fleet import sites.csv --dir /srv/centre --service https://enroll.example.vn
     diemcau-centre fleet token c00001-r1 --dir /srv/centre
     diemcau-centre fleet list --dir /srv/centre
+    diemcau-centre fleet label --dir /srv/centre
     diemcau-centre broker-config --dir /srv/centre --out /srv/centre/broker
     diemcau-centre enroll-service --dir /srv/centre --broker mqtt.diemcau.gov.vn:8883 \
         --centre-key /srv/centre/centre-signing.pub

@@ -131,6 +131,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     token.add_argument("devices", nargs="+", metavar="DEVICE")
     token.add_argument("--token-days", type=_days, default=TOKEN_DAYS,
                        help=f"(default {TOKEN_DAYS})")
+    label = fleet_sub.add_parser("label", parents=[common, where],
+                                 help="printable labels with a QR code (never the token)")
+    label.add_argument("devices", nargs="*", metavar="DEVICE",
+                       help="the boxes (default: every box in the manifest)")
+    label.add_argument("--out", type=Path, help="where to write (default DIR/labels)")
     show = fleet_sub.add_parser("list", parents=[common, where],
                                 help="the boxes in the manifest and their tokens")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -260,6 +265,16 @@ def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         print(f"new tokens for {len(result.added)} box(es); their earlier tokens no longer work",
               file=out)
         _report(result, out)
+        return EXIT_OK
+
+    if args.fleet_command == "label":
+        from .label import LABELS_DIR, write_labels
+
+        out_dir = args.out or args.dir / LABELS_DIR
+        written = write_labels(args.dir, args.devices, out_dir)
+        print(f"wrote {len(written) // 2} label(s) in {out_dir}: DEVICE.svg to print "
+              "(90 x 50 mm), DEVICE.png the QR code alone. They carry no secret: stick "
+              "each on its box.", file=out)
         return EXIT_OK
 
     manifest = FleetStore(args.dir).load()
