@@ -132,7 +132,9 @@ def _keys_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"kid: {pair.kid}", file=out)
     print("\nFor the centre's configuration:\n", file=out)
     print(f'  [signing]\n  key_file = "{pair.private_file.resolve()}"', file=out)
-    print("\nFor each box's configuration, in its [commands] centre_keys table:\n", file=out)
+    print("\nBoxes that enroll get this key from the enrollment service (enroll-service "
+          f"--centre-key {pair.public_file}). For a box configured by hand, in its "
+          "[commands] centre_keys table:\n", file=out)
     print(f"  {box_config_line(pair.public_key)}", file=out)
     return EXIT_OK
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -373,6 +374,9 @@ def _enroll_service(args: argparse.Namespace, out: TextIO) -> int:
 
     settings = ServiceSettings(args.dir, _broker_address(args.broker),
                                _centre_keys(args.centre_key), args.cert_lifetime)
+    # A service's log is its operators' view: each box enrolled or renewed, and each
+    # request, are worth seeing without -v.
+    logging.getLogger("diemcau_centre.enroll").setLevel(logging.INFO)
     cert = args.cert or args.dir / SERVER_CERT
     key = args.key or args.dir / SERVER_KEY
     server = make_server(settings, (args.bind, args.port), cert, key)
