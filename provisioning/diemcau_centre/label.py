@@ -21,6 +21,7 @@ printer's own software. The QR code holds ASCII JSON::
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -132,8 +133,6 @@ def write_labels(directory: Path, device_ids: Sequence[str], out: Path) -> list[
 
 
 def _png_bytes(qr: segno.QRCode) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     qr.save(buffer, kind="png", scale=10, border=4)
     return buffer.getvalue()
