@@ -95,6 +95,8 @@ class Link(Protocol):
     def stop(self, final_state: str = ..., timeout_s: float = ...) -> None: ...
     def publish(self, topic: str, payload: bytes, *, qos: int = ..., retain: bool = ...) -> int: ...
     def publish_birth(self) -> None: ...
+    # After a renewal: the next connection uses the new certificate files.
+    def reload_certificate(self) -> None: ...
 
 
 class Media(Protocol):
@@ -361,7 +363,7 @@ class Supervisor:
 
     def _on_certificate(self, status: CertificateStatus) -> None:
         self._certificate = status
-        if status.renewed and hasattr(self.link, "reload_certificate"):
+        if status.renewed:
             self.link.reload_certificate()
 
     def _apply(self, outcome: core.Outcome) -> None:

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .files import write_atomic
-from .identity import check_centre_name, check_device_id
+from .identity import check_centre_name, check_device_id, is_device_id
 from .keys import KeyExists
 
 CA_KEY, CA_CERT, CRL = "ca.key", "ca.pem", "crl.pem"
@@ -42,6 +42,7 @@ CLIENTS_DIR, ISSUED_DIR = "clients", "issued"
 
 CA_DAYS = 3650
 DEVICE_DAYS = 365  # the box renews at two thirds: about four months to spare
+MAX_LIFETIME_S = 36500 * 86400
 SERVER_DAYS = 730
 CLIENT_DAYS = 730
 # Boxes have no real-time clock; a certificate that starts "now" on the centre
@@ -75,6 +76,26 @@ class CentreCa:
 
     def cert_pem(self) -> str:
         return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def backdate(lifetime: dt.timedelta) -> dt.timedelta:
+    """How far before now a certificate starts: an hour, less for a short-lived one.
+
+    A box renews at two thirds of the whole validity, backdating included: an
+    hour on a one-minute certificate would make it due at once, for ever.
+    """
+    return min(BACKDATE, lifetime / 10)
+
+
+def parse_lifetime(text: str) -> dt.timedelta:
+    """``365d``, ``12h``, ``90m``, ``60s`` (a bare number is days); ValueError if not."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    text = text.strip().lower()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "d")
+    if not number.isdigit() or not 0 < int(number) * units[unit] <= MAX_LIFETIME_S:
+        raise ValueError(f"{text!r} is not a lifetime: a whole number and a unit, like 365d, "
+                         f"12h, 90m or 60s (from 1 s to {MAX_LIFETIME_S // 86400} days)")
+    return dt.timedelta(seconds=int(number) * units[unit])
 
 
 def _name(cn: str) -> x509.Name:
@@ -166,19 +187,24 @@ def load_ca(directory: Path) -> CentreCa:
     return CentreCa(directory, key, cert)
 
 
-def _leaf(ca: CentreCa, subject_cn: str, public_key: ec.EllipticCurvePublicKey, days: int,
-          usage: x509.ObjectIdentifier, san: list[x509.GeneralName] | None,
-          now: dt.datetime | None) -> x509.Certificate:
-    """A certificate signed by the CA, recorded under issued/ before it is returned."""
+def _leaf(ca: CentreCa, subject_cn: str, public_key: ec.EllipticCurvePublicKey,
+          lifetime: dt.timedelta | int, usage: x509.ObjectIdentifier,
+          san: list[x509.GeneralName] | None, now: dt.datetime | None) -> x509.Certificate:
+    """A certificate signed by the CA, recorded under issued/ before it is returned.
+
+    ``lifetime`` is a duration, or a number of days.
+    """
+    if not isinstance(lifetime, dt.timedelta):
+        lifetime = dt.timedelta(days=lifetime)
     start = _now(now)
-    end = min(start + dt.timedelta(days=days), ca.cert.not_valid_after_utc)
+    end = min(start + lifetime, ca.cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject_cn))
         .issuer_name(ca.cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start - BACKDATE)
+        .not_valid_before(start - backdate(lifetime))
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
@@ -197,13 +223,15 @@ def _leaf(ca: CentreCa, subject_cn: str, public_key: ec.EllipticCurvePublicKey, 
     return cert
 
 
-def sign_device_csr(ca: CentreCa, csr_pem: bytes, device_id: str, *, days: int = DEVICE_DAYS,
+def sign_device_csr(ca: CentreCa, csr_pem: bytes, device_id: str, *,
+                    days: dt.timedelta | int = DEVICE_DAYS,
                     now: dt.datetime | None = None) -> x509.Certificate:
     """A box's certificate, CN = ``device_id``, for the key in its CSR; CsrRefused if not.
 
     The CSR must be signed by its own key (the box holds it), use an EC key
     on P-256 or P-384, and ask for no CN other than ``device_id``. Nothing
-    else in it is copied: the extensions are the CA's choice.
+    else in it is copied: the extensions are the CA's choice. ``days`` may
+    also be a duration (a short-lived certificate, to try renewal).
     """
     check_device_id(device_id)
     try:
@@ -325,6 +353,28 @@ def issued_to(ca: CentreCa, device_id: str) -> list[x509.Certificate]:
         if names == [device_id]:
             found.append(cert)
     return sorted(found, key=lambda c: c.not_valid_before_utc)
+
+
+def revoked_serials(directory: Path) -> set[int]:
+    """Serial numbers on the CA's current CRL (none if there is no CRL yet)."""
+    try:
+        crl = x509.load_pem_x509_crl((directory / CRL).read_bytes())
+    except FileNotFoundError:
+        return set()
+    return {entry.serial_number for entry in crl}
+
+
+def certificates_by_device(ca: CentreCa) -> dict[str, list[x509.Certificate]]:
+    """Every box certificate under issued/, by device id, oldest first (one pass)."""
+    found: dict[str, list[x509.Certificate]] = {}
+    for pem in (ca.directory / ISSUED_DIR).glob("*.pem"):
+        cert = x509.load_pem_x509_certificate(pem.read_bytes())
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if len(names) == 1 and is_device_id(names[0]):
+            found.setdefault(names[0], []).append(cert)
+    for certs in found.values():
+        certs.sort(key=lambda c: c.not_valid_before_utc)
+    return found
 
 
 def revoke_device(ca: CentreCa, device_id: str, *, now: dt.datetime | None = None

@@ -15,6 +15,7 @@ Provisioning, in the centre's directory (no configuration needed; see docs/provi
     diemcau-centre fleet import sites.csv --dir /srv/centre --service https://enroll.example.vn
     diemcau-centre fleet token c00001-r1 --dir /srv/centre
     diemcau-centre fleet list --dir /srv/centre
+    diemcau-centre fleet label --dir /srv/centre
     diemcau-centre broker-config --dir /srv/centre --out /srv/centre/broker
     diemcau-centre enroll-service --dir /srv/centre --broker mqtt.diemcau.gov.vn:8883 \
         --centre-key /srv/centre/centre-signing.pub
@@ -138,7 +139,9 @@ def _keys_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"kid: {pair.kid}", file=out)
     print("\nFor the centre's configuration:\n", file=out)
     print(f'  [signing]\n  key_file = "{pair.private_file.resolve()}"', file=out)
-    print("\nFor each box's configuration, in its [commands] centre_keys table:\n", file=out)
+    print("\nBoxes that enroll get this key from the enrollment service (enroll-service "
+          f"--centre-key {pair.public_file}). For a box configured by hand, in its "
+          "[commands] centre_keys table:\n", file=out)
     print(f"  {box_config_line(pair.public_key)}", file=out)
     return EXIT_OK
 

@@ -24,6 +24,7 @@ box can log.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import http.server
 import logging
 import socket
@@ -53,7 +54,7 @@ from diemcau.protocol.enrollment import (
     parse_request,
 )
 
-from .ca import CRL, CaError, CsrRefused, load_ca, sign_device_csr
+from .ca import DEVICE_DAYS, CaError, CsrRefused, load_ca, revoked_serials, sign_device_csr
 from .identity import is_device_id
 from .manifest import FleetStore, Manifest, ManifestError, TokenRefused, burn_token, check_token
 
@@ -71,6 +72,8 @@ class ServiceSettings:
     directory: Path
     broker: Broker
     centre_keys: dict[str, str]
+    # How long a box's certificate is valid; shorter only to watch renewal happen.
+    cert_lifetime: dt.timedelta = dt.timedelta(days=DEVICE_DAYS)
 
 
 Answer = tuple[int, bytes]
@@ -114,7 +117,8 @@ def enroll(settings: ServiceSettings, body: bytes, now: float | None = None) -> 
         # (and so the token) exactly as it was.
         with store.transaction() as manifest:
             digest = check_token(manifest, dev, request.token, now)
-            cert = sign_device_csr(ca, request.csr_pem.encode(), dev)
+            cert = sign_device_csr(ca, request.csr_pem.encode(), dev,
+                                   days=settings.cert_lifetime)
             burn_token(manifest, digest, now, f"{cert.serial_number:x}")
     except TokenRefused as exc:
         log.warning("enrollment of %s refused: %s (%s)", dev, exc.reason, exc)
@@ -128,15 +132,6 @@ def enroll(settings: ServiceSettings, body: bytes, now: float | None = None) -> 
     log.info("enrolled %s: certificate %x until %s", dev, cert.serial_number,
              cert.not_valid_after_utc.isoformat())
     return _answer(settings, manifest, dev, cert, ca.cert_pem())
-
-
-def revoked_serials(directory: Path) -> set[int]:
-    """Serial numbers on the CA's current CRL."""
-    try:
-        crl = x509.load_pem_x509_crl((directory / CRL).read_bytes())
-    except FileNotFoundError:
-        return set()
-    return {entry.serial_number for entry in crl}
 
 
 def renew(settings: ServiceSettings, peer_der: bytes | None, body: bytes) -> Answer:
@@ -161,7 +156,8 @@ def renew(settings: ServiceSettings, peer_der: bytes | None, body: bytes) -> Ans
         if dev not in manifest.devices:
             return _refused(403, "not_in_fleet", f"box {dev} is not in the fleet manifest")
         ca = load_ca(settings.directory)
-        cert = sign_device_csr(ca, request.csr_pem.encode(), dev)
+        cert = sign_device_csr(ca, request.csr_pem.encode(), dev,
+                                   days=settings.cert_lifetime)
     except CsrRefused as exc:
         return _refused(400, "bad_csr", str(exc))
     except (CaError, ManifestError, OSError) as exc:

@@ -365,6 +365,14 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def file_id(token_digest: str) -> str:
+    """An enrollment file's public id: the first 8 hex digits of its token's SHA-256.
+
+    It tells nothing about the token, so it may be printed on the box's label.
+    """
+    return token_digest[:8]
+
+
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -497,7 +505,8 @@ def enrollment_text(device: Device, token: str, expires_at: float, service: str,
         f"# ({site.district.name}, {site.province.name}).\n"
         f"# Copy it to the boot partition of this box's SD card as {BOOT_FILE_NAME}.\n"
         f"# It holds a one-time secret: it works once, for this box only, until "
-        f"{_when(expires_at)}.\n\n"
+        f"{_when(expires_at)}.\n"
+        f"# File id {file_id(token_hash(token))} (the same as on the box's label).\n\n"
     )
     return header + tomli_w.dumps(doc, multiline_strings=True)
 

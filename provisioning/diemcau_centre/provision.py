@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,18 +31,23 @@ from .ca import (
     CA_DAYS,
     CLIENT_DAYS,
     CRL,
+    DEVICE_DAYS,
     SERVER_CERT,
     SERVER_DAYS,
     SERVER_KEY,
     CaError,
+    certificates_by_device,
     init_ca,
     issue_client_cert,
     issue_server_cert,
     issued_to,
     load_ca,
+    parse_lifetime,
     revoke_device,
+    revoked_serials,
 )
 from .files import write_atomic
+from .identity import is_device_id
 from .manifest import (
     BOOT_FILE_NAME,
     TOKEN_DAYS,
@@ -62,6 +68,18 @@ def _days(text: str) -> int:
     if not 1 <= value <= 36500:
         raise argparse.ArgumentTypeError("must be 1-36500 days")
     return value
+
+
+def _lifetime(text: str) -> dt.timedelta:
+    try:
+        return parse_lifetime(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(lifetime: dt.timedelta) -> str:
+    seconds = int(lifetime.total_seconds())
+    return f"{seconds // 86400} days" if seconds % 86400 == 0 else f"{seconds} s"
 
 
 def _port(text: str) -> int:
@@ -114,6 +132,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     token.add_argument("devices", nargs="+", metavar="DEVICE")
     token.add_argument("--token-days", type=_days, default=TOKEN_DAYS,
                        help=f"(default {TOKEN_DAYS})")
+    label = fleet_sub.add_parser("label", parents=[common, where],
+                                 help="printable labels with a QR code (never the token)")
+    label.add_argument("devices", nargs="*", metavar="DEVICE",
+                       help="the boxes (default: every box in the manifest)")
+    label.add_argument("--out", type=Path, help="where to write (default DIR/labels)")
     show = fleet_sub.add_parser("list", parents=[common, where],
                                 help="the boxes in the manifest and their tokens")
     show.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -148,6 +171,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                               "the host in the enrollment files' service address)")
     service.add_argument("--key", type=Path, metavar="FILE",
                          help="its private key (default DIR/broker.key)")
+    service.add_argument("--cert-lifetime", type=_lifetime, default=f"{DEVICE_DAYS}d",
+                         metavar="DURATION",
+                         help=f"how long a box's certificate is valid, like 365d, 12h or 60s "
+                              f"(default {DEVICE_DAYS}d; boxes renew at two thirds of it)")
 
     revoke = sub.add_parser("revoke", parents=[common, where],
                             help="revoke every certificate of a box (it can no longer connect)")
@@ -241,12 +268,24 @@ def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         _report(result, out)
         return EXIT_OK
 
+    if args.fleet_command == "label":
+        from .label import LABELS_DIR, write_labels
+
+        out_dir = args.out or args.dir / LABELS_DIR
+        written = write_labels(args.dir, args.devices, out_dir)
+        print(f"wrote {len(written) // 2} label(s) in {out_dir}: DEVICE.svg to print "
+              "(90 x 50 mm), DEVICE.png the QR code alone. They carry no secret: stick "
+              "each on its box.", file=out)
+        return EXIT_OK
+
     manifest = FleetStore(args.dir).load()
     now = time.time()
+    certs = _certificates(args.dir, now)
     records = []
     for device in sorted(manifest.devices.values(), key=lambda d: d.id):
         token = manifest.latest_token(device.id)
         site = device.site
+        cert_state, cert_until = certs.get(device.id, (None, None))
         records.append({
             "device": device.id, "province": site.province.code, "district": site.district.code,
             "commune": site.commune.code, "commune_name": site.commune.name, "room": site.room,
@@ -254,6 +293,7 @@ def _fleet(args: argparse.Namespace, out: TextIO) -> int:
             "token": token.state(now) if token else None,
             "token_expires": token.expires_at if token else None,
             "enrolled": token.used_at if token else None,
+            "certificate": cert_state, "certificate_expires": cert_until,
         })
     if args.json:
         print(json.dumps(records, ensure_ascii=False, indent=1), file=out)
@@ -262,12 +302,30 @@ def _fleet(args: argparse.Namespace, out: TextIO) -> int:
         print(f"no boxes in {args.dir} (add them with `diemcau-centre fleet import`)", file=out)
         return EXIT_OK
     print(f"{'DEVICE':<11} {'PROV':<4} {'DIST':<5} {'COMMUNE':<28} {'TOKEN':<9} "
-          "EXPIRES/ENROLLED (UTC)", file=out)
+          f"{'EXPIRES/ENROLLED (UTC)':<22} {'CERTIFICATE':<11} UNTIL (UTC)", file=out)
     for r in records:
         when = r["enrolled"] if r["token"] == "used" else r["token_expires"]
         print(f"{r['device']:<11} {r['province']:<4} {r['district']:<5} {r['commune_name']:<28.28}"
-              f" {r['token'] or '-':<9} {_utc(when)}", file=out)
+              f" {r['token'] or '-':<9} {_utc(when):<22} {r['certificate'] or '-':<11} "
+              f"{_utc(r['certificate_expires'])}".rstrip(), file=out)
     return EXIT_OK
+
+
+def _certificates(directory: Path, now: float) -> dict[str, tuple[str, float]]:
+    """Each box's latest certificate: ``valid``, ``expired`` or ``revoked``, and its end."""
+    try:
+        ca = load_ca(directory)
+    except CaError:
+        return {}  # no CA yet: no certificates either
+    revoked = revoked_serials(directory)
+    states = {}
+    for device, certs in certificates_by_device(ca).items():
+        latest = certs[-1]
+        until = latest.not_valid_after_utc.timestamp()
+        state = ("revoked" if latest.serial_number in revoked else
+                 "expired" if until < now else "valid")
+        states[device] = (state, until)
+    return states
 
 
 def _broker_config(args: argparse.Namespace, out: TextIO) -> int:
@@ -315,7 +373,10 @@ def _enroll_service(args: argparse.Namespace, out: TextIO) -> int:
     from .enroll_service import ServiceSettings, make_server
 
     settings = ServiceSettings(args.dir, _broker_address(args.broker),
-                               _centre_keys(args.centre_key))
+                               _centre_keys(args.centre_key), args.cert_lifetime)
+    # A service's log is its operators' view: each box enrolled or renewed, and each
+    # request, are worth seeing without -v.
+    logging.getLogger("diemcau_centre.enroll").setLevel(logging.INFO)
     cert = args.cert or args.dir / SERVER_CERT
     key = args.key or args.dir / SERVER_KEY
     server = make_server(settings, (args.bind, args.port), cert, key)
@@ -328,7 +389,8 @@ def _enroll_service(args: argparse.Namespace, out: TextIO) -> int:
     signal.signal(signal.SIGINT, stop)
     print(f"enrollment service on {args.bind or '*'}:{server.server_address[1]}; boxes go to "
           f"{settings.broker.host}:{settings.broker.port}; centre keys "
-          f"{', '.join(settings.centre_keys)}", file=out, flush=True)
+          f"{', '.join(settings.centre_keys)}; certificates valid {_duration(settings.cert_lifetime)}",
+          file=out, flush=True)
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
@@ -338,8 +400,17 @@ def _enroll_service(args: argparse.Namespace, out: TextIO) -> int:
 
 def _revoke(args: argparse.Namespace, out: TextIO) -> int:
     ca = load_ca(args.dir)
+    if not is_device_id(args.device):
+        raise ValueError(f"{args.device[:40]!r} is not a box's device id (like c00001-r1); "
+                         "nothing was changed")
     if not issued_to(ca, args.device):
-        raise ValueError(f"no certificate was ever issued to {args.device!r}")
+        # Nothing is written: a typo must not touch the CRL the whole fleet depends on.
+        if args.device in FleetStore(args.dir).load().devices:
+            raise ValueError(f"{args.device} has never enrolled: it has no certificate to "
+                             "revoke; nothing was changed")
+        raise ValueError(f"{args.device[:40]!r} is not a box of this centre (not in the "
+                         "manifest, no certificate); nothing was changed. `diemcau-centre "
+                         "fleet list` shows the boxes")
     new = revoke_device(ca, args.device)
     broker_dir = args.broker_dir or (args.dir / "broker")
     copied = ""

@@ -5,20 +5,22 @@ its command keys, and revokes the box."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography import x509
 
-from diemcau.protocol import Reply, State, device_filter, device_topic
+from diemcau.protocol import Alert, Reply, State, alert_topic, device_filter, device_topic
 from diemcau.protocol.enrollment import Broker as BrokerAddress
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
@@ -40,6 +42,8 @@ class Fleet:
     centre: Centre
     broker: Broker
     console: MtlsClient  # the centre's own identity, watching every box
+    service: subprocess.Popen[bytes]
+    service_log: Path
 
     def reply(self, jti: str, status: str, timeout_s: float = WAIT_S) -> Reply:
         topic = device_topic(A, "reply")
@@ -87,6 +91,43 @@ def _claims(token: str) -> str:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)).decode()
 
 
+def start_service(centre: Centre, broker: Broker, log_file: Path,
+                  *extra: str) -> subprocess.Popen[bytes]:
+    """The service as operators run it: the console script, in its own process."""
+    with log_file.open("ab") as log:
+        service = subprocess.Popen(
+            [sys.executable, "-m", "diemcau_centre", "enroll-service", "--dir",
+             str(centre.directory), "--broker", f"127.0.0.1:{broker.port}", "--centre-key",
+             str(centre.directory / "centre-signing.pub"), "--bind", "127.0.0.1", "--port",
+             str(centre.service_port), "-v", *extra],
+            stdout=log, stderr=log)
+    try:
+        wait_for_port(centre.service_port, timeout_s=WAIT_S)
+    except TimeoutError:
+        stop_service(service)
+        raise
+    return service
+
+
+def stop_service(service: subprocess.Popen[bytes]) -> None:
+    service.send_signal(signal.SIGTERM)
+    try:
+        service.wait(10)
+    except subprocess.TimeoutExpired:
+        service.kill()
+        service.wait()
+
+
+def centre_console(centre: Centre, broker: Broker) -> MtlsClient:
+    """The centre's own identity, subscribed to everything box A says (retained included)."""
+    console = MtlsClient(broker, centre.directory / "ca.pem",
+                         centre.directory / "clients/centre.pem",
+                         centre.directory / "clients/centre.key")
+    assert console.connect()
+    console.subscribe(device_filter(A))
+    return console
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     centre = make_centre(tmp_path / "centre")
@@ -94,34 +135,19 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     centre.settings = type(centre.settings)(centre.directory,
                                             BrokerAddress(host="127.0.0.1", port=broker.port),
                                             centre.settings.centre_keys)
-    # The service as operators run it: the console script, in its own process.
     service_log = tmp_path / "service.log"
-    with service_log.open("wb") as log:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "diemcau_centre", "enroll-service", "--dir",
-             str(centre.directory), "--broker", f"127.0.0.1:{broker.port}", "--centre-key",
-             str(centre.directory / "centre-signing.pub"), "--bind", "127.0.0.1", "--port",
-             str(centre.service_port), "-v"],
-            stdout=log, stderr=log)
-    console = MtlsClient(broker, centre.directory / "ca.pem",
-                         centre.directory / "clients/centre.pem",
-                         centre.directory / "clients/centre.key")
+    service = start_service(centre, broker, service_log,
+                            *getattr(request, "param", {}).get("service_args", ()))
+    fleet = Fleet(centre, broker, centre_console(centre, broker), service, service_log)
     try:
-        wait_for_port(centre.service_port, timeout_s=WAIT_S)
-        assert console.connect()
-        console.subscribe(device_filter(A))
-        yield Fleet(centre, broker, console)
+        yield fleet
     finally:
-        console.close()
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(10)
-        except subprocess.TimeoutExpired:
-            service.kill()
+        fleet.console.close()
+        stop_service(fleet.service)
         broker.stop()
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
-            print(f"----- service log -----\n{service_log.read_text()[-4000:]}")
+            print(f"----- service log -----\n{service_log.read_text()[-6000:]}")
             print(f"----- broker log -----\n{broker.log_text()[-4000:]}")
 
 
@@ -233,3 +259,127 @@ def test_a_blank_box_enrolls_joins_rotates_keys_and_is_revoked(fleet: Fleet, bla
     finally:
         console.close()
     assert blank_box.running, "a refused box keeps running and keeps trying"
+
+
+# ---------------------------------------------------------------- renewal in a running box
+
+LIFETIME_S = 120  # renewal due after 2/3 (with the backdating, about 76 s), the alert at 5/6
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def _wait(what: str, until: float, check: Callable[[], object]) -> object:
+    while not (found := check()):
+        assert time.time() < until, f"timed out waiting for {what}"
+        time.sleep(0.2)
+    return found
+
+
+def _alert_messages(console: MtlsClient) -> list[bytes]:
+    topic = alert_topic(A, "certificate_expiring")
+    return [bytes(m.payload) for m in list(console.messages) if m.topic == topic]
+
+
+@pytest.mark.parametrize("fleet", [{"service_args": ("--cert-lifetime", f"{LIFETIME_S}s")}],
+                         indirect=True)
+def test_a_running_box_renews_keeps_its_session_and_warns_while_the_centre_is_away(
+        fleet: Fleet, blank_box: Box, tmp_path: Path) -> None:
+    blank_box.config_file.write_text(blank_box.config_file.read_text().replace(
+        "[health]\n", "[health]\ninterval_s = 1\n"))
+    blank_box.start()
+    first = fleet.wait_ready()
+    cert_file = blank_box.state_dir / "identity" / "cert.pem"
+    old = _cert(cert_file)
+    lifetime = old.not_valid_after_utc - old.not_valid_before_utc
+    assert lifetime.total_seconds() == LIFETIME_S + LIFETIME_S / 10  # backdated a tenth, not 1 h
+
+    # At two thirds the box renews over mutual TLS; the connection up now stays.
+    _wait("the first renewal", old.not_valid_after_utc.timestamp(),
+          lambda: _cert(cert_file).serial_number != old.serial_number)
+    renewed = _cert(cert_file)
+    assert renewed.subject == old.subject and renewed.public_key() != old.public_key()
+    service_log = fleet.service_log.read_text()
+    assert f"renewed {A}: certificate {renewed.serial_number:x}" in service_log
+    assert fleet.reply(fleet.command(fleet.centre.signing, "health.report"), "succeeded")
+    assert [s.session for s in fleet.states() if s.state == "ready"] == [first.session]
+    assert not [p for p in _alert_messages(fleet.console) if p]  # (a start clears stale ones)
+
+    # The centre goes away. Once the first certificate has expired, a broker restart makes
+    # the box connect again: it gets in, so it uses the renewed certificate.
+    stop_service(fleet.service)
+    _wait("the first certificate to expire", old.not_valid_after_utc.timestamp() + 10,
+          lambda: time.time() > old.not_valid_after_utc.timestamp() + 1)
+    fleet.console.close()
+    fleet.broker.restart()
+    fleet.console = centre_console(fleet.centre, fleet.broker)
+    second = fleet.wait_ready(after_session=first.session)
+    assert fleet.reply(fleet.command(fleet.centre.signing, "health.report"), "succeeded")
+    assert "certificate expired" not in fleet.broker.log_text()
+
+    # Renewal now fails (nobody answers): at five sixths the box raises certificate_expiring.
+    raised = _wait("certificate_expiring", renewed.not_valid_after_utc.timestamp(),
+                   lambda: [p for p in _alert_messages(fleet.console) if p])
+    alert = msgspec.json.decode(raised[0], type=Alert)  # type: ignore[index]
+    assert alert.severity == "warning"
+    assert "renewal keeps failing" in alert.detail and "reach" in alert.detail, alert.detail
+    assert "certificate renewal failed" in blank_box.log_text()
+
+    # The centre is back: the next try renews, and the alert is taken down (empty, retained).
+    fleet.service = start_service(fleet.centre, fleet.broker, fleet.service_log,
+                                  "--cert-lifetime", f"{LIFETIME_S}s")
+    _wait("the alert to clear", renewed.not_valid_after_utc.timestamp(),
+          lambda: _alert_messages(fleet.console)[-1:] == [b""])
+    third = _cert(cert_file)
+    assert third.serial_number not in (old.serial_number, renewed.serial_number)
+    assert fleet.reply(fleet.command(fleet.centre.signing, "health.report"), "succeeded")
+    # All along one box process, one session since the restart, no traceback.
+    assert max(s.session for s in fleet.states() if s.state == "ready") == second.session
+    assert blank_box.running and "Traceback" not in blank_box.log_text()
+
+
+# ---------------------------------------------------------------- keys.update that cannot be kept
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` on a read-only mount, as an SD card the kernel found failing leaves it.
+
+    (Root ignores file modes, so a chmod would not stop the box's writes.)
+    """
+    bind = subprocess.run(["mount", "--bind", str(directory), str(directory)],
+                          capture_output=True, text=True)
+    if bind.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here: {bind.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(directory)], check=True,
+                       capture_output=True)
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True)
+
+
+def test_a_key_set_that_cannot_be_stored_is_refused_and_the_old_keys_still_work(
+        fleet: Fleet, blank_box: Box) -> None:
+    old, new = fleet.centre.signing, CentreKey()
+    blank_box.start()
+    fleet.wait_ready()
+    identity = blank_box.state_dir / "identity"
+    before = {f.name: f.read_bytes() for f in identity.iterdir()}
+
+    with read_only(identity):
+        update = fleet.command(old, "keys.update", {"keys": {new.kid: new.public_text}})
+        failed = fleet.reply(update, "failed")
+        assert failed.code == 500 and "cannot store the keys" in failed.detail, failed
+        assert "Read-only file system" in failed.detail
+        # Nothing changed: the old key still commands the box, the new one does not.
+        assert fleet.reply(fleet.command(old, "health.report"), "succeeded").code == 200
+        assert fleet.reply(fleet.command(new, "health.report"), "rejected").code == 401
+    assert {f.name: f.read_bytes() for f in identity.iterdir()} == before
+
+    # The same set once the card can be written again: applied (so the refusal was the disk).
+    update = fleet.command(old, "keys.update", {"keys": {new.kid: new.public_text}})
+    assert fleet.reply(update, "succeeded").code == 200
+    assert fleet.reply(fleet.command(new, "health.report"), "succeeded").code == 200
+    assert blank_box.running

@@ -202,21 +202,34 @@ def test_a_box_receives_the_commands_of_its_groups_only(connect) -> None:  # noq
 def test_a_claimed_client_id_becomes_the_certificate_identity(connect,  # noqa: ANN001
                                                               fleet_broker: Broker) -> None:
     box_a, box_b = connect(A), connect(B)
+    box_b.subscribe(device_topic(B, "cmd"))
     centre = connect("centre")
     centre.subscribe(device_filter("+"))
 
     # A's certificate, B's client id and username: the broker makes it A.
     spoof = connect(A, client_id=B, username=B)
+    spoof.subscribe(device_topic(B, "cmd"), device_topic(A, "cmd"))
     assert box_a.wait_disconnected(), "the real A should have been replaced by the same identity"
     assert f"Client {A} already connected, closing old connection" in fleet_broker.log_text()
     assert not box_b.wait_disconnected(1.0), f"B was thrown off: {box_b.disconnects}"
     assert box_b.connected
 
+    # B's session is undisturbed: its commands still reach it, and only it.
+    assert centre.publish(device_topic(B, "cmd"), b"for B, after the claim") in ACCEPTED
+    assert centre.publish(device_topic(A, "cmd"), b"for A") in ACCEPTED
+    assert box_b.wait_for(device_topic(B, "cmd")).payload == b"for B, after the claim"
+    spoof.wait_for(device_topic(A, "cmd"))
+    time.sleep(0.2)
+    assert [(m.topic, m.payload) for m in box_b.messages] == [
+        (device_topic(B, "cmd"), b"for B, after the claim")]
+    assert [(m.topic, m.payload) for m in spoof.messages] == [(device_topic(A, "cmd"), b"for A")]
+
     assert spoof.publish(device_topic(B, "state"), b"as B?") == NOT_AUTHORIZED
     assert spoof.publish(device_topic(A, "state"), b"as A") in ACCEPTED
     centre.wait_for(device_topic(A, "state"))
     time.sleep(0.2)
-    assert centre.topics() == [device_topic(A, "state")]
+    # (the two commands above, and A's state; nothing as B)
+    assert [t for t in centre.topics() if not t.endswith("/cmd")] == [device_topic(A, "state")]
     assert f"as {A} " in fleet_broker.log_text()
     assert f"as {B} " in fleet_broker.log_text()  # the real B, once
 

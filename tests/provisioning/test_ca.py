@@ -13,7 +13,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
+from diemcau.core.identity import renew_at
 from diemcau_centre.ca import (
     CaError,
     CsrRefused,
@@ -22,6 +25,7 @@ from diemcau_centre.ca import (
     issue_client_cert,
     issue_server_cert,
     load_ca,
+    parse_lifetime,
     sign_device_csr,
     write_crl,
 )
@@ -170,3 +174,34 @@ def test_the_centre_identities(tmp_path: Path) -> None:
             issue_client_cert(ca, bad)
     with pytest.raises(KeyExists):
         issue_client_cert(ca, "centre")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("365d", 365 * 86400), ("365", 365 * 86400),
+                                               ("12h", 43200), ("90m", 5400), ("60s", 60),
+                                               (" 2D ", 2 * 86400)])
+def test_a_lifetime_reads_with_its_unit(text: str, seconds: int) -> None:
+    assert parse_lifetime(text).total_seconds() == seconds
+
+
+@given(st.text(max_size=12))
+def test_any_text_is_a_lifetime_or_a_clear_error(text: str) -> None:
+    try:
+        lifetime = parse_lifetime(text)
+    except ValueError as exc:
+        assert "is not a lifetime" in str(exc)
+    else:
+        assert 0 < lifetime.total_seconds() <= 36500 * 86400
+
+
+@pytest.mark.parametrize("seconds", [60, 600, 3600 * 24 * 365])
+def test_a_certificate_of_any_lifetime_is_due_for_renewal_in_the_future(tmp_path: Path,
+                                                                        seconds: int) -> None:
+    # An hour backdated on a one-minute certificate would make it due at once, for ever.
+    ca = init_ca(tmp_path)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cert = sign_device_csr(ca, csr_for(ec.generate_private_key(ec.SECP256R1()), "c00001-r1"),
+                           "c00001-r1", days=dt.timedelta(seconds=seconds), now=now)
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    assert end - now == dt.timedelta(seconds=seconds)
+    assert now - start == min(dt.timedelta(hours=1), dt.timedelta(seconds=seconds) / 10)
+    assert renew_at(start.timestamp(), end.timestamp()) > now.timestamp()

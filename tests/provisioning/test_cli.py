@@ -130,8 +130,25 @@ def test_revoke_puts_a_box_on_the_crl_and_copies_it_to_the_broker(tmp_path: Path
         assert [e.serial_number for e in crl] == [serial]
     code, out, _ = run("revoke", "c00001-r1", "--dir", str(d))
     assert code == 0 and "already revoked" in out
-    assert run("revoke", "c00001-r2", "--dir", str(d))[0] == 2  # never had a certificate
-    assert run("revoke", "centre", "--dir", str(d))[0] == 2  # not a box
+
+    # fleet list shows it: revoked, the other enrolled box valid, the rest without one.
+    code, out, _ = run("fleet", "list", "--dir", str(d), "--json")
+    certs = {r["device"]: r["certificate"] for r in json.loads(out)}
+    assert certs == {"c00001-r1": "revoked", "c00004-r1": "valid", "c00001-r2": None,
+                     "c00688-r1": None}
+    table = run("fleet", "list", "--dir", str(d))[1].splitlines()
+    assert "CERTIFICATE" in table[0]
+    assert [line.split()[0] for line in table if " revoked " in line] == ["c00001-r1"]
+
+    # Anything else that is not a box with a certificate: a clear error, the CRLs untouched.
+    crls = {f: f.read_bytes() for f in (d / "crl.pem", d / "broker/crl.pem")}
+    for device, says in (("c00001-r2", "c00001-r2 has never enrolled"),
+                         ("c09999-r1", "'c09999-r1' is not a box of this centre"),
+                         ("centre", "'centre' is not a box's device id")):
+        code, out, err = run("revoke", device, "--dir", str(d))
+        assert code == 2 and says in err and "nothing was changed" in err, err
+        assert out == ""
+    assert {f: f.read_bytes() for f in crls} == crls
 
 
 @pytest.mark.parametrize(("args", "message"), [

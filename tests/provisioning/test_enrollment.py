@@ -274,7 +274,8 @@ def test_diemcau_enroll_by_hand(centre: Centre, service: RunningService, tmp_pat
     state = tmp_path / "state"
     config = tmp_path / "endpoint.toml"
     broken = tmp_path / "broken.toml"
-    broken.write_bytes(centre.enrollment_file(A).read_bytes()[:300])
+    whole = centre.enrollment_file(A).read_bytes()
+    broken.write_bytes(whole[:whole.index(b'token = "') + 20])  # cut inside the token
     config.write_text(blank_config(state, broken))
 
     def diemcau(*args: str) -> subprocess.CompletedProcess[str]:
