@@ -26,8 +26,8 @@ from diemcau_centre.release import pack
 FIRMWARE = Path(__file__).parents[2] / "firmware"
 
 # Honest variations of the firmware: (file, text in it, what replaces it).
-CRASHES_AT_START = ("diemcau/app.py", "def run(cfg: Config) -> int:\n",
-                    "def run(cfg: Config) -> int:\n    raise RuntimeError('this release is broken')\n")
+_RUN = "def run(cfg: Config, identity: Identity | None = None) -> int:\n"
+CRASHES_AT_START = ("diemcau/app.py", _RUN, _RUN + "    raise RuntimeError('this release is broken')\n")
 CANNOT_IMPORT = ("diemcau/__init__.py", '"""diemcau: the endpoint firmware."""\n',
                  '"""diemcau: the endpoint firmware."""\nimport no_such_module_anywhere  # noqa\n')
 CRASHES_AFTER_READY = ("diemcau/supervisor.py", '            service.ready(f"device {self._dev}")\n',
