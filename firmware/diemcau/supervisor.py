@@ -49,7 +49,7 @@ from .core.events import (
     StreamFiguresUpdated,
     Tick,
 )
-from .core.light import LightView, Phase, light_for
+from .core.light import LightView, Phase, light_for, offline_phase
 from .core.prompts import PROMPTS, prompt_for_event
 from .protocol import (
     CommandRejected,
@@ -544,9 +544,8 @@ class Supervisor:
             log.info("alert %s cleared", code)
             self._send_reliable(alert_topic(self._dev, code), b"", retain=True)
         if not self.link.connected:
-            # Without any network interface up and addressed, the broker is not the problem.
-            networked = any(i.up and i.addresses for i in reading.interfaces)
-            self._phase = "connecting" if networked else "no_network"
+            # Without a network, the broker is not the problem: the light says which it is.
+            self._phase = offline_phase(reading.interfaces)
         self._health_seq += 1
         health = health_message(reading, seq=self._health_seq, stream=self.stream,
                                 alerts=self._alerts.codes)
