@@ -152,6 +152,7 @@ class Supervisor:
         self._identify_until: float | None = None  # monotonic seconds
         self._reset_deadline: float | None = None  # monotonic; set while a reset is confirmed
         self.factory_reset = False  # run() erased the state: exit with EXIT_FACTORY_RESET
+        self._updating = False  # a firmware update runs: see set_updating()
         self._join_early_s = cfg.panel.join_early_s if cfg.panel else 900.0
         self.room = core.Room(volume_percent=cfg.voice.volume_percent)
         self._restore_invitation()
@@ -613,7 +614,18 @@ class Supervisor:
         """What the light shows, from the supervisor's state alone."""
         return LightView.from_room(self.room, self._phase, hand_raised=self.room.hand_raised,
                                    identify=self._identify_until is not None,
+                                   updating=self._updating,
                                    resetting=self._reset_deadline is not None)
+
+    def set_updating(self, on: bool) -> None:
+        """The light shows ``updating`` (do not unplug) from ``True`` until ``False``.
+
+        The hook for ``firmware.update``: called on the loop's thread when an
+        update starts and when it ends, however it ends. Only ``resetting``
+        and ``identify`` show over it.
+        """
+        self._updating = on
+        self._show_light()
 
     def _show_light(self) -> None:
         if self.a.light is not None:
