@@ -49,7 +49,7 @@ from .core.events import (
     StreamFiguresUpdated,
     Tick,
 )
-from .core.light import LightView, Phase, light_for, offline_phase
+from .core.light import LABELS, LightView, Phase, light_for, offline_phase
 from .core.prompts import PROMPTS, prompt_for_event
 from .protocol import (
     CommandRejected,
@@ -629,7 +629,11 @@ class Supervisor:
 
     def _show_light(self) -> None:
         if self.a.light is not None:
-            self.a.light.show(light_for(self.light_view()))
+            pattern = light_for(self.light_view())
+            if pattern != self.a.light.shown:
+                # The journal tells a technician what the room saw, and when.
+                log.info("light: %s (%s)", pattern.state, LABELS[pattern.state][0])
+            self.a.light.show(pattern)
 
     def _restore_invitation(self) -> None:
         if self.a.schedule is None:

@@ -279,7 +279,8 @@ def _summary(boxes: list[Box]) -> str:
     hands = sum(1 for b in boxes if b.status and b.status.hand_raised)
     alerted = sum(1 for b in boxes if b.alerts)
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return (f"{len(boxes)} boxes: {states or 'none'}; {live} live in a meeting; "
+    return (f"{len(boxes)} box{'' if len(boxes) == 1 else 'es'}: {states or 'none'}; "
+            f"{live} live in a meeting; "
             f"{hands} with a hand raised; {alerted} with alerts")
 
 

@@ -21,17 +21,16 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from diemcau.adapters.voice import render, scaled
 from diemcau.app import build
 from diemcau.config import parse_config
 from diemcau.core.events import StopRequested
 from diemcau.core.light import PATTERNS, LightState
-from diemcau.core.prompts import PROMPTS
 from diemcau.protocol import Event, Status, decode, device_topic
 from diemcau.supervisor import Supervisor
 from tests.harness.alsa import SimulatedSpeaker, make_microphone, make_speaker
 from tests.harness.box import box_config
 from tests.harness.srt_listener import SrtListener
+from tests.harness.voice import prompts_said
 
 pytestmark = pytest.mark.e2e
 
@@ -114,13 +113,7 @@ class RoomBox:
 
     def prompts(self) -> list[str]:
         """The prompts the speaker played, in order, recognised by their samples."""
-        known = {key: scaled(render(text).pcm, VOLUME) for key, text in
-                 {**PROMPTS, "identify": SITE}.items()}
-        said = []
-        for played in self.speaker.openings():
-            match = [key for key, samples in known.items() if played.startswith(samples)]
-            said.append(match[0] if len(match) == 1 else f"?{len(played)}")
-        return said
+        return prompts_said(self.speaker, VOLUME, SITE)
 
     def stop(self) -> None:
         self.supervisor.post(StopRequested("test"))
