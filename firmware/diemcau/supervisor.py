@@ -383,6 +383,8 @@ class Supervisor:
                 log.info("identify for %d s: site %s", duration, self.cfg.site.name)
                 self._identify_until = time.monotonic() + duration
                 self._say("identify", self.cfg.site.name)
+            case core.Say(prompt=prompt):
+                self._say(prompt)
             case core.EmitEvent(kind=kind, meeting_id=meeting_id, detail=detail):
                 self.emit(kind, meeting_id=meeting_id, detail=detail)
                 key = prompt_for_event(kind)
@@ -568,7 +570,7 @@ class Supervisor:
             self._start_factory_reset()
             return
         self._apply(core.handle_press(self.room, press.button, press.kind, self._clock(),
-                                      self._join_early_s))
+                                      self._join_early_s, online=self.link.connected))
 
     def _on_tick(self) -> None:
         now_m = time.monotonic()

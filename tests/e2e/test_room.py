@@ -448,3 +448,24 @@ def test_a_saved_invitation_is_restored_with_what_a_press_needs(
         box.wait_light("live_muted")
     finally:
         listener.stop()
+
+
+def test_a_press_while_the_centre_is_unreachable_asks_nothing_and_says_so(
+        room_box, observer, broker) -> None:  # noqa: ANN001
+    box = room_box()
+    box.wait_light("ready")
+    broker.stop()
+    box.wait_light("connecting", timeout=20)  # the network is there, the broker is not
+    t0 = time.time()
+    box.press(0.15)
+    deadline = time.time() + 20
+    while box.prompts() != ["connected", "link_lost", "link_lost"] and time.time() < deadline:
+        time.sleep(0.2)
+    # Lost, then the press: "mất kết nối" again instead of "đã gửi yêu cầu tới trung tâm".
+    assert box.prompts() == ["connected", "link_lost", "link_lost"]
+    broker.start()
+    box.wait_light("ready", timeout=20)
+    # The press itself reaches the centre from the outbox; no call request does.
+    event_where(observer, "button", t0, timeout=20)
+    time.sleep(0.5)
+    assert [e.kind for e in events(observer, t0)] == ["link_lost", "button"]
