@@ -10,6 +10,7 @@ centre's own console, ``diemcau-centre``. Everything it makes is under
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,17 +19,20 @@ from pathlib import Path
 
 import jwt
 
+from diemcau.core.prompts import PROMPTS
 from diemcau.protocol import Event, Reply, State, Status, decode, device_topic
-from tests.harness.alsa import make_microphone
+from tests.harness.alsa import make_microphone, make_speaker
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
 from tests.harness.observer import Observer
 from tests.harness.srt_listener import SrtListener, read_recording, save_frame_png
+from tests.harness.voice import prompts_said
 
 DEV = "c00001-r1"
 MEETING = "giao-ban-2026-11"
 OUT = Path("out/demo")
 STREAM_S = 10
+VOLUME = 80
 
 
 def say(text: str) -> None:
@@ -44,6 +48,18 @@ def centre(*args: str, config: Path) -> int:
     for line in (proc.stdout + proc.stderr).splitlines():
         print(f"    {line}")
     return proc.returncode
+
+
+def light_shows(box: Box, state: str, timeout: float = 10.0) -> str:
+    """Wait until the box's log says its light shows ``state``; returns that log line's text."""
+    deadline = time.time() + timeout
+    while True:
+        found = re.findall(rf"light: {state} \((.*)\)", box.log_text())
+        if found:
+            return found[-1]
+        if time.time() > deadline:
+            return "(not seen)"
+        time.sleep(0.1)
 
 
 def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
@@ -72,9 +88,12 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
 
     observer = Observer(broker, centre_key)
     mic = make_microphone(OUT / "mic", seconds=STREAM_S + 60)
+    # The room's speaker: what the box says lands in files, recognised at the end.
+    speaker = make_speaker(OUT / "speaker", also=mic)
     # The panel on gpiozero's MockFactory: the demo presses the button with SIGUSR1.
-    box = Box(OUT / "box", broker, centre_key, device_id=DEV, env=mic.env,
-              microphone=mic.pcm, health_interval_s=5, extra='[panel]\ngpio = "mock"\n')
+    box = Box(OUT / "box", broker, centre_key, device_id=DEV, env=speaker.env,
+              microphone=mic.pcm, health_interval_s=5, extra='[panel]\ngpio = "mock"\n',
+              voice=f'enabled = true\npcm = "{speaker.pcm}"\nvolume_percent = {VOLUME}')
     try:
         say("Plugging in the box (simulated camera: test pattern; microphone: a 1 kHz tone)")
         started = time.time()
@@ -93,8 +112,8 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
                "--arg", f"ends_at={starts + 3600:.0f}", config=centre_cfg)
         observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
                           and decode(m.payload, Status).meeting_state == "invited", timeout=10)
-        print("  the box is invited: its light blinks green, it says "
-              "\"có cuộc họp, nhấn nút để tham gia\"")
+        print(f"  the box is invited: its light blinks green ({light_shows(box, 'invited')}), "
+              f"and it says \"{PROMPTS['invited']}\"")
 
         say("The clerk presses the box's button (simulated: gpiozero's mock pin, driven low "
             "for 0.3 s); the box joins and streams to the media server")
@@ -103,11 +122,25 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
         live = observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
                                  and decode(m.payload, Status).meeting_state == "live",
                                  timeout=20, after=pressed)
-        print(f"  live {live.at - pressed:.2f} s after the press")
-
-        say(f"Streaming for {STREAM_S} s; the centre's live view of the fleet:")
+        print(f"  live {live.at - pressed:.2f} s after the press; the light is steady green "
+              f"({light_shows(box, 'live')})")
         time.sleep(STREAM_S / 2)
+
+        say("The clerk presses the button again: the room raises its hand to speak")
+        pressed = time.time()
+        box.press()
+        observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
+                          and decode(m.payload, Status).hand_raised, timeout=10, after=pressed)
+        print(f"  the light blinks yellow ({light_shows(box, 'hand_raised')}); the centre's "
+              "live view of the fleet shows the hand:")
         centre("watch", "--once", config=centre_cfg)
+
+        say("The centre gives the room the floor")
+        centre("send", DEV, "floor.grant", config=centre_cfg)
+        print(f"  the hand is lowered, the microphone on, the light steady white "
+              f"({light_shows(box, 'floor')})")
+        time.sleep(STREAM_S / 2)
+
         say("The centre mutes the box's microphone")
         centre("send", DEV, "audio.mute", config=centre_cfg)
         time.sleep(STREAM_S / 2)
@@ -129,6 +162,14 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
         broker.stop()
 
     summary(observer, recording_path)
+    print("  what the box's light showed (its log, out/demo/box/box.log):")
+    for when, state, label in re.findall(r"(\d\d:\d\d:\d\d),\d+ INFO diemcau.supervisor: "
+                                         r"light: (\S+) \((.*)\)", box.log_text()):
+        print(f"    {when}  {state:<12} {label}")
+    print(f"  what the box said through the room's speaker ({speaker.out_path.parent}/):")
+    for key in prompts_said(speaker, VOLUME):
+        print(f"    {PROMPTS.get(key, key)}")
+    print(f"\nEverything the demo made is in {OUT}/ (box log: {OUT}/box/box.log).")
     return 0
 
 
@@ -152,11 +193,13 @@ def summary(observer: Observer, recording_path: Path) -> None:
     last = None
     for m in observer.on(device_topic(DEV, "status")):
         status = decode(m.payload, Status)
-        row = (status.meeting_state, status.muted, status.stream.state)
+        row = (status.meeting_state, status.muted, status.hand_raised, status.floor,
+               status.stream.state)
         if row != last:
             print(f"    {time.strftime('%H:%M:%S', time.localtime(m.at))}  "
                   f"{status.meeting_state:<8} muted={str(status.muted).lower():<5} "
-                  f"stream={status.stream.state}")
+                  f"hand={str(status.hand_raised).lower():<5} "
+                  f"floor={str(status.floor).lower():<5} stream={status.stream.state}")
             last = row
 
     print("  events the box sent:")
@@ -174,7 +217,6 @@ def summary(observer: Observer, recording_path: Path) -> None:
         if reply.id in sent:
             ms = (m.at - sent[reply.id]) * 1000
             print(f"    {reply.cmd:<15} {reply.status:<10} {reply.code}  {ms:7.1f} ms  {reply.detail}")
-    print(f"\nEverything the demo made is in {OUT}/ (box log: {OUT}/box/box.log).")
 
 
 if __name__ == "__main__":

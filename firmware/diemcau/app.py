@@ -137,24 +137,38 @@ def build_panel(cfg: Panel, factory: Any = None) -> dict[str, object]:
 
 
 def _press_on_sigusr1(factory: object, cfg: Panel) -> None:
-    """Development only (``panel.gpio = "mock"``): SIGUSR1 is a short press of the join button.
+    """Development only (``panel.gpio = "mock"``): SIGUSR1 and SIGUSR2 work the join button.
 
     gpiozero's MockFactory has no buttons anybody can press, so a test or the
-    demo presses it from outside: the mock pin goes to its pressed level for
-    0.3 s, and the press then takes the real path (gpiozero, the press
-    classifier, the supervisor's queue). On a real box (``lgpio``) the signal
-    keeps its default meaning.
+    demo presses it from outside, and the press then takes the real path
+    (gpiozero, the press classifier, the supervisor's queue). SIGUSR1 is a
+    short press: the mock pin goes to its pressed level for 0.3 s. SIGUSR2
+    presses the button and holds it until the next SIGUSR2, for a long press
+    or a factory reset held as long as a person would. On a real box
+    (``lgpio``) both signals keep their default meaning.
     """
     pin = factory.pin(cfg.join_button.pin)  # type: ignore[attr-defined]
+    pressed, released = ((pin.drive_low, pin.drive_high) if cfg.join_button.pull_up
+                         else (pin.drive_high, pin.drive_low))
+    held = threading.Event()
 
     def press() -> None:
-        pressed, released = ((pin.drive_low, pin.drive_high) if cfg.join_button.pull_up
-                             else (pin.drive_high, pin.drive_low))
         pressed()
         threading.Event().wait(0.3)
         released()
 
+    def hold_or_release() -> None:
+        if held.is_set():
+            held.clear()
+            released()
+        else:
+            held.set()
+            pressed()
+
+    # Off the signal handler: the pin's callbacks run in whichever thread drives it.
     signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=press, daemon=True).start())
+    signal.signal(signal.SIGUSR2,
+                  lambda *_: threading.Thread(target=hold_or_release, daemon=True).start())
 
 
 def run(cfg: Config, identity: Identity | None = None) -> int:

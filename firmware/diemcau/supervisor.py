@@ -53,7 +53,7 @@ from .core.events import (
     UpdateInstalled,
     UpdateProgress,
 )
-from .core.light import LightView, Phase, light_for
+from .core.light import LABELS, LightView, Phase, light_for, offline_phase
 from .core.prompts import PROMPTS, prompt_for_event
 from .protocol import (
     CommandRejected,
@@ -399,6 +399,8 @@ class Supervisor:
                 log.info("identify for %d s: site %s", duration, self.cfg.site.name)
                 self._identify_until = time.monotonic() + duration
                 self._say("identify", self.cfg.site.name)
+            case core.Say(prompt=prompt):
+                self._say(prompt)
             case core.EmitEvent(kind=kind, meeting_id=meeting_id, detail=detail):
                 self.emit(kind, meeting_id=meeting_id, detail=detail)
                 key = prompt_for_event(kind)
@@ -567,9 +569,8 @@ class Supervisor:
             log.info("alert %s cleared", code)
             self._send_reliable(alert_topic(self._dev, code), b"", retain=True)
         if not self.link.connected:
-            # Without any network interface up and addressed, the broker is not the problem.
-            networked = any(i.up and i.addresses for i in reading.interfaces)
-            self._phase = "connecting" if networked else "no_network"
+            # Without a network, the broker is not the problem: the light says which it is.
+            self._phase = offline_phase(reading.interfaces)
         self._health_seq += 1
         health = health_message(reading, seq=self._health_seq, stream=self.stream,
                                 alerts=self._alerts.codes)
@@ -695,7 +696,7 @@ class Supervisor:
             self._start_factory_reset()
             return
         self._apply(core.handle_press(self.room, press.button, press.kind, self._clock(),
-                                      self._join_early_s))
+                                      self._join_early_s, online=self.link.connected))
 
     def _on_tick(self) -> None:
         now_m = time.monotonic()
@@ -746,7 +747,11 @@ class Supervisor:
 
     def _show_light(self) -> None:
         if self.a.light is not None:
-            self.a.light.show(light_for(self.light_view()))
+            pattern = light_for(self.light_view())
+            if pattern != self.a.light.shown:
+                # The journal tells a technician what the room saw, and when.
+                log.info("light: %s (%s)", pattern.state, LABELS[pattern.state][0])
+            self.a.light.show(pattern)
 
     def _restore_invitation(self) -> None:
         if self.a.schedule is None:

@@ -214,6 +214,7 @@ def device_record(box: Box) -> dict[str, Any]:
         "meeting_id": status.meeting_id if status else None,
         "muted": status.muted if status else None,
         "floor": status.floor if status else None,
+        "hand_raised": status.hand_raised if status else None,
         "stream": status.stream.state if status else None,
         "alerts": {code: {"severity": a.severity, "detail": a.detail, "since": a.since}
                    for code, a in sorted(box.alerts.items())},
@@ -261,10 +262,12 @@ def render_devices(view: FleetView, now: float, match: str | None = None) -> str
             status.meeting_state if status else "-",
             clean(status.meeting_id or "-", 24) if status else "-",
             _yes(status.muted if status else None),
+            _yes(status.hand_raised if status else None),
+            _yes(status.floor if status else None),
             _marks(box),
         ])
     header = ["DEVICE", "STATE", "SESSION", "SITE", "FIRMWARE", "MEETING", "MEETING ID", "MUTED",
-              "ALERTS"]
+              "HAND", "FLOOR", "ALERTS"]
     if not rows:
         return "no boxes found" + (f" matching {match!r}" if match else "") + "\n"
     return "\n".join(_table(header, rows)) + "\n"
@@ -273,9 +276,12 @@ def render_devices(view: FleetView, now: float, match: str | None = None) -> str
 def _summary(boxes: list[Box]) -> str:
     counts = collections.Counter(b.state.state if b.state else "unknown" for b in boxes)
     live = sum(1 for b in boxes if b.status and b.status.meeting_state == "live")
+    hands = sum(1 for b in boxes if b.status and b.status.hand_raised)
     alerted = sum(1 for b in boxes if b.alerts)
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"{len(boxes)} boxes: {states or 'none'}; {live} live in a meeting; {alerted} with alerts"
+    return (f"{len(boxes)} box{'' if len(boxes) == 1 else 'es'}: {states or 'none'}; "
+            f"{live} live in a meeting; "
+            f"{hands} with a hand raised; {alerted} with alerts")
 
 
 def render_watch(view: FleetView, now: float, *, match: str | None = None,
@@ -293,6 +299,7 @@ def render_watch(view: FleetView, now: float, *, match: str | None = None,
             st.state if st else "?",
             clean(meeting, 32),
             _yes(status.muted) if status else "-",
+            _yes(status.hand_raised) if status else "-",
             _yes(status.floor) if status else "-",
             status.stream.state if status else "-",
             _figure(health.cpu_percent) if health else "-",
@@ -300,7 +307,7 @@ def render_watch(view: FleetView, now: float, *, match: str | None = None,
             age(now - box.health_at) if box.health_at is not None else "-",
             _marks(box),
         ])
-    header = ["DEVICE", "STATE", "MEETING", "MUTED", "FLOOR", "STREAM", "CPU%", "TEMP°C",
+    header = ["DEVICE", "STATE", "MEETING", "MUTED", "HAND", "FLOOR", "STREAM", "CPU%", "TEMP°C",
               "HEALTH", "ALERTS"]
     lines = [clean(title, 200)] if title else []
     lines.append(_summary(boxes))

@@ -310,7 +310,8 @@ def fleet_messages() -> list[tuple[str, bytes]]:
         (device_topic("c00001-r1", "state"), encode(State(state="ready", session=7, ts=T0))),
         (device_topic("c00001-r1", "meta"), meta("UBND xã Đông Anh", "0.1.0")),
         (device_topic("c00001-r1", "status"),
-         encode(Status(meeting_state="live", meeting_id="hop-2025", muted=True, ts=T0))),
+         encode(Status(meeting_state="live", meeting_id="hop-2025", muted=True, hand_raised=True,
+                       ts=T0))),
         (alert_topic("c00001-r1", "temperature_high"),
          encode(Alert(code="temperature_high", severity="critical", detail="83 °C", since=T0))),
         (alert_topic("c00001-r1", "disk_low"),
@@ -335,7 +336,7 @@ def test_devices_lists_what_the_broker_retained(broker: Broker, centre: Path) ->
     assert result.returncode == 0, result.stderr
     table = rows(result.stdout)
     assert table["c00001-r1"] == ["c00001-r1", "ready", "7", "UBND", "xã", "Đông", "Anh", "0.1.0",
-                                  "live", "hop-2025", "yes", "temperature_high!"]
+                                  "live", "hop-2025", "yes", "yes", "no", "temperature_high!"]
     assert table["c00002-r1"][:8] == ["c00002-r1", "lost", "3", "UBND", "xã", "Vân", "Nội",
                                       "0.0.9"]
     assert table["c00003-r1"][:3] == ["c00003-r1", "ready", "1"]
@@ -346,6 +347,7 @@ def test_devices_lists_what_the_broker_retained(broker: Broker, centre: Path) ->
     assert [r["device"] for r in records] == ["c00001-r1"]
     assert list(records[0]["alerts"]) == ["temperature_high"]
     assert records[0]["meeting_id"] == "hop-2025" and records[0]["muted"] is True
+    assert (records[0]["hand_raised"], records[0]["floor"]) == (True, False)
 
 
 @pytest.mark.e2e
@@ -376,10 +378,11 @@ def test_watch_once_prints_one_snapshot(broker: Broker, centre: Path) -> None:
     result = cli("watch", "--once", "--config", str(centre))
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "3 boxes: 1 lost, 2 ready; 1 live in a meeting; 1 with alerts" in out
+    assert ("3 boxes: 1 lost, 2 ready; 1 live in a meeting; 1 with a hand raised; "
+            "1 with alerts") in out
     table = rows(out)
-    assert table["c00001-r1"] == ["c00001-r1", "ready", "live", "hop-2025", "yes", "no", "off",
-                                  "-", "-", "-", "temperature_high!"]
+    assert table["c00001-r1"] == ["c00001-r1", "ready", "live", "hop-2025", "yes", "yes", "no",
+                                  "off", "-", "-", "-", "temperature_high!"]
     assert "\x1b" not in out  # not a terminal: no screen clearing
 
 

@@ -48,9 +48,11 @@ def meta(name: str = "UBND xã Đông Anh") -> bytes:
                        config_version="7", ts=T0))
 
 
-def status(meeting_state: str = "live", meeting_id: str | None = "m1", muted: bool = True) -> bytes:
+def status(meeting_state: str = "live", meeting_id: str | None = "m1", muted: bool = True,
+           hand_raised: bool = False, floor: bool = False) -> bytes:
     return encode(Status(meeting_state=meeting_state, meeting_id=meeting_id, muted=muted,  # type: ignore[arg-type]
-                         floor=False, stream=StreamFigures(state="live"), ts=T0))
+                         floor=floor, hand_raised=hand_raised, stream=StreamFigures(state="live"),
+                         ts=T0))
 
 
 def health(cpu: float = 37.0, temp: float | None = 61.5) -> bytes:
@@ -208,10 +210,36 @@ def test_devices_table_has_one_row_per_box() -> None:
                (device_topic("c00002-r1", "state"), state("lost", 2)))
     lines = render_devices(view, T0).splitlines()
     assert lines[0].split() == ["DEVICE", "STATE", "SESSION", "SITE", "FIRMWARE", "MEETING",
-                                "MEETING", "ID", "MUTED", "ALERTS"]
+                                "MEETING", "ID", "MUTED", "HAND", "FLOOR", "ALERTS"]
     assert lines[1].split() == [DEV, "ready", "5", "UBND", "xã", "Đông", "Anh", "0.1.0", "live",
-                                "m1", "yes", "temperature_high!,disk_low"]
+                                "m1", "yes", "no", "no", "temperature_high!,disk_low"]
     assert lines[2].split()[:3] == ["c00002-r1", "lost", "2"]
+
+
+def test_a_raised_hand_and_the_floor_show_in_both_tables_and_the_record() -> None:
+    second = "c00002-r1"
+    view = fed((device_topic(DEV, "state"), state("ready", 5)),
+               (device_topic(DEV, "status"), status(muted=True, hand_raised=True)),
+               (device_topic(second, "state"), state("ready", 3)),
+               (device_topic(second, "status"), status(muted=False, floor=True)))
+    devices = {line.split()[0]: line.split() for line in render_devices(view, T0).splitlines()}
+    # MUTED, HAND, FLOOR, then the alerts.
+    assert devices[DEV][-4:] == ["yes", "yes", "no", "-"]
+    assert devices[second][-4:] == ["no", "no", "yes", "-"]
+    text = render_watch(view, T0, events=0)
+    assert "2 live in a meeting; 1 with a hand raised; 0 with alerts" in text
+    header, *rows = [line.split() for line in text.splitlines()[2:]]
+    assert header[:7] == ["DEVICE", "STATE", "MEETING", "MUTED", "HAND", "FLOOR", "STREAM"]
+    # The meeting cell is two words: "live m1".
+    assert rows[0][:8] == [DEV, "ready", "live", "m1", "yes", "yes", "no", "live"]
+    assert rows[1][:8] == [second, "ready", "live", "m1", "no", "no", "yes", "live"]
+    assert device_record(view.boxes[DEV])["hand_raised"] is True
+    assert device_record(view.boxes[second])["floor"] is True
+
+    # The hand lowered: the tables follow the latest status.
+    view.apply(device_topic(DEV, "status"), status(muted=True), T0 + 9)
+    assert "0 with a hand raised" in render_watch(view, T0 + 9, events=0)
+    assert device_record(view.boxes[DEV])["hand_raised"] is False
 
 
 def test_a_box_cannot_write_escape_sequences_to_the_terminal() -> None:

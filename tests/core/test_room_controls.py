@@ -16,6 +16,7 @@ from diemcau.core.meeting import (
     EmitEvent,
     Invitation,
     Room,
+    Say,
     SetMuted,
     StartMedia,
     StopMedia,
@@ -95,6 +96,35 @@ def test_a_press_on_an_invitation_without_publish_asks_the_centre() -> None:
 def test_a_press_with_nothing_pending_is_a_call_request() -> None:
     out = handle_press(Room(), "join", "short_press", NOW, EARLY)
     assert out.room == Room() and kinds(out) == ["call_request"]
+
+
+def test_offline_a_press_asks_nothing_of_the_centre_and_says_so() -> None:
+    # Nobody would receive the request: the room hears "mất kết nối", no call_request.
+    for room in (Room(), invited()):
+        out = handle_press(room, "join", "short_press", NOW, EARLY, online=False)
+        assert (out.room, out.effects, out.replies) == (room, (Say("link_lost"),), ())
+
+
+def test_offline_an_invitation_with_its_stream_is_still_joined_by_the_button() -> None:
+    # The media server is not the broker: what the invitation carries is enough.
+    room = invited(publish=PUBLISH, starts_at=NOW + 60, ends_at=NOW + 3600)
+    out = handle_press(room, "join", "short_press", NOW, EARLY, online=False)
+    assert out.room.state == "joining" and kinds(out) == ["joining"]
+    assert any(isinstance(e, StartMedia) for e in out.effects)
+
+
+@given(st.sampled_from(["idle", "invited", "joining", "live", "leaving", "error"]),
+       st.sampled_from(["join", "mute"]), st.sampled_from(["short_press", "long_press",
+                                                           "reset_hold"]))
+def test_offline_or_not_a_press_differs_only_in_the_call_request(
+        state: str, button: str, kind: str) -> None:
+    room = invited() if state == "invited" else Room(state=state)  # type: ignore[arg-type]
+    online = handle_press(room, button, kind, NOW, EARLY)  # type: ignore[arg-type]
+    offline = handle_press(room, button, kind, NOW, EARLY, online=False)  # type: ignore[arg-type]
+    if "call_request" in kinds(online):
+        assert offline.effects == (Say("link_lost"),) and offline.room == room
+    else:
+        assert offline == online
 
 
 def test_a_mandatory_meeting_is_joined_at_its_start_and_not_before() -> None:

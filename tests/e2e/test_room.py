@@ -21,17 +21,16 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from diemcau.adapters.voice import render, scaled
 from diemcau.app import build
 from diemcau.config import parse_config
 from diemcau.core.events import StopRequested
 from diemcau.core.light import PATTERNS, LightState
-from diemcau.core.prompts import PROMPTS
 from diemcau.protocol import Event, Status, decode, device_topic
 from diemcau.supervisor import Supervisor
 from tests.harness.alsa import SimulatedSpeaker, make_microphone, make_speaker
 from tests.harness.box import box_config
 from tests.harness.srt_listener import SrtListener
+from tests.harness.voice import prompts_said
 
 pytestmark = pytest.mark.e2e
 
@@ -114,13 +113,7 @@ class RoomBox:
 
     def prompts(self) -> list[str]:
         """The prompts the speaker played, in order, recognised by their samples."""
-        known = {key: scaled(render(text).pcm, VOLUME) for key, text in
-                 {**PROMPTS, "identify": SITE}.items()}
-        said = []
-        for played in self.speaker.openings():
-            match = [key for key, samples in known.items() if played.startswith(samples)]
-            said.append(match[0] if len(match) == 1 else f"?{len(played)}")
-        return said
+        return prompts_said(self.speaker, VOLUME, SITE)
 
     def stop(self) -> None:
         self.supervisor.post(StopRequested("test"))
@@ -455,3 +448,24 @@ def test_a_saved_invitation_is_restored_with_what_a_press_needs(
         box.wait_light("live_muted")
     finally:
         listener.stop()
+
+
+def test_a_press_while_the_centre_is_unreachable_asks_nothing_and_says_so(
+        room_box, observer, broker) -> None:  # noqa: ANN001
+    box = room_box()
+    box.wait_light("ready")
+    broker.stop()
+    box.wait_light("connecting", timeout=20)  # the network is there, the broker is not
+    t0 = time.time()
+    box.press(0.15)
+    deadline = time.time() + 20
+    while box.prompts() != ["connected", "link_lost", "link_lost"] and time.time() < deadline:
+        time.sleep(0.2)
+    # Lost, then the press: "mất kết nối" again instead of "đã gửi yêu cầu tới trung tâm".
+    assert box.prompts() == ["connected", "link_lost", "link_lost"]
+    broker.start()
+    box.wait_light("ready", timeout=20)
+    # The press itself reaches the centre from the outbox; no call request does.
+    event_where(observer, "button", t0, timeout=20)
+    time.sleep(0.5)
+    assert [e.kind for e in events(observer, t0)] == ["link_lost", "button"]

@@ -175,6 +175,23 @@ class Box:
         assert 'gpio = "mock"' in self.config_file.read_text(), "the box has no mock panel"
         self._proc.send_signal(signal.SIGUSR1)
 
+    def hold(self) -> None:
+        """Press the join button and keep it down until :meth:`hold` again (SIGUSR2).
+
+        Only for a box with ``panel.gpio = "mock"``, as :meth:`press`.
+        """
+        assert self._proc is not None and self._proc.poll() is None, "the box is not running"
+        assert 'gpio = "mock"' in self.config_file.read_text(), "the box has no mock panel"
+        self._proc.send_signal(signal.SIGUSR2)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for the box to end by itself; returns its exit code."""
+        assert self._proc is not None, "the box was not started"
+        self._proc.wait(timeout=timeout_s)
+        code = self._finish()
+        assert code is not None
+        return code
+
     def kill(self) -> None:
         """kill -9: no clean stop, the broker must publish the will."""
         if self._proc is not None and self._proc.poll() is None:

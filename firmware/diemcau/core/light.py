@@ -19,11 +19,12 @@ When several things hold at once, the first in :data:`PRIORITY` shows:
 
 from __future__ import annotations
 
+import ipaddress
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from .meeting import MeetingState, Room
 
@@ -233,9 +234,9 @@ PRIORITY: tuple[LightState, ...] = (
 class LightView:
     """Everything that decides the light, and nothing else.
 
-    ``phase`` is the box's connection: ``no_network`` (no route out),
-    ``connecting`` (network up, broker not yet), ``ready`` (connected to the
-    centre). ``error`` is a fault the room must report (the meeting state
+    ``phase`` is the box's connection: ``no_network`` (no address beyond
+    the cable, see :func:`offline_phase`), ``connecting`` (network up, broker
+    not yet), ``ready`` (connected to the centre). ``error`` is a fault the room must report (the meeting state
     ``error`` counts too); ``resetting`` a confirmed factory reset.
     """
 
@@ -257,6 +258,47 @@ class LightView:
         return cls(phase=phase, meeting=room.state, muted=room.muted, floor=room.floor,
                    hand_raised=hand_raised, identify=identify, updating=updating,
                    error=error, resetting=resetting)
+
+
+class Interface(Protocol):
+    """A network interface as a health reading gives it (``adapters.health.NetInterface``)."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def addresses(self) -> Sequence[str]: ...
+
+
+def offline_phase(interfaces: Iterable[Interface]) -> Phase:
+    """The phase while the broker is not reached, from the interfaces of a health reading.
+
+    ``connecting`` when some interface is up with an address beyond its own
+    link (the network is there, the centre is not answering yet);
+    ``no_network`` otherwise. Link-local addresses (``fe80::/10``,
+    ``169.254.0.0/16``) do not count: every interface that is up has one,
+    whether a DHCP server answered or not. An address that cannot be read
+    counts, so that the light never blames a network it cannot judge.
+
+        >>> from types import SimpleNamespace as If
+        >>> offline_phase([If(up=True, addresses=["fe80::1/64"])])
+        'no_network'
+        >>> offline_phase([If(up=True, addresses=["fe80::1/64", "192.0.2.7/24"])])
+        'connecting'
+        >>> offline_phase([If(up=False, addresses=["192.0.2.7/24"])])
+        'no_network'
+    """
+    for interface in interfaces:
+        if interface.up and any(_routable(address) for address in interface.addresses):
+            return "connecting"
+    return "no_network"
+
+
+def _routable(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_interface(address).ip
+    except ValueError:
+        return True
+    return not (ip.is_link_local or ip.is_loopback)
 
 
 def holding(view: LightView) -> frozenset[LightState]:

@@ -160,8 +160,15 @@ class StartUpdate:
     manifest: str
 
 
+@dataclass(frozen=True, slots=True)
+class Say:
+    """A prompt for the room with no event behind it (``core.prompts`` key)."""
+
+    prompt: str
+
+
 Effect = (StartMedia | StopMedia | SetMuted | SetVolume | PublishHealth | Identify | EmitEvent
-          | StartUpdate)
+          | StartUpdate | Say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,13 +521,20 @@ def _join_invitation(room: Room, inv: Invitation, why: str) -> Outcome:
 
 
 def handle_press(room: Room, button: ButtonName, kind: PressKind, now: float,
-                 join_early_s: float) -> Outcome:
+                 join_early_s: float, *, online: bool = True) -> Outcome:
     """What a classified press does in the room's state; ``now`` in Unix seconds.
 
     The join button: a short press joins an invitation inside its join window
     (or, with nothing pending, asks the centre for a call); live, it raises
     or lowers a hand. A long press leaves a meeting. The mute button's short
     press mutes or unmutes. A ``reset_hold`` is not the room's business.
+    Not ``online`` (the centre's broker unreachable), a press that would ask
+    the centre for a call asks nothing: the room hears "mất kết nối" instead
+    of a request nobody receives. An invitation that carries its stream is
+    joined all the same: the media server is not the broker.
+
+    >>> handle_press(Room(), "join", "short_press", 0.0, 900, online=False).effects
+    (Say(prompt='link_lost'),)
 
     >>> out = handle_press(Room(state="live", meeting_id="m1"), "join", "short_press", 0.0, 900)
     >>> out.room.hand_raised, [e.kind for e in out.effects]
@@ -536,11 +550,15 @@ def handle_press(room: Room, button: ButtonName, kind: PressKind, now: float,
                                                            room.meeting_id, "button")))
     if kind == "short_press":
         if state == "idle":
+            if not online:
+                return Outcome(room, effects=(Say("link_lost"),))
             return Outcome(room, effects=(EmitEvent("call_request", None, "button"),))
         if state == "invited" and room.invitation is not None:
             inv = room.invitation
             opens, closes = inv.join_window(join_early_s)
             if inv.publish is None:
+                if not online:
+                    return Outcome(room, effects=(Say("link_lost"),))
                 # Nothing to join with: the centre decides (it sends meeting.join).
                 return Outcome(room, effects=(EmitEvent("call_request", inv.meeting_id,
                                                         "join requested by button"),))
