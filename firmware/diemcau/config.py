@@ -101,6 +101,9 @@ class Media(_Section, kw_only=True, forbid_unknown_fields=True):
     connect_timeout_ms: int = 3000
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 30.0
+    srt_passphrase: str = ""  # "" : no encryption; else 10-79 characters (AES-128)
+    send_queue_ms: int = 1000  # the send queue's bound, in time at the top bitrate
+    abr: bool = True  # adaptive bitrate: step down under congestion, back up after
 
 
 class HealthConfig(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -258,6 +261,10 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("outbox.max_messages: must be at least 10")
     if cfg.media.channels not in (1, 2):
         problems.append("media.channels: 1 or 2")
+    if cfg.media.srt_passphrase and not 10 <= len(cfg.media.srt_passphrase) <= 79:
+        problems.append("media.srt_passphrase: 10-79 characters, or empty for none")
+    if not 100 <= cfg.media.send_queue_ms <= 10_000:
+        problems.append("media.send_queue_ms: must be 100-10000")
     return problems
 
 
@@ -307,7 +314,7 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, str(path))
 
 
-SECRET_KEYS = {"password"}
+SECRET_KEYS = {"password", "srt_passphrase"}
 
 
 def effective_config(cfg: Config) -> dict[str, Any]:

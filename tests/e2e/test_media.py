@@ -283,7 +283,19 @@ def test_the_publish_url_gets_the_box_defaults_and_keeps_the_centres_options() -
     cfg = Media(srt_latency_ms=250, connect_timeout_ms=2000)
     url = publish_url("srt://media.example:9000", meeting_id="m1", device_id="c1-r1", cfg=cfg)
     assert url == ("srt://media.example:9000?mode=caller&streamid=publish:m1/c1-r1"
-                   "&latency=250000&connect_timeout=2000&timeout=2000000")
+                   "&latency=250000&connect_timeout=2000&timeout=2000000"
+                   "&tlpktdrop=0&sndbuf=65536")
+    # SRT's send buffer: half a second at the top bitrate (plus audio), not less than 64 KiB.
+    url = publish_url("srt://media.example:9000", meeting_id="m1", device_id="c1-r1", cfg=cfg,
+                      top_kbps=1500)
+    assert url.endswith(f"&sndbuf={(1500 + 64) * 125 // 2}")
+    secret = Media(srt_passphrase="correct horse&battery")
+    url = publish_url("srt://media.example:9000", meeting_id="m1", device_id="c1-r1",
+                      cfg=secret)
+    assert url.endswith("&passphrase=correct%20horse%26battery")
+    # RTSP: the URL as given; the RTSP muxer's options are not URL options.
+    assert publish_url("rtsp://media.example:8554/live/m1", meeting_id="m1",
+                       device_id="c1-r1", cfg=cfg) == "rtsp://media.example:8554/live/m1"
     # SRS-style access control: '#' is part of FFmpeg's option text, not a fragment.
     theirs = "srt://media.example:9000?streamid=#!::r=live/m1,m=publish&latency=500000"
     url = publish_url(theirs, meeting_id="m1", device_id="c1-r1", cfg=cfg)
