@@ -81,6 +81,7 @@ class Media(Protocol):
     def stop(self) -> None: ...
     def set_muted(self, muted: bool) -> None: ...
     def request_keyframe(self) -> None: ...
+    def set_profile(self, profile: str) -> None: ...
     def join(self, timeout: float | None = None) -> bool: ...
 
 
@@ -269,6 +270,12 @@ class Supervisor:
             case core.SetMuted(muted=muted):
                 if self._media is not None:
                     self._media.set_muted(muted)
+            case core.RequestKeyframe():
+                if self._media is not None:
+                    self._media.request_keyframe()
+            case core.SetProfile(profile=profile):
+                if self._media is not None:
+                    self._media.set_profile(profile)
             case core.SetVolume(percent=percent):
                 log.info("speaker volume %d%%", percent)  # the speaker path comes with prompts
             case core.PublishHealth():

@@ -14,15 +14,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
+from diemcau.adapters import media
 from diemcau.adapters.media import MediaSession, publish_url
 from diemcau.config import Media
 from diemcau.core.events import StreamChanged, StreamFiguresUpdated
 from diemcau.core.meeting import StreamRequest
 from diemcau.protocol.messages import StreamFigures
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
-from tests.harness.srt_listener import SrtListener, free_udp_port, read_recording
+from tests.harness.srt_listener import Recording, SrtListener, free_udp_port, read_recording
 
 pytestmark = pytest.mark.e2e
 
@@ -313,3 +315,125 @@ def test_stop_before_start_still_answers_off(microphone: SimulatedMicrophone,
     assert events.states() == ["off"]
     with pytest.raises(RuntimeError):
         session.start()
+
+
+# ---------------------------------------------------------------- the network thread
+
+
+def picture_gaps(recording: Recording) -> list[tuple[int, int, bool]]:
+    """(after, before, keyframe) for each jump in the received frame numbers."""
+    numbers, keys = recording.frame_numbers, recording.keyframes
+    return [(numbers[i - 1], numbers[i], keys[i]) for i in range(1, len(numbers))
+            if numbers[i] is not None and numbers[i - 1] is not None
+            and numbers[i] - numbers[i - 1] > 1]
+
+
+def test_a_receiver_that_stops_reading_costs_bounded_memory_and_the_stream_recovers(
+        microphone: SimulatedMicrophone, listener: SrtListener, events: Events,
+        sessions: list[MediaSession]) -> None:
+    # A write may wait 5 s: the pause below stalls the writer without losing the connection.
+    cfg = media_config(microphone, connect_timeout_ms=5000)
+    listener.start()
+    session = start_session(sessions, events, cfg, listener.url)
+    events.wait_state("live")
+    stream_for(events, 15)
+    rss_before = psutil.Process().memory_info().rss
+
+    listener.pause()
+    paused_at = time.monotonic()
+    peak_queue = 0
+    while time.monotonic() - paused_at < 3.5:
+        events.drain()
+        peak_queue = max(peak_queue, int(events.last_figures()["queue_bytes"]))
+        time.sleep(0.2)
+    rss_paused = psutil.Process().memory_info().rss
+    dropped_while_paused = int(events.last_figures()["frames_dropped"])
+    sent_while_paused = int(events.last_figures()["frames_sent"])
+    listener.resume()
+
+    stream_for(events, sent_while_paused + 30)  # frames flow again
+    session.stop()
+    assert session.join(10)
+    events.drain()
+    assert listener.wait(10)
+    recording = read_recording(listener.stop())
+
+    # The queue filled up to its bound and dropped, instead of growing.
+    bound = max(media.MIN_QUEUE_BYTES, (400 + 64) * 125 * cfg.send_queue_ms // 1000)
+    assert 0 < peak_queue <= bound + 64 * 1024  # the bound, give or take one keyframe
+    assert dropped_while_paused > 0
+    assert rss_paused - rss_before < 40e6, "memory grew while the receiver was paused"
+    assert events.states() == ["starting", "live", "off"], "the connection itself survived"
+    # What arrived after the pause is whole: every picture readable, numbers going up,
+    # and the stream picked up again at a keyframe after the frames dropped in the pause.
+    numbers = recording.stamped
+    assert len(numbers) == len(recording.frame_numbers)
+    assert numbers == sorted(set(numbers))
+    gaps = picture_gaps(recording)
+    assert gaps, "frames were dropped in the pause"
+    widest = max(gaps, key=lambda gap: gap[1] - gap[0])
+    assert widest[2], f"after the pause the stream went on without a keyframe: {gaps}"
+    assert numbers[-1] > widest[1] + 20
+
+
+def test_a_listener_killed_mid_stream_gets_the_stream_back_starting_at_a_keyframe(
+        microphone: SimulatedMicrophone, listener: SrtListener, events: Events,
+        sessions: list[MediaSession]) -> None:
+    listener.start()
+    session = start_session(sessions, events, media_config(microphone), listener.url)
+    events.wait_state("live")
+    stream_for(events, 20)
+
+    listener.kill()  # no goodbye: the box finds out when SRT stops hearing back
+    events.wait_state("reconnecting")
+    listener.start()  # the same port, a new recording
+    events.seen.clear()
+    events.wait_state("live")
+    stream_for(events, int(events.last_figures()["frames_sent"]) + 20)
+    session.stop()
+    assert session.join(10)
+    events.drain()
+    assert listener.wait(10)
+    second = read_recording(listener.stop())
+
+    assert int(events.last_figures()["reconnects"]) >= 1
+    assert second.packet_keyframes and second.packet_keyframes[0], "first packet a keyframe"
+    assert second.keyframes[0], "first picture a keyframe"
+    assert len(second.stamped) >= 15
+    assert second.stamped == sorted(set(second.stamped))
+
+
+def test_a_new_profile_while_live_changes_the_picture_and_audio_only_keeps_the_sound(
+        microphone: SimulatedMicrophone, listener: SrtListener, events: Events,
+        sessions: list[MediaSession]) -> None:
+    listener.start()
+    session = start_session(sessions, events, media_config(microphone), listener.url)
+    events.wait_state("live")
+    stream_for(events, 15)
+    session.set_profile("480p25")
+    events.wait_for(lambda e: isinstance(e, StreamFiguresUpdated)
+                    and e.figures["profile"] == "480p25")
+    stream_for(events, int(events.last_figures()["frames_sent"]) + 40)
+    session.set_profile("audio")
+    events.wait_for(lambda e: isinstance(e, StreamFiguresUpdated)
+                    and e.figures["profile"] == "audio")
+    sent_at_audio = int(events.last_figures()["frames_sent"])
+    time.sleep(2)
+    events.drain()
+    assert int(events.last_figures()["frames_sent"]) <= sent_at_audio + 2  # what was queued
+    session.stop()
+    assert session.join(10)
+    events.drain()
+    assert listener.wait(10)
+    recording = read_recording(listener.stop())
+
+    assert events.states() == ["starting", "live", "off"], "no reconnection for a new profile"
+    assert (recording.width, recording.height) == (854, 480)
+    numbers = recording.stamped
+    assert len(numbers) == len(recording.frame_numbers) and numbers == sorted(set(numbers))
+    assert sum(recording.keyframes) >= 2  # the first, and the new encoder's
+    # Audio went on after the pictures stopped: more than 2 s of it after the last picture.
+    assert recording.audio.size >= 48000 * 4
+    assert abs(recording.dominant_frequency_hz() - TONE_HZ) < 10
+    with pytest.raises(ValueError, match="unknown profile"):
+        session.set_profile("1080p60")

@@ -141,9 +141,21 @@ class SrtListener:
         """The server disappears: SIGKILL, no goodbye to the caller."""
         process = self._process
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused one too
             process.kill()
             process.wait()
         self._process = None
+
+    def pause(self) -> None:
+        """The server stops reading (SIGSTOP): its socket fills, nothing is acknowledged."""
+        if self._process is None:
+            raise RuntimeError("the listener is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Reading again (SIGCONT)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> Path:
         """Kill and start again on the same port, into a new recording."""

@@ -912,7 +912,8 @@ class _Pump:
         self.x264: _X264 | None = None
         self.rungs: list[Rung] = [Rung("audio", 0)]
         self.abr = AbrState()
-        self.next_frame = 0  # camera frame number: what the stamp says
+        self.next_frame = 0  # session frame number: what the stamp says
+        self.camera_frames = 0  # frames read from this camera: its pacing
         self.next_sample = 0  # session sample position of the next audio period
         self.frame_s = math.inf
         self.t0 = self.last_figures = self.frames_t0 = 0.0
@@ -947,7 +948,7 @@ class _Pump:
         self.camera, self.camera_profile = camera, profile
         self.frame_s = 1 / profile.fps
         self.frames_t0 = time.monotonic()
-        self.next_frame = 0
+        self.camera_frames = 0
 
     def close(self) -> None:
         # Drain the encoders (AAC holds two frames back, and says so when closed
@@ -973,7 +974,7 @@ class _Pump:
             if s._profile_wanted is not None:
                 self._switch_profile(s._profile_wanted)
             now = time.monotonic()
-            video_due = self.frames_t0 + self.next_frame * self.frame_s if self.camera \
+            video_due = self.frames_t0 + self.camera_frames * self.frame_s if self.camera \
                 else math.inf
             audio_due = self.t0 + (self.next_sample + period) / rate
             due = min(video_due, audio_due, figures_at)
@@ -991,14 +992,14 @@ class _Pump:
     def _switch_profile(self, profile: str) -> None:
         s = self.s
         s._profile_wanted = None
-        tracks_change = (profile == "audio") != (not s._has_video)
-        if profile != "audio" and not s._has_video:
-            s._has_video = True  # a new connection, now with a video track
         log.info("profile %s requested", profile)
         self.open_video(profile)
         s._keyframe_wanted = True
-        if tracks_change and s._has_video and s._writer is not None and profile != "audio":
-            s._writer.reopen = True
+        if profile != "audio" and not s._has_video:
+            # The connection has no video track: the next one will.
+            s._has_video = True
+            if s._writer is not None:
+                s._writer.reopen = True
 
     # -- audio and video
 
@@ -1035,14 +1036,15 @@ class _Pump:
         s = self.s
         assert self.camera is not None and self.camera_profile is not None
         item = self.camera.read()
-        number = self.next_frame
+        number, index = self.next_frame, self.camera_frames
         self.next_frame += 1
+        self.camera_frames += 1
         s._captured += 1
         rung = self.rungs[self.abr.index]
         writer = s._writer
         late = now - due > max(2 * self.frame_s, 0.1)
         if writer is None or not writer.connected or late or rung.profile == "audio" \
-                or not self._take(number, PROFILES[rung.profile].fps):
+                or not self._take(index, PROFILES[rung.profile].fps):
             s._dropped += 1
             return
         if getattr(self.camera, "encodes", False):
@@ -1055,13 +1057,13 @@ class _Pump:
         if writer.offer("video", packets):
             s._keyframe_wanted = True
 
-    def _take(self, number: int, fps: int) -> bool:
-        """Whether camera frame ``number`` is one of the frames a lower rate keeps."""
+    def _take(self, index: int, fps: int) -> bool:
+        """Whether the camera's frame ``index`` is one of the frames a lower rate keeps."""
         assert self.camera_profile is not None
         cam_fps = self.camera_profile.fps
-        if fps >= cam_fps:
+        if fps >= cam_fps or index == 0:
             return True
-        return number * fps // cam_fps != (number - 1) * fps // cam_fps if number else True
+        return index * fps // cam_fps != (index - 1) * fps // cam_fps
 
     def _encode(self, frame: av.VideoFrame, number: int, due: float, profile: VideoProfile,
                 kbps: int) -> list[av.Packet]:
