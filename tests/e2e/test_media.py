@@ -24,7 +24,14 @@ from diemcau.core.events import StreamChanged, StreamFiguresUpdated
 from diemcau.core.meeting import StreamRequest
 from diemcau.protocol.messages import StreamFigures
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
-from tests.harness.srt_listener import Recording, SrtListener, free_udp_port, read_recording
+from tests.harness.srt_listener import (
+    Recording,
+    RtspListener,
+    SrtListener,
+    free_tcp_port,
+    free_udp_port,
+    read_recording,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -437,3 +444,82 @@ def test_a_new_profile_while_live_changes_the_picture_and_audio_only_keeps_the_s
     assert abs(recording.dominant_frequency_hz() - TONE_HZ) < 10
     with pytest.raises(ValueError, match="unknown profile"):
         session.set_profile("1080p60")
+
+
+# ---------------------------------------------------------------- encryption and RTSP
+
+PASSPHRASE = "tre-xanh-nuoc-bac-2026"
+
+
+def test_an_encrypted_stream_reaches_a_listener_with_the_same_passphrase(
+        microphone: SimulatedMicrophone, tmp_path: Path, events: Events,
+        sessions: list[MediaSession]) -> None:
+    with SrtListener(tmp_path / "aes", passphrase=PASSPHRASE) as server:
+        server.start()
+        session = start_session(sessions, events,
+                                media_config(microphone, srt_passphrase=PASSPHRASE), server.url)
+        events.wait_state("live")
+        stream_for(events, 20)
+        session.stop()
+        assert session.join(10)
+        assert server.wait(10)
+        recording = read_recording(server.stop())
+    assert len(recording.stamped) >= 15
+    assert recording.packet_keyframes[0]
+
+
+def test_a_wrong_passphrase_is_a_clear_failure_and_the_box_keeps_trying(
+        microphone: SimulatedMicrophone, tmp_path: Path, events: Events,
+        sessions: list[MediaSession], caplog: pytest.LogCaptureFixture) -> None:
+    with SrtListener(tmp_path / "aes", passphrase="something-else-entirely") as server:
+        server.start()
+        session = start_session(sessions, events,
+                                media_config(microphone, srt_passphrase=PASSPHRASE), server.url)
+        reconnecting = events.wait_state("reconnecting")
+        assert "rejected the connection" in reconnecting.detail
+        assert "passphrase" in reconnecting.detail
+        assert not reconnecting.fatal
+        assert PASSPHRASE not in caplog.text and PASSPHRASE not in reconnecting.detail
+        session.stop()
+        assert session.join(10)
+
+
+def test_rtsp_push_over_tcp_reaches_an_rtsp_server(
+        microphone: SimulatedMicrophone, tmp_path: Path, events: Events,
+        sessions: list[MediaSession]) -> None:
+    with RtspListener(tmp_path / "rtsp", free_tcp_port()) as server:
+        server.start()
+        session = start_session(sessions, events, media_config(microphone), server.url)
+        events.wait_state("live")
+        stream_for(events, 45)
+        session.stop()
+        assert session.join(10)
+        events.drain()
+        assert server.wait(10), "ffmpeg should finish when the box hangs up"
+        recording = read_recording(server.stop())
+    assert events.states() == ["starting", "live", "off"]
+    numbers = recording.stamped
+    assert len(numbers) >= 30 and numbers == sorted(set(numbers))
+    assert recording.keyframes[0]
+    assert (recording.width, recording.height) == (640, 360)
+    assert recording.audio_codec == "aac"
+    assert abs(recording.dominant_frequency_hz() - TONE_HZ) < 10
+
+
+def test_rtsp_with_nobody_listening_is_reconnecting_not_fatal(
+        microphone: SimulatedMicrophone, events: Events, sessions: list[MediaSession]) -> None:
+    session = start_session(sessions, events, media_config(microphone),
+                            f"rtsp://127.0.0.1:{free_tcp_port()}/live/m-e2e")
+    reconnecting = events.wait_state("reconnecting")
+    assert "rtsp://127.0.0.1:" in reconnecting.detail and not reconnecting.fatal
+    session.stop()
+    assert session.join(10)
+
+
+def test_an_unsupported_scheme_is_a_fatal_error_that_says_so(
+        microphone: SimulatedMicrophone, events: Events, sessions: list[MediaSession]) -> None:
+    session = start_session(sessions, events, media_config(microphone), "rtmp://127.0.0.1:1935/x")
+    error = events.wait_state("error")
+    assert error.fatal and "rtmp://" in error.detail and "not supported" in error.detail
+    session.stop()
+    assert session.join(10)

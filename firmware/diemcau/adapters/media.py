@@ -34,6 +34,7 @@ See ``docs/media.md``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import random
@@ -296,6 +297,14 @@ class _Link:
                                  "use the distribution's python3-av)")
             if isinstance(exc, av.error.ValueError):
                 raise MediaFault(f"FFmpeg rejects the publish URL {redact(url)}: {reason}")
+            if code == -errno.EIO:
+                # How FFmpeg reports an SRT handshake the server rejected; the
+                # reason (libsrt's) is gone with the socket.
+                secret = "passphrase=" in url.partition("?")[2]
+                hint = ("a passphrase that differs from the server's (media.srt_passphrase), "
+                        "or a stream id it refuses") if secret else \
+                    "a stream id it refuses, or it wants a passphrase (media.srt_passphrase)"
+                raise LinkError(f"{redact(url)} rejected the connection: {hint}")
             raise LinkError(f"cannot connect to {redact(url)}: {reason}")
         if not 0 < api.head(self._pb).buffer_size <= 1 << 20:
             self.close()
