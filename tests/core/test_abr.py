@@ -27,6 +27,8 @@ MEASUREMENTS = st.builds(
     stalled_fraction=st.floats(0, 1),
     dropped_video=st.integers(0, 50),
     dropped_audio=st.one_of(st.just(0), st.integers(0, 5)),
+    backlog_fraction=st.floats(0, 2),
+    loss_fraction=st.floats(0, 1),
 )
 
 
@@ -89,6 +91,15 @@ def test_a_failed_probe_up_makes_the_next_one_wait_longer() -> None:
         state, change = step(state, CONGESTED, rungs)
     assert change is not None and change.direction == "down"
     assert state.up_hold == 2 * UP_HOLD_MIN
+
+
+@pytest.mark.parametrize("m", [Measurement(backlog_fraction=0.7), Measurement(loss_fraction=0.3)],
+                         ids=["backlog", "loss"])
+def test_what_srt_reports_counts_as_congestion_too(m: Measurement) -> None:
+    assert m.congested and not m.clear
+    rungs = ladder(PROFILES, "720p30")
+    state, steps = run(rungs, [m] * DOWN_AFTER)
+    assert state.index == 1 and "SRT backlog" in steps[0][1].reason  # type: ignore[attr-defined]
 
 
 def test_a_mixed_second_is_neither_congested_nor_clear() -> None:

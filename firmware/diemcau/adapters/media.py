@@ -92,6 +92,7 @@ MAX_QUEUE_PACKETS = 512
 SRT_SNDBUF_S = 0.5
 MIN_SRT_SNDBUF = 64 * 1024
 FIGURES_INTERVAL_S = 1.0
+SRT_STATS_INTERVAL_S = 0.1
 GOP_S = 2
 X264_PRESET = "veryfast"
 # A connection that carried media this long counts as good: the next failure
@@ -267,6 +268,115 @@ def _reason(code: int) -> tuple[Exception, str]:
     return exc, getattr(exc, "strerror", None) or str(exc)
 
 
+# SRT_TRACEBSTATS (libsrt 1.5's srt.h, CBytePerfMon) up to the fields read
+# here, as type codes in declaration order; the rest of the struct is room.
+_SRT_STATS_FIELDS = (
+    "q msTimeStamp q pktSentTotal q pktRecvTotal i pktSndLossTotal i pktRcvLossTotal "
+    "i pktRetransTotal i pktSentACKTotal i pktRecvACKTotal i pktSentNAKTotal i pktRecvNAKTotal "
+    "q usSndDurationTotal i pktSndDropTotal i pktRcvDropTotal i pktRcvUndecryptTotal "
+    "Q byteSentTotal Q byteRecvTotal Q byteRcvLossTotal Q byteRetransTotal Q byteSndDropTotal "
+    "Q byteRcvDropTotal Q byteRcvUndecryptTotal q pktSent q pktRecv i pktSndLoss i pktRcvLoss "
+    "i pktRetrans i pktRcvRetrans i pktSentACK i pktRecvACK i pktSentNAK i pktRecvNAK "
+    "d mbpsSendRate d mbpsRecvRate q usSndDuration i pktReorderDistance d pktRcvAvgBelatedTime "
+    "q pktRcvBelated i pktSndDrop i pktRcvDrop i pktRcvUndecrypt Q byteSent Q byteRecv "
+    "Q byteRcvLoss Q byteRetrans Q byteSndDrop Q byteRcvDrop Q byteRcvUndecrypt "
+    "d usPktSndPeriod i pktFlowWindow i pktCongestionWindow i pktFlightSize d msRTT "
+    "d mbpsBandwidth i byteAvailSndBuf i byteAvailRcvBuf d mbpsMaxBW i byteMSS i pktSndBuf "
+    "i byteSndBuf i msSndBuf"
+)
+SRT_STATS_BYTES = 1024  # 496 in libsrt 1.5; newer ones append fields
+
+
+@dataclass(frozen=True, slots=True)
+class SrtStats:
+    """What SRT itself knows about the connection, for adaptive bitrate.
+
+    ``unacked_ms``: the span of data sent but not yet acknowledged;
+    ``rtt_ms``: the round trip; the totals count since the connection began.
+    """
+
+    unacked_ms: int
+    rtt_ms: float
+    packets_sent: int
+    packets_lost: int  # reported lost by the receiver (each is sent again)
+
+
+class _SrtStatsReader:
+    """libsrt's ``srt_bstats`` for the socket inside FFmpeg's ``srt://`` connection.
+
+    FFmpeg does not give the socket out, so it is read from FFmpeg's own
+    structs: ``AVIOContext.opaque`` is the ``URLContext``, whose protocol is
+    checked to be ``srt`` (FFmpeg's libsrt protocol) and whose ``priv_data`` starts with the SRT
+    context's class and socket. If anything does not look as expected the
+    reader is not made, and adaptive bitrate goes on the send queue alone.
+    """
+
+    def __init__(self, lib: Any, socket_id: int) -> None:
+        import ctypes
+
+        codes = {"q": ctypes.c_int64, "Q": ctypes.c_uint64, "i": ctypes.c_int,
+                 "d": ctypes.c_double}
+        items = _SRT_STATS_FIELDS.split()
+
+        class Stats(ctypes.Structure):
+            _fields_ = [(name, codes[code]) for code, name in zip(items[::2], items[1::2],
+                                                                  strict=True)]
+
+        self._lib = lib
+        self._socket = socket_id
+        self._buffer = ctypes.create_string_buffer(SRT_STATS_BYTES)
+        self._stats = Stats.from_buffer(self._buffer)
+
+    @classmethod
+    def attach(cls, pb: Any, head: Any) -> _SrtStatsReader | None:
+        import ctypes
+
+        try:
+            url_context = head.opaque
+            prot, priv = (ctypes.c_void_p * 3).from_address(url_context)[1:3]
+            name = ctypes.c_char_p.from_address(prot).value if prot else None
+            if name != b"srt" or not priv:
+                return None
+            socket_id = ctypes.c_int.from_address(priv + ctypes.sizeof(ctypes.c_void_p)).value
+            lib = _libsrt()
+            if lib is None:
+                return None
+            reader = cls(lib, socket_id)
+            return reader if reader.read() is not None else None
+        except (OSError, ValueError, TypeError) as exc:
+            log.debug("no SRT statistics: %s", exc)
+            return None
+
+    def read(self) -> SrtStats | None:
+        if self._lib.srt_bstats(self._socket, self._buffer, 0) != 0:
+            return None
+        s = self._stats
+        return SrtStats(unacked_ms=s.msSndBuf, rtt_ms=s.msRTT, packets_sent=s.pktSentTotal,
+                        packets_lost=s.pktSndLossTotal)
+
+
+_libsrt_handle: list[Any] = []
+
+
+def _libsrt() -> Any:
+    """The libsrt that libavformat was linked with (found among the loaded libraries)."""
+    import ctypes
+
+    if not _libsrt_handle:
+        path = None
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            for line in maps:
+                if "/libsrt" in line:
+                    path = line.split(None, 5)[-1].strip()
+                    break
+        lib = ctypes.CDLL(path) if path else None
+        if lib is not None:
+            lib.srt_bstats.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+            lib.srt_bstats.restype = ctypes.c_int
+        _libsrt_handle.append(lib)
+    return _libsrt_handle[0]
+
+
 class _Link:
     """One connection to the media server: bytes in, SRT packets out, never holding the GIL.
 
@@ -309,6 +419,10 @@ class _Link:
         if not 0 < api.head(self._pb).buffer_size <= 1 << 20:
             self.close()
             raise MediaFault("this libavformat's AVIOContext is not laid out as expected")
+        self.stats = _SrtStatsReader.attach(self._pb, api.head(self._pb))
+        if self.stats is None:
+            log.warning("SRT statistics are not available: adaptive bitrate goes on the "
+                        "send queue alone")
 
     def write(self, data: bytes) -> int:
         """Send ``data`` now; LinkError if the connection is gone."""
@@ -595,6 +709,12 @@ class _Writer:
         self.attempt = 0
         self.bytes_sent = 0  # this session, all connections
         self.busy_s = 0.0  # time spent inside network writes, all connections
+        # SRT's own view, sampled while sending: the worst backlog since the last
+        # look, and its loss counters (totals of this connection).
+        self.backlog_ms = 0.0
+        self.srt_sent = 0
+        self.srt_lost = 0
+        self._stats_at = 0.0
 
     # -- the encoding thread's side
 
@@ -660,11 +780,26 @@ class _Writer:
             link_bytes = self.muxer.link.bytes_sent
             self.bytes_sent += link_bytes - self._link_bytes
             self._link_bytes = link_bytes
+            self._sample_srt(self.muxer.link, started)
         else:
             self.bytes_sent += item.size_bytes  # RTSP: what the muxer was handed
         if not self.live:
             self.live = True
             self.s._set_state("live")
+
+    def _sample_srt(self, link: _Link, now: float) -> None:
+        if link.stats is None or now - self._stats_at < SRT_STATS_INTERVAL_S:
+            return
+        self._stats_at = now
+        stats = link.stats.read()
+        if stats is not None:
+            self.backlog_ms = max(self.backlog_ms, stats.unacked_ms - stats.rtt_ms)
+            self.srt_sent, self.srt_lost = stats.packets_sent, stats.packets_lost
+
+    def take_srt_figures(self) -> tuple[float, int, int]:
+        """(worst backlog in ms since the last call, packets sent, packets lost)."""
+        backlog, self.backlog_ms = self.backlog_ms, 0.0
+        return backlog, self.srt_sent, self.srt_lost
 
     def _connect(self) -> None:
         """One attempt; on failure, schedule the next with backoff."""
@@ -688,6 +823,7 @@ class _Writer:
                 link.close()
             raise
         self._link_bytes = 0
+        self.srt_sent = self.srt_lost = 0
         with self.lock:
             thrown = self.queue.restart()  # what waited is stale; video restarts at a keyframe
         log.debug("%d packets queued before the connection were dropped", thrown)
@@ -931,6 +1067,7 @@ class _Pump:
         self.last_bytes = 0
         self.last_busy_s = 0.0
         self.last_dropped = (0, 0)
+        self.last_srt = (0, 0)  # SRT's packets sent and lost, at the last look
 
     # -- the camera and the ladder
 
@@ -1109,11 +1246,18 @@ class _Pump:
                 queue = writer.queue
                 dropped = (queue.dropped_video, queue.dropped_audio)
                 fill = queue.bytes / queue.max_bytes
+            backlog_ms, srt_sent, srt_lost = writer.take_srt_figures()
+            if srt_sent < self.last_srt[0]:
+                self.last_srt = (0, 0)  # a new connection
+            sent_packets = srt_sent - self.last_srt[0]
             measured = Measurement(
                 queue_fill=fill, stalled_fraction=min(1.0, (busy - self.last_busy_s) / elapsed),
                 dropped_video=dropped[0] - self.last_dropped[0],
-                dropped_audio=dropped[1] - self.last_dropped[1])
+                dropped_audio=dropped[1] - self.last_dropped[1],
+                backlog_fraction=max(0.0, backlog_ms) / max(1, s._cfg.srt_latency_ms),
+                loss_fraction=(srt_lost - self.last_srt[1]) / sent_packets if sent_packets else 0.0)
             self.last_bytes, self.last_busy_s, self.last_dropped = sent, busy, dropped
+            self.last_srt = (srt_sent, srt_lost)
             if writer.live and len(self.rungs) > 1:
                 self._adapt(measured)
         self.last_figures = now
@@ -1126,6 +1270,7 @@ class _Pump:
 
     def _adapt(self, measured: Measurement) -> None:
         s = self.s
+        log.debug("network: %s", measured)
         self.abr, change = abr_step(self.abr, measured, self.rungs)
         if change is None:
             return

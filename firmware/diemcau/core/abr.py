@@ -45,9 +45,13 @@ UP_HOLD_MAX = 64
 # Congested: any of these over the last second.
 QUEUE_FILL_HIGH = 0.5
 STALLED_HIGH = 0.3
+BACKLOG_HIGH = 0.5
+LOSS_HIGH = 0.2
 # Clear: all of these.
 QUEUE_FILL_LOW = 0.1
 STALLED_LOW = 0.05
+BACKLOG_LOW = 0.25
+LOSS_LOW = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,22 +69,31 @@ class Measurement:
     ``queue_fill``: the send queue's bytes over its bound (0-1) at the end;
     ``stalled_fraction``: the share of the second the writer spent inside a
     network write; ``dropped_*``: packets the queue dropped in the second.
+    From SRT itself, when it can be read: ``backlog_fraction``, the longest
+    span of sent but unacknowledged data beyond one round trip, over the
+    latency window (a link that cannot keep up holds data back until the
+    receiver gives up on it); ``loss_fraction``, the packets reported lost
+    over the packets sent.
     """
 
     queue_fill: float = 0.0
     stalled_fraction: float = 0.0
     dropped_video: int = 0
     dropped_audio: int = 0
+    backlog_fraction: float = 0.0
+    loss_fraction: float = 0.0
 
     @property
     def congested(self) -> bool:
         return (self.dropped_video > 0 or self.dropped_audio > 0
-                or self.queue_fill > QUEUE_FILL_HIGH or self.stalled_fraction > STALLED_HIGH)
+                or self.queue_fill > QUEUE_FILL_HIGH or self.stalled_fraction > STALLED_HIGH
+                or self.backlog_fraction > BACKLOG_HIGH or self.loss_fraction > LOSS_HIGH)
 
     @property
     def clear(self) -> bool:
         return (self.dropped_video == 0 and self.dropped_audio == 0
-                and self.queue_fill < QUEUE_FILL_LOW and self.stalled_fraction < STALLED_LOW)
+                and self.queue_fill < QUEUE_FILL_LOW and self.stalled_fraction < STALLED_LOW
+                and self.backlog_fraction < BACKLOG_LOW and self.loss_fraction < LOSS_LOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +163,9 @@ def step(state: AbrState, m: Measurement, rungs: list[Rung]) -> tuple[AbrState, 
         return _move(state, rungs, last, "down", "audio dropped: the link cannot carry video")
     if congested_s >= DOWN_AFTER and state.index < last:
         reason = (f"congested for {congested_s} s (queue {m.queue_fill:.0%}, writer blocked "
-                  f"{m.stalled_fraction:.0%}, {m.dropped_video} video packets dropped)")
+                  f"{m.stalled_fraction:.0%}, {m.dropped_video} video packets dropped, "
+                  f"SRT backlog {m.backlog_fraction:.0%} of its window, "
+                  f"{m.loss_fraction:.0%} lost)")
         hold = state.up_hold
         if state.since_up_s is not None:
             hold = min(UP_HOLD_MAX, hold * 2)  # the last probe up failed: wait longer next time
