@@ -276,6 +276,7 @@ class Supervisor:
             case core.SetProfile(profile=profile):
                 if self._media is not None:
                     self._media.set_profile(profile)
+                    self.stream = msgspec.structs.replace(self.stream, profile=profile)
             case core.SetVolume(percent=percent):
                 log.info("speaker volume %d%%", percent)  # the speaker path comes with prompts
             case core.PublishHealth():
