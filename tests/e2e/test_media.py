@@ -523,3 +523,16 @@ def test_an_unsupported_scheme_is_a_fatal_error_that_says_so(
     assert error.fatal and "rtmp://" in error.detail and "not supported" in error.detail
     session.stop()
     assert session.join(10)
+
+
+def test_a_url_ffmpeg_rejects_is_a_fatal_error_from_the_network_thread(
+        microphone: SimulatedMicrophone, events: Events, sessions: list[MediaSession]) -> None:
+    session = start_session(sessions, events, media_config(microphone),
+                            f"srt://127.0.0.1:{free_udp_port()}?mode=sideways")
+    error = events.wait_state("error")
+    assert error.fatal and "rejects the publish URL" in error.detail
+    assert "sideways" not in error.detail  # scheme, host and port only
+    session.stop()
+    assert session.join(10)
+    events.drain()
+    assert events.states() == ["starting", "error", "off"]

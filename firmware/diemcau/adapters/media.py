@@ -648,8 +648,13 @@ class _Muxer:
         self.audio: Any = None
         try:
             if video is not None:
-                self.video = self.container.add_stream("libx264", rate=video.fps, options={
-                    "preset": "ultrafast", "tune": "zerolatency", "threads": "1"})
+                # RTSP's SDP carries this encoder's SPS: it must match the real one's
+                # (profile, level). MPEG-TS carries none: the cheapest x264 will do.
+                options = {**x264_options(video, video.bitrate_kbps), "threads": "1"} \
+                    if self.link is None else {"preset": "ultrafast", "tune": "zerolatency",
+                                               "threads": "1"}
+                self.video = self.container.add_stream("libx264", rate=video.fps,
+                                                       options=options)
                 self.video.width, self.video.height = video.width, video.height
                 self.video.pix_fmt = "yuv420p"
                 self.video.codec_context.time_base = Fraction(1, 90_000)
@@ -700,6 +705,7 @@ class _Writer:
         self.queue = SendQueue(queue_bytes, queue_packets)
         self.connected = False  # read by the encoding thread without the lock: a hint only
         self.reopen = False  # the tracks changed: start a new connection
+        self.fault: MediaFault | None = None  # what ended the network thread for good
         self.muxer: _Muxer | None = None
         self.stop = threading.Event()  # set when the encoding side has finished
         self._link_bytes = 0
@@ -739,6 +745,15 @@ class _Writer:
         return self.stop.is_set() or self.s._stop.is_set() or self.reopen
 
     def run(self) -> None:
+        try:
+            self._run()
+        except MediaFault as exc:
+            self.fault = exc  # the encoding thread raises it: the session ends in "error"
+        except Exception as exc:  # noqa: BLE001 - nothing may leave this thread unseen
+            log.exception("the network thread failed")
+            self.fault = MediaFault(f"internal error: {type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
         stop = self.stop
         try:
             while not stop.is_set():
@@ -1117,6 +1132,8 @@ class _Pump:
         rate = self.microphone.rate_hz
         period = self.microphone.period_frames
         while not stop.is_set():
+            if s._writer is not None and s._writer.fault is not None:
+                raise s._writer.fault
             if s._profile_wanted is not None:
                 self._switch_profile(s._profile_wanted)
             now = time.monotonic()
