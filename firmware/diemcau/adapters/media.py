@@ -655,7 +655,10 @@ class _Muxer:
                                                "threads": "1"}
                 self.video = self.container.add_stream("libx264", rate=video.fps,
                                                        options=options)
-                self.video.width, self.video.height = video.width, video.height
+                if self.link is None:
+                    self.video.width, self.video.height = video.width, video.height
+                else:
+                    self.video.width, self.video.height = 128, 72  # TS carries no size
                 self.video.pix_fmt = "yuv420p"
                 self.video.codec_context.time_base = Fraction(1, 90_000)
             codec = "aac" if cfg.audio_codec == "aac" else "libopus"
