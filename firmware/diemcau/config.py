@@ -100,7 +100,9 @@ class Media(_Section, kw_only=True, forbid_unknown_fields=True):
     srt_latency_ms: int = 200
     connect_timeout_ms: int = 3000
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    # Short: a meeting must come back within seconds of the server's return, and
+    # an attempt is one small handshake (each already waits connect_timeout_ms).
+    reconnect_max_s: float = 3.0
     srt_passphrase: str = ""  # "" : no encryption; else 10-79 characters (AES-128)
     send_queue_ms: int = 1000  # the send queue's bound, in time at the top bitrate
     abr: bool = True  # adaptive bitrate: step down under congestion, back up after
@@ -263,6 +265,8 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("media.channels: 1 or 2")
     if cfg.media.srt_passphrase and not 10 <= len(cfg.media.srt_passphrase) <= 79:
         problems.append("media.srt_passphrase: 10-79 characters, or empty for none")
+    if cfg.media.reconnect_min_s <= 0 or cfg.media.reconnect_max_s < cfg.media.reconnect_min_s:
+        problems.append("media.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
     if not 100 <= cfg.media.send_queue_ms <= 10_000:
         problems.append("media.send_queue_ms: must be 100-10000")
     return problems

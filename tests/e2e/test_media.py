@@ -24,6 +24,7 @@ from diemcau.core.events import StreamChanged, StreamFiguresUpdated
 from diemcau.core.meeting import StreamRequest
 from diemcau.protocol.messages import StreamFigures
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
+from tests.harness.encoding_camera import EncodingTestCamera
 from tests.harness.srt_listener import (
     Recording,
     RtspListener,
@@ -536,3 +537,36 @@ def test_a_url_ffmpeg_rejects_is_a_fatal_error_from_the_network_thread(
     assert session.join(10)
     events.drain()
     assert events.states() == ["starting", "error", "off"]
+
+
+def test_a_camera_that_encodes_has_its_packets_sent_as_they_are(
+        microphone: SimulatedMicrophone, listener: SrtListener, events: Events,
+        sessions: list[MediaSession], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The seam a Pi camera plugs into (picamera2 cannot run here).
+    cameras: list[EncodingTestCamera] = []
+
+    def open_camera(profile: media.VideoProfile) -> EncodingTestCamera:
+        cameras.append(EncodingTestCamera(profile))
+        return cameras[-1]
+
+    monkeypatch.setattr(media, "_open_camera", open_camera)
+    listener.start()
+    session = start_session(sessions, events, media_config(microphone), listener.url)
+    events.wait_state("live")
+    stream_for(events, 5)
+    session.request_keyframe()
+    stream_for(events, 60)
+    session.stop()
+    assert session.join(10)
+    events.drain()
+    assert listener.wait(10)
+    recording = read_recording(listener.stop())
+
+    camera = cameras[0]
+    assert camera.keyframe_requests >= 2, "on connect and when asked"
+    numbers = recording.stamped
+    assert len(numbers) == len(recording.frame_numbers) and numbers == sorted(set(numbers))
+    assert len(numbers) >= 50
+    assert recording.packet_keyframes[0] and recording.keyframes[0]
+    keys = [i for i, key in enumerate(recording.keyframes) if key]
+    assert any(np.diff(keys) < 30), f"the requested keyframe is missing: {keys}"

@@ -737,6 +737,13 @@ class _Writer:
             self.lock.notify()
         return want_keyframe
 
+    def open_gap(self) -> bool:
+        """Hold video back until the next keyframe; True if it was flowing until now."""
+        with self.lock:
+            was_open = self.queue.video_gap
+            self.queue.video_gap = True
+        return not was_open
+
     def wake(self) -> None:
         with self.lock:
             self.lock.notify()
@@ -1208,12 +1215,17 @@ class _Pump:
         s._captured += 1
         rung = self.rungs[self.abr.index]
         writer = s._writer
+        encodes = getattr(self.camera, "encodes", False)
         late = now - due > max(2 * self.frame_s, 0.1)
-        if writer is None or not writer.connected or late or rung.profile == "audio" \
-                or not self._take(index, PROFILES[rung.profile].fps):
+        if writer is None or not writer.connected or rung.profile == "audio" or (
+                not encodes and (late or not self._take(index, PROFILES[rung.profile].fps))):
             s._dropped += 1
+            if encodes and writer is not None and writer.open_gap():
+                # The camera's stream goes on without this packet: what follows
+                # refers to it, so video waits for the keyframe asked for here.
+                s._keyframe_wanted = True
             return
-        if getattr(self.camera, "encodes", False):
+        if encodes:
             if s._keyframe_wanted:
                 s._keyframe_wanted = False
                 self.camera.request_keyframe()
@@ -1298,6 +1310,8 @@ class _Pump:
         log.info("stepping %s to %s at %d kb/s: %s", change.direction, rung.profile, rung.kbps,
                  change.reason)
         s._profile, s._target_kbps = rung.profile, rung.kbps
+        if change.previous.profile == "audio":
+            s._keyframe_wanted = True  # the pictures start again: from a keyframe
         if rung.profile == "audio":
             self.x264 = None  # frees the encoder; a new one starts with an IDR
         elif getattr(self.camera, "encodes", False):
