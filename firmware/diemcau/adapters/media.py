@@ -1,26 +1,33 @@
-"""The media path: camera and microphone → H.264 + AAC → MPEG-TS → SRT to the media server.
+"""The media path: camera and microphone → H.264 + AAC → MPEG-TS over SRT (or RTSP) to the media server.
 
-One :class:`MediaSession` per joined meeting. ``start()`` returns at once; a
-worker thread captures, encodes and sends until ``stop()``. The thread tells
-the supervisor what happens only by posting events:
+One :class:`MediaSession` per joined meeting, on two threads. The encoding
+thread (:class:`_Pump`) captures, encodes and offers each packet to a
+bounded send queue (:class:`~diemcau.core.sendqueue.SendQueue`: drops video
+by GOP, audio last); the network thread (:class:`_Writer`) connects,
+reconnects and sends what is queued. The encoding thread never waits for
+the network. Once a second it also steps the picture down or up
+(:mod:`diemcau.core.abr`). The session tells the supervisor what happens
+only by posting events:
 
     starting ──▶ live (first bytes sent) ──▶ reconnecting ──▶ live ... ──▶ off
         └──────▶ error (fatal: no encoder, no microphone, no camera) ──▶ off
 
-plus :class:`StreamFiguresUpdated` about once a second.
+plus :class:`StreamFiguresUpdated` about once a second and
+:class:`MediaStepped` on every adaptive bitrate step.
 
     session = MediaSession(cfg.media, request, events.put_nowait, device_id="c00001-01")
     session.start()
     ...
-    session.stop()      # "off" follows once the thread has finished
+    session.set_profile("480p25")  # media.profile
+    session.stop()      # "off" follows once the threads have finished
 
 Sources: the test pattern is FFmpeg's ``testsrc2`` through PyAV's ``lavfi``
 input, with the frame number drawn in twice (as text, and as a strip that
 :mod:`diemcau.adapters.framestamp` reads back); the microphone is ALSA
-through pyalsaaudio. Neither is paced by itself off a Pi, so the thread paces
-both on ``time.monotonic``: each frame and each audio period is taken when it
-is due, and a camera and microphone keep running while the network is down
-(what they capture then is counted as dropped).
+through pyalsaaudio. Neither is paced by itself off a Pi, so the encoding
+thread paces both on ``time.monotonic``: each frame and each audio period is
+taken when it is due, and a camera and microphone keep running while the
+network is down (what they capture then is counted as dropped).
 
 The network: PyAV opens an output URL while holding the GIL, so an SRT
 handshake with a dead server would freeze every thread of the box (the
