@@ -136,6 +136,14 @@ def test_secrets_are_masked_in_the_effective_config() -> None:
     assert effective_config(parse_config(MINIMAL))["mqtt"]["password"] == ""
 
 
+def test_the_srt_passphrase_is_masked_too() -> None:
+    cfg = parse_config(MINIMAL + '\n[media]\nsrt_passphrase = "tre-xanh-nuoc-bac"\n')
+    assert cfg.media.srt_passphrase == "tre-xanh-nuoc-bac"
+    shown = effective_config(cfg)
+    assert shown["media"]["srt_passphrase"] == "***"
+    assert "tre-xanh" not in repr(shown)
+
+
 def test_load_config_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "endpoint.toml"
     path.write_text(MINIMAL, encoding="utf-8")
@@ -309,6 +317,9 @@ def test_values_out_of_range(lines: list[str], section: str, key: str) -> None:
     ("[outbox]\nmax_messages = 5", "outbox.max_messages"),
     ("[media]\nchannels = 3", "media.channels"),
     ("[health]\ninterval_s = 0.5", "health.interval_s"),
+    ("[media]\nsrt_passphrase = 'short'", "media.srt_passphrase"),
+    ("[media]\nsend_queue_ms = 50", "media.send_queue_ms"),
+    ("[media]\nreconnect_min_s = 5.0\nreconnect_max_s = 2.0", "media.reconnect_min_s"),
 ])
 def test_section_values_out_of_range(extra: str, key: str) -> None:
     problems = problems_of(MINIMAL + "\n" + extra + "\n")

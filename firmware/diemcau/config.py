@@ -103,7 +103,12 @@ class Media(_Section, kw_only=True, forbid_unknown_fields=True):
     srt_latency_ms: int = 200
     connect_timeout_ms: int = 3000
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
+    # Short: a meeting must come back within seconds of the server's return, and
+    # an attempt is one small handshake (each already waits connect_timeout_ms).
+    reconnect_max_s: float = 3.0
+    srt_passphrase: str = ""  # "" : no encryption; else 10-79 characters (AES-128)
+    send_queue_ms: int = 1000  # the send queue's bound, in time at the top bitrate
+    abr: bool = True  # adaptive bitrate: step down under congestion, back up after
 
 
 class HealthConfig(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -357,6 +362,12 @@ def _semantic_problems(cfg: Config) -> list[str]:
     e = cfg.enrollment
     if e.retry_min_s <= 0 or e.retry_max_s < e.retry_min_s:
         problems.append("enrollment.retry_min_s/retry_max_s: need 0 < min <= max")
+    if cfg.media.srt_passphrase and not 10 <= len(cfg.media.srt_passphrase) <= 79:
+        problems.append("media.srt_passphrase: 10-79 characters, or empty for none")
+    if cfg.media.reconnect_min_s <= 0 or cfg.media.reconnect_max_s < cfg.media.reconnect_min_s:
+        problems.append("media.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
+    if not 100 <= cfg.media.send_queue_ms <= 10_000:
+        problems.append("media.send_queue_ms: must be 100-10000")
     problems += _camera_problems(cfg.media)
     return problems + _update_problems(cfg.updates)
 
@@ -511,7 +522,7 @@ def boot_settings(path: str | Path) -> tuple[Path, Enrollment]:
     return Path(state_dir), msgspec.convert(data.get("enrollment", {}), Enrollment)
 
 
-SECRET_KEYS = {"password"}
+SECRET_KEYS = {"password", "srt_passphrase"}
 
 
 def effective_config(cfg: Config) -> dict[str, Any]:

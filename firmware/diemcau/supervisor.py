@@ -43,6 +43,7 @@ from .core.events import (
     HealthDue,
     LinkDown,
     LinkUp,
+    MediaStepped,
     OwnStateSeen,
     PromptSpoken,
     StopRequested,
@@ -104,6 +105,7 @@ class Media(Protocol):
     def stop(self) -> None: ...
     def set_muted(self, muted: bool) -> None: ...
     def request_keyframe(self) -> None: ...
+    def set_profile(self, profile: str) -> None: ...
     def join(self, timeout: float | None = None) -> bool: ...
 
 
@@ -389,6 +391,13 @@ class Supervisor:
             case core.SetMuted(muted=muted):
                 if self._media is not None:
                     self._media.set_muted(muted)
+            case core.RequestKeyframe():
+                if self._media is not None:
+                    self._media.request_keyframe()
+            case core.SetProfile(profile=profile):
+                if self._media is not None:
+                    self._media.set_profile(profile)
+                    self.stream = msgspec.structs.replace(self.stream, profile=profile)
             case core.SetVolume(percent=percent):
                 log.info("speaker volume %d%%", percent)
                 if self.a.voice is not None:
@@ -454,12 +463,22 @@ class Supervisor:
                     self.stream = StreamFigures()
                 self._apply(core.handle_stream(self.room, state, detail, fatal))
                 self._publish_status()  # the stream's state changed, even if the room did not
+            case MediaStepped(profile=profile, kbps=kbps, direction=direction, reason=reason):
+                self._on_media_step(profile, kbps, direction, reason)
             case StreamFiguresUpdated(figures=figures):
                 try:
                     merged = msgspec.structs.asdict(self.stream) | figures
                     self.stream = msgspec.convert(merged, StreamFigures)
                 except (msgspec.ValidationError, TypeError) as exc:
                     log.error("media reported bad figures %r: %s", figures, exc)
+
+    def _on_media_step(self, profile: str, kbps: int, direction: str, reason: str) -> None:
+        """Adaptive bitrate moved the stream: an event, and ``status`` shows the new profile."""
+        log.info("media stepped %s to %s at %d kb/s: %s", direction, profile, kbps, reason)
+        self.stream = msgspec.structs.replace(self.stream, profile=profile, target_kbps=kbps)
+        self.emit("media_step", meeting_id=self.room.meeting_id, detail=reason,
+                  data={"profile": profile, "kbps": kbps, "direction": direction})
+        self._publish_status()
 
     # ------------------------------------------------------------ link
 

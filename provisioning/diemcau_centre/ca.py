@@ -92,7 +92,9 @@ def parse_lifetime(text: str) -> dt.timedelta:
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     text = text.strip().lower()
     number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "d")
-    if not number.isdigit() or not 0 < int(number) * units[unit] <= MAX_LIFETIME_S:
+    # isdigit() alone takes '²' and other digits int() refuses: ASCII digits only.
+    if not (number.isascii() and number.isdigit()) or \
+            not 0 < int(number) * units[unit] <= MAX_LIFETIME_S:
         raise ValueError(f"{text!r} is not a lifetime: a whole number and a unit, like 365d, "
                          f"12h, 90m or 60s (from 1 s to {MAX_LIFETIME_S // 86400} days)")
     return dt.timedelta(seconds=int(number) * units[unit])

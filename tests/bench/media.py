@@ -10,9 +10,9 @@ Nothing is asserted. Four figures, each taken on real parts on loopback:
    ALSA ``file`` microphone → x264 + AAC → MPEG-TS → SRT) in a child process,
    against the ``ffmpeg`` command line doing the same job, both paced at real
    time and sending to an ``ffmpeg`` SRT listener. The ffmpeg command is built
-   from the box's own settings: the lavfi graph of ``_TestPattern`` and the
-   encoder options ``_Output`` gives PyAV (recorded by calling it on a stand-in
-   container), so a change in ``media.py`` changes the reference too. Audio
+   from the box's own settings: the lavfi graph of ``TestPattern`` (adapters/camera.py) and the
+   encoder options of ``media.x264_options``, so a change in ``media.py``
+   changes the reference too. Audio
    for ffmpeg is the microphone's own tone file read as raw S16_LE under
    ``-re`` (ALSA's ``file`` plugin is not paced, and ffmpeg's ALSA input
    stamps packets with the time they were read). Each process's CPU
@@ -66,7 +66,7 @@ import av
 import numpy as np
 import psutil
 
-from diemcau.adapters import framestamp, media
+from diemcau.adapters import camera, framestamp, media
 from diemcau.config import Media
 from diemcau.protocol import device_topic
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
@@ -117,32 +117,26 @@ def media_settings(mic: SimulatedMicrophone) -> dict[str, Any]:
 
 
 def _box_encoders(cfg: Media) -> tuple[Any, Any]:
-    """The video and audio streams ``_Output`` would add, recorded on a stand-in container."""
-    added: list[Any] = []
-
-    def add_stream(codec: str, rate: int | None = None, options: dict | None = None) -> Any:
-        stream = SimpleNamespace(codec=codec, rate=rate, options=dict(options or {}),
-                                 codec_context=SimpleNamespace())
-        added.append(stream)
-        return stream
-
-    stand_in = SimpleNamespace(container=SimpleNamespace(add_stream=add_stream))
+    """The video and audio encoder settings the box's media path uses, from its own code."""
     profile = media.PROFILES[PROFILE]
     # As MediaSession._serve chooses it.
     kbps = cfg.video_bitrate_kbps if cfg.video_bitrate_kbps > 0 else profile.bitrate_kbps
-    video = media._Output._add_video(stand_in, profile, kbps)
-    audio = media._Output._add_audio(stand_in, cfg)
+    video = SimpleNamespace(codec="libx264", options=media.x264_options(profile, kbps),
+                            bit_rate=kbps * 1000, pix_fmt="yuv420p", thread_type="SLICE")
+    audio = SimpleNamespace(codec="aac" if cfg.audio_codec == "aac" else "libopus",
+                            bit_rate=cfg.audio_bitrate_kbps * 1000, rate=cfg.sample_rate_hz,
+                            layout="mono" if cfg.channels == 1 else "stereo")
     return video, audio
 
 
 def pattern_graph() -> str:
     """The lavfi graph the box's camera opens here (with the drawn text if a font is found)."""
-    camera = media._TestPattern(media.PROFILES[PROFILE])
-    graph = camera._graph(with_text=True)
+    pattern = camera.TestPattern(media.PROFILES[PROFILE])
+    graph = pattern._graph(with_text=True)
     try:
         av.open(graph, format="lavfi").close()
     except av.error.FFmpegError:
-        graph = camera._graph(with_text=False)  # what the box falls back to
+        graph = pattern._graph(with_text=False)  # what the box falls back to
     return graph
 
 
@@ -174,7 +168,8 @@ def ffmpeg_command(mic: SimulatedMicrophone, url: str, *, progress: bool = False
         "-c:a", audio.codec, "-b:a", str(audio.bit_rate), "-ar", str(audio.rate),
         "-ac", "1" if audio.layout == "mono" else "2",
         "-f", "mpegts", "-flush_packets", "1",
-        media.publish_url(url, meeting_id="bench-ffmpeg", device_id=DEV, cfg=cfg),
+        media.publish_url(url, meeting_id="bench-ffmpeg", device_id=DEV, cfg=cfg,
+                          top_kbps=video.bit_rate // 1000),
     ]
 
 
@@ -259,14 +254,14 @@ def _child(spec: dict[str, Any]) -> int:
     from diemcau.core.meeting import StreamRequest
 
     captured: list[float] = []
-    read = media._TestPattern.read
+    read = camera.TestPattern.read
 
     def timed_read(camera: Any) -> Any:
         frame = read(camera)
         captured.append(time.time())
         return frame
 
-    media._TestPattern.read = timed_read  # type: ignore[method-assign]
+    camera.TestPattern.read = timed_read  # type: ignore[method-assign]
     events: queue.Queue[object] = queue.Queue()
     request = StreamRequest("bench-child", spec["url"], PROFILE, False)
     session = media.MediaSession(Media(**spec["media"]), request, events.put_nowait,

@@ -19,7 +19,6 @@ lost in SRT's buffers: compare counts with a tolerance.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import subprocess
@@ -42,16 +41,41 @@ def free_udp_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_tcp_port() -> int:
+    """A TCP port on loopback that nobody is bound to right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_LOCALHOST, 0))
+        return sock.getsockname()[1]
+
+
 def udp_port_bound(port: int) -> bool:
     """Whether some process has a UDP socket bound to ``port`` (IPv4 or IPv6)."""
+    return port_bound(port, "udp")
+
+
+def port_bound(port: int, protocol: str = "udp", prefix: list[str] | None = None) -> bool:
+    """Whether a ``protocol`` ("udp" or "tcp") socket is bound to ``port``.
+
+    ``prefix`` (``["ip", "netns", "exec", NAME]``) looks in another network
+    namespace. A TCP socket counts once it listens.
+    """
     wanted = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with contextlib.suppress(OSError), open(table, encoding="ascii") as rows:
-            next(rows, None)  # the header
-            for row in rows:
-                columns = row.split()
-                if len(columns) > 1 and columns[1].endswith(wanted):
-                    return True
+    for table in (f"/proc/net/{protocol}", f"/proc/net/{protocol}6"):
+        if prefix:
+            done = subprocess.run([*prefix, "cat", table], capture_output=True, text=True,
+                                  check=False, timeout=10)
+            text = done.stdout
+        else:
+            try:
+                with open(table, encoding="ascii") as rows:
+                    text = rows.read()
+            except OSError:
+                continue
+        for row in text.splitlines()[1:]:
+            columns = row.split()
+            if len(columns) > 3 and columns[1].endswith(wanted) \
+                    and (protocol == "udp" or columns[3] == "0A"):  # 0A: LISTEN
+                return True
     return False
 
 
@@ -63,10 +87,15 @@ class SrtListener:
     ``ffmpeg-<n>.log`` beside the recordings, for when a test fails.
     """
 
-    def __init__(self, directory: Path, port: int | None = None, *, latency_ms: int = 120) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, latency_ms: int = 120,
+                 passphrase: str | None = None, host: str = _LOCALHOST,
+                 prefix: list[str] | None = None) -> None:
         self.directory = directory
         self.port = port if port is not None else free_udp_port()
         self.latency_ms = latency_ms
+        self.passphrase = passphrase
+        self.host = host
+        self.prefix = prefix or []  # e.g. ["ip", "netns", "exec", NAME]: run it elsewhere
         self.recordings: list[Path] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Path | None = None
@@ -74,7 +103,7 @@ class SrtListener:
     @property
     def url(self) -> str:
         """What the box publishes to (a caller URL, without options)."""
-        return f"srt://{_LOCALHOST}:{self.port}"
+        return f"srt://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -93,26 +122,31 @@ class SrtListener:
         n = len(self.recordings) + 1
         path = self.directory / f"received-{n}.ts"
         self._log = self.directory / f"ffmpeg-{n}.log"
-        # SRT's latency is in microseconds in FFmpeg's URL options.
-        source = f"{self.url}?mode=listener&latency={self.latency_ms * 1000}"
-        command = [
-            "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "warning", "-y",
-            "-i", source,
-            "-map", "0", "-c", "copy", "-f", "mpegts", str(path),
-        ]
+        command = [*self.prefix, "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "warning",
+                   "-y", *self._input(), "-map", "0", "-c", "copy", "-f", "mpegts", str(path)]
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                              stdout=log, stderr=log)
         self.recordings.append(path)
         deadline = time.monotonic() + ready_timeout_s
-        while not udp_port_bound(self.port):
+        while not self._bound():
             if self._process.poll() is not None:
                 raise RuntimeError(f"ffmpeg listener exited at once:\n{self.log_text}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"ffmpeg did not bind UDP port {self.port}:\n{self.log_text}")
+                raise RuntimeError(f"ffmpeg did not bind port {self.port}:\n{self.log_text}")
             time.sleep(0.02)
         return path
+
+    def _input(self) -> list[str]:
+        # SRT's latency is in microseconds in FFmpeg's URL options.
+        source = f"{self.url}?mode=listener&latency={self.latency_ms * 1000}"
+        if self.passphrase:
+            source += f"&passphrase={self.passphrase}"
+        return ["-i", source]
+
+    def _bound(self) -> bool:
+        return port_bound(self.port, "udp", self.prefix)
 
     def wait(self, timeout_s: float) -> bool:
         """Wait for ffmpeg to exit by itself (the caller hung up); True if it did."""
@@ -141,9 +175,21 @@ class SrtListener:
         """The server disappears: SIGKILL, no goodbye to the caller."""
         process = self._process
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused one too
             process.kill()
             process.wait()
         self._process = None
+
+    def pause(self) -> None:
+        """The server stops reading (SIGSTOP): its socket fills, nothing is acknowledged."""
+        if self._process is None:
+            raise RuntimeError("the listener is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Reading again (SIGCONT)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> Path:
         """Kill and start again on the same port, into a new recording."""
@@ -270,3 +316,20 @@ def save_frame_png(ts_path: Path, png_path: Path, index: int = -1) -> int | None
     png_path.write_bytes(b"".join(bytes(p) for p in packets))
     return number
 
+
+class RtspListener(SrtListener):
+    """``ffmpeg -rtsp_flags listen``: an RTSP server that takes one publisher over TCP.
+
+    Same use as :class:`SrtListener`; the box publishes to ``url`` (``rtsp://``).
+    """
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{self.host}:{self.port}/live/m-e2e"
+
+    def _input(self) -> list[str]:
+        return ["-rtsp_flags", "listen", "-rtsp_transport", "tcp", "-timeout", "30",
+                "-i", self.url]
+
+    def _bound(self) -> bool:
+        return port_bound(self.port, "tcp", self.prefix)

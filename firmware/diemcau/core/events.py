@@ -69,6 +69,16 @@ class StreamFiguresUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaStepped:
+    """Adaptive bitrate moved the stream to another profile or bitrate (kb/s; 0 for audio)."""
+
+    profile: str
+    kbps: int
+    direction: Literal["down", "up"]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class HealthDue:
     """Time to measure and publish health."""
 

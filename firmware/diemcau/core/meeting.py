@@ -141,6 +141,16 @@ class PublishHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestKeyframe:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SetProfile:
+    profile: Profile
+
+
+@dataclass(frozen=True, slots=True)
 class Identify:
     duration_s: int
 
@@ -168,7 +178,7 @@ class Say:
 
 
 Effect = (StartMedia | StopMedia | SetMuted | SetVolume | PublishHealth | Identify | EmitEvent
-          | StartUpdate | Say)
+          | StartUpdate | Say | RequestKeyframe | SetProfile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +235,10 @@ class IdentifyArgs(_Args, kw_only=True, forbid_unknown_fields=True):
     duration_s: int = 10
 
 
+class ProfileArgs(_Args, kw_only=True, forbid_unknown_fields=True):
+    profile: Profile
+
+
 ARGS: dict[str, type[msgspec.Struct]] = {
     "meeting.invite": InviteArgs,
     "meeting.join": JoinArgs,
@@ -238,6 +252,8 @@ ARGS: dict[str, type[msgspec.Struct]] = {
     "health.report": NoArgs,
     "device.identify": IdentifyArgs,
     UPDATE_COMMAND: UpdateArgs,
+    "media.keyframe": NoArgs,
+    "media.profile": ProfileArgs,
 }
 HANDLED_COMMANDS = frozenset(ARGS)
 
@@ -458,6 +474,18 @@ def _transition(room: Room, cmd: str, cid: str, a: msgspec.Struct) -> Outcome:  
             new = replace(room, floor=False, muted=True)
             return Outcome(new, (replace(ok, detail="floor revoked, microphone off"),),
                            (SetMuted(True), EmitEvent("floor_revoked", room.meeting_id)))
+
+        case "media.keyframe", NoArgs():
+            if state not in IN_MEETING:
+                _conflict(cid, cmd, f"not in a meeting: the meeting state is {state}")
+            return Outcome(room, (replace(ok, detail="keyframe requested"),), (RequestKeyframe(),))
+
+        case "media.profile", ProfileArgs():
+            if state not in IN_MEETING or room.stream is None:
+                _conflict(cid, cmd, f"not in a meeting: the meeting state is {state}")
+            new = replace(room, stream=replace(room.stream, profile=a.profile))
+            return Outcome(new, (replace(ok, detail=f"profile {a.profile}"),),
+                           (SetProfile(a.profile),))
 
         case "health.report", NoArgs():
             return Outcome(room, (replace(ok, detail="health published"),), (PublishHealth(),))

@@ -111,8 +111,12 @@ class StreamFigures(_Msg, kw_only=True):
     frames_sent: int = 0
     frames_dropped: int = 0
     bitrate_kbps: float = 0.0
+    target_kbps: int = 0  # the video encoder's bitrate now (adaptive bitrate moves it)
     audio_level_dbfs: float | None = None
     reconnects: int = 0
+    queue_packets: int = 0  # waiting for the network now
+    queue_bytes: int = 0
+    audio_dropped: int = 0  # audio packets the send queue had to drop
 
 
 class Status(_Msg, kw_only=True):
