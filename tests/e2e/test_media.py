@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
+from diemcau.adapters import camera as camera_adapters
 from diemcau.adapters import media
 from diemcau.adapters.media import MediaSession, publish_url
 from diemcau.config import Media
@@ -550,11 +551,11 @@ def test_a_camera_that_encodes_has_its_packets_sent_as_they_are(
     # The seam a Pi camera plugs into (picamera2 cannot run here).
     cameras: list[EncodingTestCamera] = []
 
-    def open_camera(profile: media.VideoProfile) -> EncodingTestCamera:
+    def open_camera(_cfg: Media, profile: media.VideoProfile, _kbps: int) -> EncodingTestCamera:
         cameras.append(EncodingTestCamera(profile))
         return cameras[-1]
 
-    monkeypatch.setattr(media, "_open_camera", open_camera)
+    monkeypatch.setattr(camera_adapters, "open_camera", open_camera)
     listener.start()
     session = start_session(sessions, events, media_config(microphone), listener.url)
     events.wait_state("live")
