@@ -466,3 +466,17 @@ def test_health_md_has_a_rule_for_every_alert_code() -> None:
     rows = re.findall(r"^\| `([a-z_]+)` \| (warning|critical) \|", health, re.M)
     assert [code for code, _ in rows] == list(ALERT_CODES)
     assert dict(rows) == dict(SEVERITY)
+
+
+def test_protocol_md_counts_the_commands_right(md) -> None:
+    words = {"fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+             "nineteen": 19, "twenty": 20}
+    named = re.search(r"Protocol v1 names (\w+) commands", md)
+    handled = re.search(r"this firmware handles (\w+)\.", md)
+    unhandled = re.search(r"\.\s+((?:`[a-z.]+`(?:,| and)?\s*)+) are answered like any unknown", md)
+    assert named and handled and unhandled
+    # keys.update is taken by the supervisor itself, the rest by the meeting core.
+    firmware = set(ARGS) | {"keys.update"}
+    assert words[named[1]] == len(COMMAND_NAMES)
+    assert words[handled[1]] == len(firmware & set(COMMAND_NAMES))
+    assert set(re.findall(r"`([a-z.]+)`", unhandled[1])) == set(COMMAND_NAMES) - firmware
