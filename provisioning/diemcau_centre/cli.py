@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="diemcau-centre", parents=[common],
         description="Command and watch diemcau boxes from the centre.",
         epilog="exit codes: 0 done, 1 command failed or no reply, 2 bad usage or "
-               "configuration, 3 broker unreachable or refused us")
+               "configuration, 3 broker unreachable or refused us, 141 output cut off (| head)")
     parser.add_argument("--version", action="version", version=f"diemcau-centre {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
