@@ -480,3 +480,8 @@ def test_protocol_md_counts_the_commands_right(md) -> None:
     assert words[named[1]] == len(COMMAND_NAMES)
     assert words[handled[1]] == len(firmware & set(COMMAND_NAMES))
     assert set(re.findall(r"`([a-z.]+)`", unhandled[1])) == set(COMMAND_NAMES) - firmware
+
+
+def test_asyncapi_event_schema_names_every_event_kind(doc) -> None:
+    words = set(re.findall(r"[a-z_]+", doc["components"]["schemas"]["Event"]["description"]))
+    assert set(EVENT_KINDS) <= words, set(EVENT_KINDS) - words
