@@ -9,6 +9,7 @@ centre's own console, ``diemcau-centre``. Everything it makes is under
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -45,7 +46,8 @@ def centre(*args: str, config: Path) -> int:
     print(f"  $ diemcau-centre {shown}", flush=True)
     cmd = [sys.executable, "-m", "diemcau_centre", "--config", str(config), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in (proc.stdout + proc.stderr).splitlines():
+    # What it says about itself (stderr: "sent ..., waiting") comes before the replies.
+    for line in (proc.stderr + proc.stdout).splitlines():
         print(f"    {line}")
     return proc.returncode
 
@@ -99,7 +101,7 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
         started = time.time()
         box.start()
         birth = observer.wait_for(lambda m: m.topic == device_topic(DEV, "state"), timeout=15)
-        print(f"  the box said 'ready' {birth.at - started:.2f} s after starting "
+        print(f"  the box is online: it reported 'ready' {birth.at - started:.2f} s after starting "
               f"(session {decode(birth.payload, State).session})")
         centre("devices", config=centre_cfg)
 
@@ -143,6 +145,8 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
 
         say("The centre mutes the box's microphone")
         centre("send", DEV, "audio.mute", config=centre_cfg)
+        print(f"  the room's microphone is off; the light is steady red "
+              f"({light_shows(box, 'live_muted')})")
         time.sleep(STREAM_S / 2)
 
         say("The centre tells the box to leave")
@@ -205,7 +209,7 @@ def summary(observer: Observer, recording_path: Path) -> None:
     print("  events the box sent:")
     for m in observer.on(device_topic(DEV, "event")):
         event = decode(m.payload, Event)
-        extra = f" {event.data}" if event.data else ""
+        extra = f" {json.dumps(event.data, ensure_ascii=False)}" if event.data else ""
         print(f"    #{event.seq:<3} {event.kind:<20} {event.detail}{extra}")
 
     print("  replies (time from the command reaching the broker to the reply):")

@@ -12,12 +12,13 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import jsonschema
 import jwt
@@ -28,10 +29,13 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 import diemcau.protocol as protocol
+from diemcau.core.alerts import SEVERITY
 from diemcau.core.meeting import ARGS
+from diemcau.core.update import Result as UpdateResult
 from diemcau.protocol import (
     ALERT_CODES,
     COMMAND_NAMES,
+    EVENT_KINDS,
     ROOT,
     CommandClaims,
     Reply,
@@ -407,3 +411,77 @@ def test_protocol_md_names_every_command_and_alert(md) -> None:
         assert re.search(rf"^### .*`{re.escape(name)}`", md, re.M), f"no section for {name}"
     for code in ALERT_CODES:
         assert f"`{code}`" in md, code
+
+
+# ---------------------------------------------------------------- event kinds and alert codes
+
+
+def emitted_kinds() -> tuple[set[str], list[str]]:
+    """The event kinds the firmware's source emits: literal ones, and the places it builds one."""
+    literal: set[str] = set()
+    built: list[str] = []
+    for path in sorted((REPO / "firmware" / "diemcau").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name not in ("EmitEvent", "emit"):
+                continue
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                literal.add(first.value)
+            elif isinstance(first, ast.IfExp):
+                literal |= {b.value for b in (first.body, first.orelse)
+                            if isinstance(b, ast.Constant)}
+            else:
+                built.append(f"{path.name}:{node.lineno}: {ast.unparse(first)}")
+    return literal, built
+
+
+def test_every_event_kind_the_firmware_emits_is_listed() -> None:
+    literal, built = emitted_kinds()
+    assert len(literal) >= 20  # the scan found the calls
+    assert literal <= set(EVENT_KINDS), literal - set(EVENT_KINDS)
+    # The kinds made from a value (and the supervisor passing on the core's EmitEvent):
+    # a new one here must be added below with every value it can take.
+    assert sorted(b.split(": ", 1)[1] for b in built) == [
+        "'stream_' + state", "f'update_{outcome.result}'", "kind"], built
+    assert {f"stream_{s}" for s in ("reconnecting", "error")} <= set(EVENT_KINDS)
+    assert {f"update_{r}" for r in get_args(UpdateResult)} <= set(EVENT_KINDS)
+    made = literal | {f"stream_{s}" for s in ("reconnecting", "error")} | {
+        f"update_{r}" for r in get_args(UpdateResult)}
+    assert set(EVENT_KINDS) == made, set(EVENT_KINDS) ^ made  # no kind listed but never sent
+
+
+def test_protocol_md_names_every_event_kind(md) -> None:
+    section = md[md.index("## `event`"):]
+    section = section[:section.index("\n## ")]
+    missing = [kind for kind in EVENT_KINDS if f"`{kind}`" not in section]
+    assert not missing, f"docs/protocol.md's `event` section does not name {missing}"
+
+
+def test_health_md_has_a_rule_for_every_alert_code() -> None:
+    health = (REPO / "docs" / "health.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z_]+)` \| (warning|critical) \|", health, re.M)
+    assert [code for code, _ in rows] == list(ALERT_CODES)
+    assert dict(rows) == dict(SEVERITY)
+
+
+def test_protocol_md_counts_the_commands_right(md) -> None:
+    words = {"fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+             "nineteen": 19, "twenty": 20}
+    named = re.search(r"Protocol v1 names (\w+) commands", md)
+    handled = re.search(r"this firmware handles (\w+)\.", md)
+    unhandled = re.search(r"\.\s+((?:`[a-z.]+`(?:,| and)?\s*)+) are answered like any unknown", md)
+    assert named and handled and unhandled
+    # keys.update is taken by the supervisor itself, the rest by the meeting core.
+    firmware = set(ARGS) | {"keys.update"}
+    assert words[named[1]] == len(COMMAND_NAMES)
+    assert words[handled[1]] == len(firmware & set(COMMAND_NAMES))
+    assert set(re.findall(r"`([a-z.]+)`", unhandled[1])) == set(COMMAND_NAMES) - firmware
+
+
+def test_asyncapi_event_schema_names_every_event_kind(doc) -> None:
+    words = set(re.findall(r"[a-z_]+", doc["components"]["schemas"]["Event"]["description"]))
+    assert set(EVENT_KINDS) <= words, set(EVENT_KINDS) - words

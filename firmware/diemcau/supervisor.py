@@ -579,13 +579,17 @@ class Supervisor:
             observation = dataclasses.replace(
                 observation, certificate_not_before=cert.not_before,
                 certificate_not_after=cert.not_after, renewal_error=cert.last_error)
+        was_active = self._alerts.active
         update = alert_rules.evaluate(self._alerts, observation, self._thresholds, now)
         self._alerts = update.state
         for alert in update.raised:
             log.warning("alert %s: %s", alert.code, alert.detail)
             self._send_reliable(alert_topic(self._dev, alert.code), encode(alert), retain=True)
         for code in update.cleared:
-            log.info("alert %s cleared", code)
+            # After a start every code is taken down once, in case the broker still
+            # retains it: only a clearing of an alert that was raised is news.
+            if code in was_active:
+                log.info("alert %s cleared", code)
             self._send_reliable(alert_topic(self._dev, code), b"", retain=True)
         if not self.link.connected:
             # Without a network, the broker is not the problem: the light says which it is.

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -56,6 +57,7 @@ from .mqtt import MqttError, Session
 from .send import UsageError, build_args, check_command, parse_target, send
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool cut off by `| head`
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -85,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="diemcau-centre", parents=[common],
         description="Command and watch diemcau boxes from the centre.",
         epilog="exit codes: 0 done, 1 command failed or no reply, 2 bad usage or "
-               "configuration, 3 broker unreachable or refused us")
+               "configuration, 3 broker unreachable or refused us, 141 output cut off (| head)")
     parser.add_argument("--version", action="version", version=f"diemcau-centre {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -192,6 +194,17 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                              match=args.match, max_wait_s=args.max_wait, out=out, err=err)
 
 
+def _drop_output(out: TextIO) -> None:
+    """Point ``out``'s descriptor at /dev/null, so flushing it at exit raises nothing."""
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError):
+        return  # not a file (a StringIO in tests): nothing is flushed at exit
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None,
          err: TextIO | None = None) -> int:
     """Run one console command; return its exit code."""
@@ -217,6 +230,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
     except MqttError as exc:
         print(f"diemcau-centre: {exc}", file=err)
         return EXIT_BROKER
+    except BrokenPipeError:
+        # The output's reader stopped (`| head`): stop quietly, as other shell tools do.
+        _drop_output(out)
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         # watch ends this way; for send, the command may still arrive and run.
         return EXIT_OK if args.command == "watch" else EXIT_INTERRUPTED

@@ -80,7 +80,7 @@ def watch(session: Session, *, once: bool, interval_s: float, match: str | None,
             # Keep the summary, the table's head and the recent events on screen.
             max_rows = max(size.lines - events - 8, 5)
         text = render_watch(view, time.time(), match=match, max_rows=max_rows, events=events,
-                            title=title)
+                            title=title, snapshot=once)
         if tty:
             # Lines cut to the width: a wrapped line would push the screen out of place.
             lines = [line[: size.columns] for line in text.splitlines()]

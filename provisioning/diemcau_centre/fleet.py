@@ -285,8 +285,13 @@ def _summary(boxes: list[Box]) -> str:
 
 
 def render_watch(view: FleetView, now: float, *, match: str | None = None,
-                 max_rows: int | None = None, events: int = 10, title: str = "") -> str:
-    """The ``watch`` screen: a summary line, one row per box, then recent happenings."""
+                 max_rows: int | None = None, events: int = 10, title: str = "",
+                 snapshot: bool = False) -> str:
+    """The ``watch`` screen: a summary line, one row per box, then recent happenings.
+
+    A ``snapshot`` (``watch --once``) lists recent happenings only if there are some:
+    it is made from retained messages, which are not happenings.
+    """
     boxes = select(view, match)
     rows = []
     for box in boxes:
@@ -319,8 +324,9 @@ def render_watch(view: FleetView, now: float, *, match: str | None = None,
     if events > 0:
         recent = [h for h in view.happenings
                   if match is None or fnmatch.fnmatchcase(h.dev, match)][-events:]
-        lines += ["", "recent:"]
+        if recent or not snapshot:
+            lines += ["", "recent:"]
         lines += [f"  {age(now - h.at):>4} ago  {h.dev}  {clean(h.text, 100)}" for h in recent]
-        if not recent:
+        if not recent and not snapshot:
             lines.append("  (nothing yet)")
     return "\n".join(lines) + "\n"

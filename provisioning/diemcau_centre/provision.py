@@ -201,6 +201,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except (CaError, ManifestError, ValueError) as exc:
         print(f"diemcau-centre: {exc}", file=err)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # the reader of our output went away: main() ends quietly
     except OSError as exc:
         print(f"diemcau-centre: cannot write in {args.dir}: {exc}", file=err)
         return EXIT_FAILED

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     except KeyExists:
         raise
+    except BrokenPipeError:
+        raise  # the reader of our output went away: main() ends quietly
     except OSError as exc:
         print(f"diemcau-centre release: {exc}", file=err)
         return EXIT_FAILED

@@ -384,6 +384,7 @@ def test_watch_once_prints_one_snapshot(broker: Broker, centre: Path) -> None:
     assert table["c00001-r1"] == ["c00001-r1", "ready", "live", "hop-2025", "yes", "yes", "no",
                                   "off", "-", "-", "-", "temperature_high!"]
     assert "\x1b" not in out  # not a terminal: no screen clearing
+    assert "recent:" not in out and "nothing yet" not in out  # retained messages only
 
 
 class Output:

@@ -333,3 +333,16 @@ def test_hostile_topics_and_payloads_never_raise(batch: list) -> None:
                  json.dumps([device_record(b) for b in view.boxes.values()])):
         assert all(ch == "\n" or ch.isprintable() for ch in text)
     assert len(view.happenings) <= 20
+
+
+def test_a_snapshot_lists_recent_happenings_only_when_there_are_some() -> None:
+    retained = fed((device_topic(DEV, "state"), state("ready", 5)),
+                   (device_topic(DEV, "status"), status()), retained=True)
+    live = render_watch(retained, T0)
+    assert "recent:\n  (nothing yet)" in live  # the live screen keeps its place for them
+    snapshot = render_watch(retained, T0, snapshot=True)
+    assert "recent:" not in snapshot and "nothing yet" not in snapshot
+    assert DEV in snapshot
+    retained.apply(device_topic(DEV, "status"), status("joining", "m2"), T0 + 5)
+    snapshot = render_watch(retained, T0 + 6, snapshot=True)
+    assert "recent:" in snapshot and "meeting joining m2" in snapshot

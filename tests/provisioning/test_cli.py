@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -176,3 +179,25 @@ def test_send_checks_a_key_update_before_it_reaches_the_boxes() -> None:
     for bad, why in (('{"keys": {}}', "non-empty"), ('{"keys": {"k": "abc"}}', "keys.k: not an")):
         with pytest.raises(UsageError, match=why):
             build_args("keys.update", json_text=bad)
+
+
+@pytest.mark.parametrize("argv", [["ca", "init"], ["fleet", "list"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path, sites: Path,
+                                                         argv: list[str]) -> None:
+    # `diemcau-centre ... | head`: the pipe's reader is gone before anything is written.
+    d = str(tmp_path / "centre")
+    if argv[0] == "fleet":
+        assert run("ca", "init", "--dir", d)[0] == 0
+        assert run("fleet", "import", str(sites), "--dir", d, "--service", SERVICE)[0] == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "diemcau_centre.cli", *argv, "--dir", d],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              check=False)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141
+    if argv[0] == "ca":
+        assert (tmp_path / "centre" / "ca.key").is_file()  # the work was done all the same

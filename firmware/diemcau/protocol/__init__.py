@@ -10,6 +10,7 @@ from typing import Any
 from .messages import (
     ALERT_CODES,
     COMMAND_NAMES,
+    EVENT_KINDS,
     FINAL_STATUSES,
     PROTOCOL_VERSION,
     Alert,
@@ -57,7 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ALERT_CODES", "COMMAND_NAMES", "FINAL_STATUSES", "PROTOCOL_VERSION", "ROOT",
+    "ALERT_CODES", "COMMAND_NAMES", "EVENT_KINDS", "FINAL_STATUSES", "PROTOCOL_VERSION", "ROOT",
     "Alert", "Command", "CommandClaims", "CommandRejected", "Event", "Health", "Interface",
     "Meta", "ParsedTopic", "ReplayCache", "Reply", "Site", "State", "Status", "StreamFigures",
     "alert_topic", "check_name", "decode", "device_filter", "device_topic", "encode",

@@ -64,6 +64,18 @@ ALERT_CODES: tuple[str, ...] = (
     "certificate_expiring",
 )
 
+# The kinds of ``event`` a box sends (docs/protocol.md says what each means).
+EVENT_KINDS: tuple[str, ...] = (
+    # the meeting
+    "invited", "invitation_cancelled", "invitation_expired", "joining", "joined", "leaving",
+    "left", "muted", "unmuted", "floor_granted", "floor_revoked", "identify", "error",
+    "stream_reconnecting", "stream_error", "media_step",
+    # the room's panel
+    "button", "call_request", "hand_raised", "hand_lowered", "join_too_early", "factory_reset",
+    # the link and updates
+    "link_lost", "update_failed", "update_committed", "update_rolled_back", "update_abandoned",
+)
+
 
 def now_ts() -> float:
     return round(time.time(), 3)
