@@ -6,6 +6,19 @@ set -euo pipefail
 root=$1
 in_root() { chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"; }
 
+# Before the packages (mmdebstrap's essential hook): every package that
+# touches the initramfs would rebuild it, minutes each under emulation.
+# update-initramfs does nothing until the customize hook runs it once.
+if [ "${2:-}" = essential ]; then
+    in_root dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs
+    ln -s /bin/true "$root/usr/sbin/update-initramfs"
+    exit 0
+fi
+if [ "$(in_root dpkg-divert --truename /usr/sbin/update-initramfs)" != /usr/sbin/update-initramfs ]; then
+    rm "$root/usr/sbin/update-initramfs"
+    in_root dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+fi
+
 # Files of our own: configuration, units, the first-boot script.
 cp -a --no-preserve=ownership "$IMAGE_DIR/rootfs/." "$root/"
 install -m 0644 "$IMAGE_DIR"/systemd/*.service "$root/etc/systemd/system/"
@@ -14,10 +27,12 @@ install -m 0644 "$IMAGE_DIR"/systemd/*.service "$root/etc/systemd/system/"
 # given to it; systemd-sysusers would make the same at boot.
 in_root systemd-sysusers
 
-# raspi-firmware: the root filesystem by label, then run its kernel hook
-# again so that cmdline.txt says so.
+# raspi-firmware: the root filesystem by label; then the initramfs, once,
+# and raspi-firmware's kernel hook, which puts kernel, initramfs, device
+# trees, config.txt and cmdline.txt into /boot/firmware.
 sed -i 's/^#\?ROOTPART=.*/ROOTPART=LABEL=RASPIROOT/' "$root/etc/default/raspi-firmware"
 kernel=$(in_root linux-version list | sort -V | tail -n1)
+in_root update-initramfs -c -k "$kernel"
 in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware "$kernel"
 
 # The first release (install-release.sh, shared with the Raspberry Pi OS
@@ -64,8 +79,6 @@ in_root chown -R systemd-timesync:systemd-timesync /var/lib/systemd/timesync
 # Each card makes its own machine id at first boot.
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
-in_root apt-get clean
-rm -rf "$root"/var/lib/apt/lists/*
 
 # Every package and version in the image, then the Python ones of the release.
 {
