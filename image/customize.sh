@@ -4,7 +4,13 @@
 # chroot through qemu-user-static.
 set -euo pipefail
 root=$1
-in_root() { chroot "$root" env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"; }
+# A clean environment inside: nothing of the build machine's own settings
+# (PIP_*, locale) leaks into the target, but its proxy if it has one.
+in_root() {
+    chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 \
+        DEBIAN_FRONTEND=noninteractive ${http_proxy:+http_proxy="$http_proxy"} \
+        ${https_proxy:+https_proxy="$https_proxy"} ${PIP_BUILD_CERT:+PIP_CERT="$PIP_BUILD_CERT"} "$@"
+}
 
 # Before the packages (mmdebstrap's essential hook): every package that
 # touches the initramfs would rebuild it, minutes each under emulation.
@@ -39,9 +45,13 @@ in_root env DEB_MAINT_PARAMS=configure /etc/kernel/postinst.d/z50-raspi-firmware
 # recipe), with the compiler it needs only for the time of the build.
 release="/opt/diemcau/releases/$RELEASE_VERSION"
 # systemd-resolved made /etc/resolv.conf a link to its stub, not running
-# here: the build machine's resolver for the time of the build.
+# here: the build machine's resolver for the time of the build, and its
+# certificate authorities for pip (a build machine behind a proxy that
+# inspects TLS has that proxy's in its own list).
 mv "$root/etc/resolv.conf" "$root/etc/resolv.conf.image"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/build-ca.crt"
+PIP_BUILD_CERT=/tmp/build-ca.crt
 # shellcheck disable=SC2086
 in_root apt-get install -y -qq --no-install-recommends $BUILD_ONLY
 cp -a "$IMAGE_WORK/src" "$root/tmp/diemcau-src"
@@ -58,7 +68,9 @@ tar -C "$IMAGE_WORK/release" --sort=name --owner=0 --group=0 --numeric-owner \
 
 # shellcheck disable=SC2086
 in_root apt-get purge -y -qq --autoremove $BUILD_ONLY
-rm -rf "$root/tmp/diemcau-src" "$root/tmp/wheels" "$root/tmp/install-release.sh" "$root/root/.cache"
+rm -rf "$root/tmp/diemcau-src" "$root/tmp/wheels" "$root/tmp/install-release.sh" "$root/root/.cache" \
+    "$root/tmp/build-ca.crt"
+PIP_BUILD_CERT=
 mv "$root/etc/resolv.conf.image" "$root/etc/resolv.conf"
 
 # Services: the box, networking, time. SSH is off until the operator puts

@@ -15,7 +15,8 @@ src=$1 version=$2 wheels=$3
 release=/opt/diemcau/releases/$version
 
 python3 -m venv --system-site-packages /tmp/wheel-venv
-/tmp/wheel-venv/bin/pip wheel -q --disable-pip-version-check --wheel-dir "$wheels" "$src/firmware"
+# --use-pep517: pyalsaaudio has only a setup.py, and this pip has no "wheel".
+/tmp/wheel-venv/bin/pip wheel -q --disable-pip-version-check --use-pep517 --wheel-dir "$wheels" "$src/firmware"
 rm -rf /tmp/wheel-venv /root/.cache/pip
 
 python3 -m venv --system-site-packages "$release"
