@@ -23,7 +23,7 @@ APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-n
 # Only for `make image` and `make image-test`.
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test dosfstools mtools fdisk \
 	e2fsprogs
-IMAGE_TEST_APT_PACKAGES := qemu-system-arm mtools fdisk e2fsprogs
+IMAGE_TEST_APT_PACKAGES := qemu-system-arm socat mtools fdisk e2fsprogs
 IMAGE_VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' firmware/diemcau/__init__.py)
 IMAGE_FILE = out/image/diemcau-$(IMAGE_VERSION)-arm64.img
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

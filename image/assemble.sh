@@ -2,7 +2,7 @@
 # The card image from a root directory, without loop devices or mounts:
 #   partition 1  FAT32 "RASPIFIRM"  what is in ROOT/boot/firmware (the Pi's
 #                firmware, kernel, config.txt, cmdline.txt; the operator's
-#                files such as diemcau-enroll.json go here too)
+#                files such as diemcau-enroll.toml go here too)
 #   partition 2  ext4 "RASPIROOT"   the rest; grown to the card at first boot
 #
 #   assemble.sh ROOT IMAGE BOOT_MB SPARE_MB

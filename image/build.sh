@@ -12,6 +12,7 @@
 # mtools), so no loop device and no mount are needed.
 #
 # Environment: MIRROR (Debian mirror), OUT (output directory), WORK (scratch),
+# APT_CACHE (downloaded packages, reused by the next build),
 # SOURCE_DATE_EPOCH (the build time written into the image; default now).
 set -euo pipefail
 
@@ -19,6 +20,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 OUT=${OUT:-$repo/out/image}
 WORK=${WORK:-$repo/build/image}
+APT_CACHE=${APT_CACHE:-$repo/build/apt-cache}   # downloaded .debs, kept for the next build
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 SUITE=bookworm
@@ -57,7 +59,7 @@ if [ "$(dpkg --print-architecture)" != arm64 ]; then
 fi
 
 rm -rf "$WORK"
-mkdir -p "$WORK" "$OUT"
+mkdir -p "$WORK" "$OUT" "$APT_CACHE"
 root="$WORK/root"
 # The firmware's source, without what a development checkout adds to it.
 mkdir -p "$WORK/src"
@@ -69,7 +71,12 @@ export IMAGE_DIR="$here" IMAGE_WORK="$WORK" IMAGE_OUT="$OUT" RELEASE_VERSION="$v
 mmdebstrap --mode=root --architectures=arm64 --variant=minbase \
     --components="main contrib non-free-firmware" \
     --include="$(IFS=,; echo "${PACKAGES[*]}")" \
+    --skip=download/empty --skip=essential/unlink \
+    --setup-hook="mkdir -p \"\$1/var/cache/apt/archives\"" \
+    --setup-hook="sync-in $APT_CACHE /var/cache/apt/archives" \
+    --essential-hook="$here/customize.sh \"\$1\" essential" \
     --customize-hook="$here/customize.sh \"\$1\"" \
+    --customize-hook="sync-out /var/cache/apt/archives $APT_CACHE" \
     "$SUITE" "$root" \
     "deb $MIRROR $SUITE main contrib non-free-firmware" \
     "deb $MIRROR $SUITE-updates main contrib non-free-firmware" \

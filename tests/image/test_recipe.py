@@ -132,3 +132,12 @@ def test_the_pi_gen_stage_installs_files_that_exist() -> None:
     assert re.search(r"systemctl enable diemcau\.service diemcau-firstboot\.service", run)
     # The stage finds the repository from where pi-gen runs it.
     assert (STAGE / "../../.." / "firmware/diemcau/__init__.py").resolve().is_file()
+
+
+def test_the_loop_stalling_hook_never_gets_into_an_image() -> None:
+    # tests/image/stall/ is put into the boot test's own copy of the image only.
+    for path in [*IMAGE.rglob("*"), REPO / "Makefile"]:
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert "sitecustomize" not in text and "diemcau-test" not in text, path
+    assert "PYTHONPATH" not in (IMAGE / "systemd/diemcau.service").read_text()
