@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from diemcau.adapters import media
+from diemcau.adapters import camera, media
 from diemcau.adapters.media import MediaSession, publish_url
 from diemcau.config import Media
 from diemcau.core.events import StreamChanged, StreamFiguresUpdated
@@ -550,11 +550,11 @@ def test_a_camera_that_encodes_has_its_packets_sent_as_they_are(
     # The seam a Pi camera plugs into (picamera2 cannot run here).
     cameras: list[EncodingTestCamera] = []
 
-    def open_camera(profile: media.VideoProfile) -> EncodingTestCamera:
+    def open_camera(cfg: Media, profile: media.VideoProfile, kbps: int) -> EncodingTestCamera:
         cameras.append(EncodingTestCamera(profile))
         return cameras[-1]
 
-    monkeypatch.setattr(media, "_open_camera", open_camera)
+    monkeypatch.setattr(camera, "open_camera", open_camera)
     listener.start()
     session = start_session(sessions, events, media_config(microphone), listener.url)
     events.wait_state("live")
@@ -567,8 +567,8 @@ def test_a_camera_that_encodes_has_its_packets_sent_as_they_are(
     assert listener.wait(10)
     recording = read_recording(listener.stop())
 
-    camera = cameras[0]
-    assert camera.keyframe_requests >= 2, "on connect and when asked"
+    made = cameras[0]
+    assert made.keyframe_requests >= 2, "on connect and when asked"
     numbers = recording.stamped
     assert len(numbers) == len(recording.frame_numbers) and numbers == sorted(set(numbers))
     assert len(numbers) >= 50
