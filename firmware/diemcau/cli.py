@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enroll":
             return _enroll(args)
         if args.command == "run":
+            from .adapters.process import settle
+
+            settle()  # before any thread starts: see adapters/process.py
             # Logs before the configuration is whole: enrollment may take days.
             logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
             cfg, identity = _load(args.config)

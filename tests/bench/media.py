@@ -20,7 +20,7 @@ Nothing is asserted. Four figures, each taken on real parts on loopback:
    the frame count at the same instant; box and ffmpeg take turns, three times.
 2. **Capture → picture received, minus SRT's latency setting**: the child
    notes the wall-clock time each camera frame is handed over (see
-   :func:`_child`); a receiver in this process (:class:`Receiver`) takes the
+   :mod:`tests.bench.child`); a receiver in this process (:class:`Receiver`) takes the
    raw MPEG-TS from SRT and notes when the last TS packet of each picture
    arrives; the picture's stamp (:mod:`diemcau.adapters.framestamp`) joins
    the two. SRT hands each packet over at its send time plus the latency
@@ -63,12 +63,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import av
-import numpy as np
 import psutil
 
 from diemcau.adapters import camera, framestamp, media
 from diemcau.config import Media
 from diemcau.protocol import device_topic
+from tests.bench.child import DEV, PROFILE
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
@@ -77,8 +77,6 @@ from tests.harness.srt_listener import SrtListener, free_udp_port, udp_port_boun
 
 Row = Callable[..., None]
 
-DEV = "c00001-r1"
-PROFILE = "720p30"
 SRT_LATENCY_MS = 120  # the box's (tests/harness/box.py) and every listener's here
 WARMUP_S = 3.0  # live this long before a window starts
 CPU_WINDOW_S = 12.0
@@ -96,7 +94,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--soak-minutes", type=float, default=1.0, metavar="N",
                         help="how long to stay live at 720p30 for the memory figure "
                              "(default 1; the budget is about an hour)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one MediaSession
     return parser.parse_args(argv)
 
 
@@ -237,82 +234,10 @@ def ffmpeg_window(mic: SimulatedMicrophone, url: str, log: Path) -> Window:
 # ---------------------------------------------------------------- the box's media path alone
 
 
-def _child(spec: dict[str, Any]) -> int:
-    """Run one MediaSession in this (child) process; print what it measured as JSON.
-
-    Capture times: MediaSession has no hook for them, so this process wraps
-    the camera's ``read``. The pump reads one camera frame per frame number,
-    from 0, in order (a frame read too late is dropped but keeps its number),
-    so the k-th read is frame k, the number its stamp carries. The time noted
-    is when the frame is in the box's hands: after lavfi has drawn it, as a
-    real camera hands over a frame already exposed. The wrapper costs one
-    ``time.time()`` and an append per frame.
-    """
-    import queue
-
-    from diemcau.core.events import StreamChanged, StreamFiguresUpdated
-    from diemcau.core.meeting import StreamRequest
-
-    captured: list[float] = []
-    read = camera.TestPattern.read
-
-    def timed_read(camera: Any) -> Any:
-        frame = read(camera)
-        captured.append(time.time())
-        return frame
-
-    camera.TestPattern.read = timed_read  # type: ignore[method-assign]
-    events: queue.Queue[object] = queue.Queue()
-    request = StreamRequest("bench-child", spec["url"], PROFILE, False)
-    session = media.MediaSession(Media(**spec["media"]), request, events.put_nowait,
-                                 device_id=DEV)
-    figures: dict[str, Any] = {}
-
-    def drain(wait_live: bool) -> None:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                event = events.get(timeout=0.1 if wait_live else 0)
-            except queue.Empty:
-                if not wait_live:
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the session did not go live in 20 s") from None
-                continue
-            if isinstance(event, StreamFiguresUpdated):
-                figures.update(event.figures)
-            elif isinstance(event, StreamChanged) and event.state == "error":
-                raise RuntimeError(f"media error: {event.detail}")
-            elif wait_live and isinstance(event, StreamChanged) and event.state == "live":
-                return
-
-    session.start()
-    try:
-        drain(wait_live=True)
-        time.sleep(spec["warmup_s"])
-        drain(wait_live=False)
-        cpu0, frames0, wall0 = os.times(), len(captured), time.time()
-        dropped0 = figures.get("frames_dropped", 0)
-        time.sleep(spec["window_s"])
-        cpu1, frames1, wall1 = os.times(), len(captured), time.time()
-        drain(wait_live=False)
-        rss = psutil.Process().memory_info().rss / 1e6
-    finally:
-        session.stop()
-        session.join(10)
-    print(json.dumps({
-        "window": [wall0, wall1],
-        "cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
-        "frames": frames1 - frames0, "dropped": figures.get("frames_dropped", 0) - dropped0,
-        "rss_mb": rss, "captured": captured,
-    }))
-    return 0
-
-
 def run_child(mic: SimulatedMicrophone, url: str, window_s: float, log: Path) -> dict[str, Any]:
     spec = {"url": url, "media": media_settings(mic), "warmup_s": WARMUP_S, "window_s": window_s}
     with log.open("wb") as errors:
-        done = subprocess.run([sys.executable, "-m", "tests.bench.media", "--child",
+        done = subprocess.run([sys.executable, "-m", "tests.bench.child",
                                json.dumps(spec)], cwd=REPO, env={**os.environ, **mic.env},
                               stdout=subprocess.PIPE, stderr=errors, timeout=window_s + 60,
                               check=False)
@@ -487,7 +412,9 @@ class Receiver:
             lib.avio_closep(ctypes.byref(pb))
 
 
-def _luma(frame: av.VideoFrame) -> np.ndarray:
+def _luma(frame: av.VideoFrame) -> Any:
+    import numpy as np  # here only: the child (the box's media path) runs without numpy
+
     plane = frame.planes[0]
     return np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, :frame.width]
 
@@ -761,8 +688,6 @@ def run(work: Path, options: argparse.Namespace, row: Row) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
-    if options.child:
-        return _child(json.loads(options.child))
     from tests.bench.__main__ import row
 
     work = Path(tempfile.mkdtemp(prefix="diemcau-bench-media-"))

@@ -568,8 +568,8 @@ def test_a_camera_that_encodes_has_its_packets_sent_as_they_are(
     assert listener.wait(10)
     recording = read_recording(listener.stop())
 
-    camera = cameras[0]
-    assert camera.keyframe_requests >= 2, "on connect and when asked"
+    made = cameras[0]
+    assert made.keyframe_requests >= 2, "on connect and when asked"
     numbers = recording.stamped
     assert len(numbers) == len(recording.frame_numbers) and numbers == sorted(set(numbers))
     assert len(numbers) >= 50

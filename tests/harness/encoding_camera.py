@@ -15,7 +15,6 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import numpy as np
 
 from diemcau.adapters import camera, framestamp, media
 
@@ -48,9 +47,7 @@ class EncodingTestCamera:
     def read(self) -> av.Packet:
         while True:
             frame = self.pattern.read()
-            plane = frame.planes[0]
-            rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
-            framestamp.stamp(self._number, rows[:, :frame.width])
+            framestamp.stamp_frame(self._number, frame)
             frame.pts = self._number
             frame.time_base = Fraction(1, self.profile.fps)
             frame.pict_type = "I" if self._keyframe else "NONE"

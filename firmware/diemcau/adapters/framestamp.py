@@ -11,19 +11,24 @@ byte (the low byte of the CRC-32 of the three number bytes). A 1 is luma 235
 (white), a 0 luma 16 (black): video-range extremes. Cells are at least
 4 pixels wide and 16 rows tall, so they survive H.264 at low bitrates.
 
+The box stamps with plain buffer writes (no numpy on the encoding thread);
+reading back is for receivers and uses numpy.
+
     >>> import numpy as np
     >>> y = np.zeros((360, 640), np.uint8)
-    >>> stamp(1234, y)
+    >>> stamp(1234, y, width=640, height=360)
     >>> read(y)
     1234
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import av
     import numpy as np
 
 NUMBER_BITS = 24
@@ -44,11 +49,8 @@ def strip_height(height: int) -> int:
     return 16 * max(1, height // 360)
 
 
-def _geometry(y_plane: np.ndarray) -> tuple[int, int]:
-    """(cell width, strip height) in pixels for this plane; ValueError if too small."""
-    if y_plane.ndim != 2:
-        raise ValueError(f"expected a 2-D luma plane, got shape {y_plane.shape}")
-    height, width = y_plane.shape
+def _geometry(width: int, height: int) -> tuple[int, int]:
+    """(cell width, strip height) in pixels for this picture; ValueError if too small."""
     cell_w = width // CELLS
     rows = strip_height(height)
     if cell_w < 4 or height < rows:
@@ -60,23 +62,49 @@ def _check(number: int) -> int:
     return zlib.crc32(number.to_bytes(3, "big")) & 0xFF
 
 
-def stamp(frame_number: int, y_plane: np.ndarray) -> None:
-    """Write ``frame_number`` (modulo 2**24) into the top strip of ``y_plane``, in place.
+def stamp(frame_number: int, y_plane: Any, *, width: int, height: int,
+          line_size: int | None = None) -> None:
+    """Write ``frame_number`` (modulo 2**24) into the top strip of a luma plane, in place.
 
-    ``y_plane``: a writable 2-D uint8 array, rows x columns (a view on the
-    frame's luma plane without its row padding is fine).
+    ``y_plane``: any writable buffer of bytes holding ``height`` rows of
+    ``line_size`` bytes (``width`` by default), ``width`` pixels of each used:
+    a PyAV plane, a bytearray, a C-contiguous uint8 array. The strip is one
+    row of bytes, built once and copied into each of its rows.
     """
-    cell_w, rows = _geometry(y_plane)
+    cell_w, rows = _geometry(width, height)
+    line_size = line_size or width
     number = frame_number % MODULO
     word = (number << CHECK_BITS) | _check(number)
-    for cell in range(CELLS):
-        bit = (word >> (CELLS - 1 - cell)) & 1
-        y_plane[:rows, cell * cell_w:(cell + 1) * cell_w] = WHITE if bit else BLACK
+    white, black = bytes([WHITE]) * cell_w, bytes([BLACK]) * cell_w
+    row = b"".join(white if (word >> (CELLS - 1 - cell)) & 1 else black for cell in range(CELLS))
+    view = memoryview(y_plane).cast("B")
+    for start in range(0, rows * line_size, line_size):
+        view[start:start + len(row)] = row
+
+
+def stamp_frame(frame_number: int, frame: av.VideoFrame) -> None:
+    """Stamp a YUV 4:2:0 frame: the strip in luma, grey chroma under it.
+
+    Grey chroma keeps the blocks plain black and white on screen too.
+    """
+    luma = frame.planes[0]
+    stamp(frame_number, luma, width=frame.width, height=frame.height, line_size=luma.line_size)
+    chroma_rows = strip_height(frame.height) // 2
+    for plane in frame.planes[1:]:
+        size = chroma_rows * plane.line_size
+        memoryview(plane)[:size] = _grey(size)
+
+
+@functools.lru_cache(maxsize=8)
+def _grey(size: int) -> bytes:
+    return b"\x80" * size
 
 
 def read(y_plane: np.ndarray) -> int | None:
     """The frame number stamped in ``y_plane``, or None if there is no intact stamp."""
-    cell_w, rows = _geometry(y_plane)
+    if y_plane.ndim != 2:
+        raise ValueError(f"expected a 2-D luma plane, got shape {y_plane.shape}")
+    cell_w, rows = _geometry(y_plane.shape[1], y_plane.shape[0])
     # Only the middle of each cell: the edges carry the encoder's ringing.
     top, bottom = rows // 4, rows - rows // 4
     margin = cell_w // 4

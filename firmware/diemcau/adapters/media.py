@@ -44,10 +44,13 @@ import contextlib
 import errno
 import logging
 import math
+import operator
 import random
 import re
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -987,9 +990,6 @@ class _Pump:
     """The encoding thread's loop: take each frame and audio period when due, encode, queue."""
 
     def __init__(self, session: MediaSession, microphone: Microphone) -> None:
-        import numpy
-
-        self.np = numpy
         self.s = session
         self.microphone = microphone
         self.audio = _AudioEncoder(session._cfg)
@@ -1097,26 +1097,30 @@ class _Pump:
     def _audio(self, now: float) -> None:
         import av
 
-        s, np, mic = self.s, self.np, self.microphone
+        s, mic = self.s, self.microphone
         data = mic.read()
         if not data:
             # An overrun lost samples: realign the timestamps with the clock.
             self.next_sample = max(self.next_sample + mic.period_frames,
                                    round((now - self.t0) * mic.rate_hz) - mic.period_frames)
             return
-        samples = np.frombuffer(data, "<i2")
-        values = samples.astype(np.float32)
-        self.level_sum += float(np.dot(values, values))
-        self.level_count += samples.size
+        # The level in plain Python: numpy here would cost its import (~20 MB
+        # resident, a BLAS thread pool) for one sum of squares per period.
+        samples = array("h", data)
+        if sys.byteorder == "big":
+            samples.byteswap()  # ALSA gave S16_LE
+        self.level_sum += sum(map(operator.mul, samples, samples))
+        self.level_count += len(samples)
         pts = self.next_sample
-        self.next_sample += samples.size // mic.channels
+        self.next_sample += len(samples) // mic.channels
         writer = s._writer
         if writer is None or not writer.connected:
             return  # nobody to send to: no point encoding
         if s._muted:
-            samples = np.zeros_like(samples)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16",
-                                           layout="mono" if mic.channels == 1 else "stereo")
+            data = bytes(len(data))
+        frame = av.AudioFrame(format="s16", layout="mono" if mic.channels == 1 else "stereo",
+                              samples=len(samples) // mic.channels)
+        frame.planes[0].update(data)
         frame.sample_rate = mic.rate_hz
         frame.pts = pts
         frame.time_base = Fraction(1, mic.rate_hz)
@@ -1168,21 +1172,15 @@ class _Pump:
 
     def _encode(self, frame: av.VideoFrame, number: int, due: float, profile: VideoProfile,
                 kbps: int) -> list[av.Packet]:
-        from .framestamp import stamp, strip_height
+        from .framestamp import stamp_frame
 
-        s, np = self.s, self.np
+        s = self.s
         if (frame.width, frame.height) != (profile.width, profile.height):
             frame = frame.reformat(width=profile.width, height=profile.height)
         if self.x264 is None or self.x264.profile != profile:
             self.x264 = _X264(profile, kbps)  # starts with an IDR by itself
             s._keyframe_wanted = False
-        luma = frame.planes[0]
-        rows = np.frombuffer(luma, np.uint8).reshape(frame.height, luma.line_size)
-        stamp(number, rows[:, :frame.width])
-        # Grey chroma under the strip: plain black and white blocks on screen too.
-        chroma_rows = strip_height(frame.height) // 2
-        for plane in frame.planes[1:]:
-            np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:chroma_rows] = 128
+        stamp_frame(number, frame)
         frame.pts = round((due - self.t0) * 90_000)
         frame.time_base = Fraction(1, 90_000)
         keyframe, s._keyframe_wanted = s._keyframe_wanted, False
