@@ -84,7 +84,7 @@ lint: setup
 	@$(VENV)/bin/ruff check firmware provisioning tests
 
 # The image takes a while (an arm64 chroot under emulation): it is not part
-# of `make test`; CI runs it as its own job (see README.md).
+# of `make test`; CI runs it after `make test` (.ci/run, README.md).
 image:
 	@$(MAKE) --no-print-directory apt-packages APT_PACKAGES="$(IMAGE_APT_PACKAGES)"
 	@$(SUDO) image/build.sh
