@@ -19,39 +19,12 @@ from diemcau.app import build
 from diemcau.config import parse_config
 from diemcau.protocol import ALERT_CODES
 from diemcau.supervisor import Supervisor
-from tests.harness.box import CentreKey
+from tests.harness.box import CentreKey, offline_config
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[Supervisor]:
-    centre = CentreKey()
-    text = f"""
-[device]
-id = "c00001-r1"
-state_dir = "{tmp_path / 'state'}"
-
-[site]
-name = "UBND xã Thử Nghiệm"
-province = "p01"
-district = "d001"
-commune = "c00001"
-
-[mqtt]
-host = "127.0.0.1"
-port = 1
-
-[commands]
-media_hosts = ["127.0.0.1"]
-
-[commands.centre_keys]
-"{centre.kid}" = "{centre.public_text}"
-
-[health]
-clock_check = "none"
-
-[voice]
-enabled = false
-"""
+    text = offline_config(tmp_path / "state", CentreKey(), extra='[health]\nclock_check = "none"\n')
     supervisor = build(parse_config(text))
     yield supervisor
     supervisor.a.outbox.close()

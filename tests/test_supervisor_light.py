@@ -19,38 +19,14 @@ from diemcau.app import build
 from diemcau.config import parse_config
 from diemcau.core.light import MAGENTA
 from diemcau.supervisor import Supervisor
-from tests.harness.box import CentreKey
+from tests.harness.box import CentreKey, offline_config
 
 RGB = (5, 6, 13)
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[tuple[Supervisor, MockFactory]]:
-    centre = CentreKey()
-    text = f"""
-[device]
-id = "c00001-r1"
-state_dir = "{tmp_path / 'state'}"
-
-[site]
-name = "UBND xã Thử Nghiệm"
-province = "p01"
-district = "d001"
-commune = "c00001"
-
-[mqtt]
-host = "127.0.0.1"
-port = 1
-
-[commands]
-media_hosts = ["127.0.0.1"]
-
-[commands.centre_keys]
-"{centre.kid}" = "{centre.public_text}"
-
-[voice]
-enabled = false
-
+    text = offline_config(tmp_path / "state", CentreKey(), extra=f"""
 [panel]
 gpio = "mock"
 
@@ -59,7 +35,7 @@ kind = "rgb"
 red_pin = {RGB[0]}
 green_pin = {RGB[1]}
 blue_pin = {RGB[2]}
-"""
+""")
     factory = MockFactory(pin_class=MockPWMPin)
     supervisor = build(parse_config(text), pin_factory=factory)
     yield supervisor, factory

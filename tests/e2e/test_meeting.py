@@ -7,23 +7,12 @@ import time
 import pytest
 
 from diemcau.protocol import Status, decode, device_topic
-from tests.harness.alsa import make_microphone
 from tests.harness.srt_listener import SrtListener, free_udp_port, read_recording
 
 pytestmark = pytest.mark.e2e
 
 DEV = "c00001-r1"
 STATUS = device_topic(DEV, "status")
-
-
-@pytest.fixture
-def box(make_box, observer, tmp_path):
-    mic = make_microphone(tmp_path / "mic", seconds=60)
-    b = make_box(env=mic.env, microphone=mic.pcm)
-    b.start()
-    observer.wait_for(lambda m: m.topic == device_topic(DEV, "state") and b"ready" in m.payload)
-    yield b
-    assert b.running, "the box died"
 
 
 def status_where(observer, pred, after: float, timeout: float = 15.0) -> Status:  # noqa: ANN001

@@ -41,6 +41,38 @@ class CentreKey:
         return sign_command(self.private, self.kid, aud=aud, cmd=cmd, args=args, **kw)  # type: ignore[arg-type]
 
 
+def offline_config(state_dir: Path, centre: CentreKey, extra: str = "") -> str:
+    """A box composed in-process that never connects (port 1) and keeps quiet (no voice).
+
+    For tests that drive the supervisor's state directly and look at what it
+    shows or logs; ``extra`` adds sections.
+    """
+    return f"""
+[device]
+id = "c00001-r1"
+state_dir = "{state_dir}"
+
+[site]
+name = "UBND xã Thử Nghiệm"
+province = "p01"
+district = "d001"
+commune = "c00001"
+
+[mqtt]
+host = "127.0.0.1"
+port = 1
+
+[commands]
+media_hosts = ["127.0.0.1"]
+
+[commands.centre_keys]
+"{centre.kid}" = "{centre.public_text}"
+
+[voice]
+enabled = false
+{extra}"""
+
+
 def box_config(
     *,
     device_id: str,
