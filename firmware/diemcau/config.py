@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
-from .protocol import check_name, public_key_from_text
+from .protocol import check_name, public_keys_from_text
 
 
 class ConfigError(Exception):
@@ -328,11 +328,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("mqtt.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
     if not cfg.commands.centre_keys:
         problems.append("commands.centre_keys: at least one centre key is needed")
-    for kid, text in cfg.commands.centre_keys.items():
-        try:
-            public_key_from_text(text)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a config problem
-            problems.append(f"commands.centre_keys.{kid}: not an Ed25519 public key ({exc})")
+    problems += public_keys_from_text(cfg.commands.centre_keys, "commands.centre_keys")[1]
     for scheme in cfg.commands.allowed_schemes:
         if scheme not in ("srt", "rtsp", "rtsps"):
             problems.append(f"commands.allowed_schemes: {scheme!r} is not a supported transport")
@@ -414,12 +410,7 @@ def _camera_problems(media: Media) -> list[str]:
 
 
 def _update_problems(updates: Updates) -> list[str]:
-    problems = []
-    for kid, text in updates.release_keys.items():
-        try:
-            public_key_from_text(text)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a config problem
-            problems.append(f"updates.release_keys.{kid}: not an Ed25519 public key ({exc})")
+    problems = public_keys_from_text(updates.release_keys, "updates.release_keys")[1]
     if not updates.health_deadline_s >= 5:
         problems.append("updates.health_deadline_s: must be at least 5")
     if not 1 <= updates.max_trial_starts <= 10:

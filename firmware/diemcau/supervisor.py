@@ -72,6 +72,7 @@ from .protocol import (
     encode,
     now_ts,
     public_key_from_text,
+    public_keys_from_text,
     verify_command,
 )
 
@@ -341,13 +342,9 @@ class Supervisor:
         """``keys.update``: the whole new set of centre keys, persisted before it is used."""
         try:
             texts = identity_rules.key_update(args)
-            keys = {}
-            for kid, text in texts.items():
-                try:
-                    keys[kid] = public_key_from_text(text)
-                except Exception as exc:  # noqa: BLE001 - any parse failure is a bad argument
-                    raise identity_rules.BadKeyUpdate(f"keys.{kid}: not an Ed25519 public key "
-                                                      f"({exc})") from None
+            keys, problems = public_keys_from_text(texts, "keys")
+            if problems:
+                raise identity_rules.BadKeyUpdate(problems[0])
         except identity_rules.BadKeyUpdate as exc:
             self._send_reply(core.ReplyDraft(cid, "keys.update", "rejected", 400, str(exc)))
             return

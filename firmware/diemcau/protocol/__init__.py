@@ -45,6 +45,7 @@ _LAZY = {
     "Command": "commands", "CommandRejected": "commands",
     "generate_signing_key": "commands", "key_id": "commands",
     "public_key_from_text": "commands", "public_key_to_text": "commands",
+    "public_keys_from_text": "commands",
     "sign_command": "commands", "verify_command": "commands",
     "ReplayCache": "replay",
 }
@@ -63,5 +64,6 @@ __all__ = [
     "Meta", "ParsedTopic", "ReplayCache", "Reply", "Site", "State", "Status", "StreamFigures",
     "alert_topic", "check_name", "decode", "device_filter", "device_topic", "encode",
     "generate_signing_key", "group_cmd_topic", "key_id", "now_ts", "parse_topic",
-    "public_key_from_text", "public_key_to_text", "sign_command", "verify_command",
+    "public_key_from_text", "public_key_to_text", "public_keys_from_text", "sign_command",
+    "verify_command",
 ]

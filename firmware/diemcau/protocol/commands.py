@@ -95,6 +95,18 @@ def public_key_from_text(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
+def public_keys_from_text(texts: dict[str, str], path: str,
+                          ) -> tuple[dict[str, Ed25519PublicKey], list[str]]:
+    """Each ``kid: key`` read; a problem naming ``path.kid`` for each that cannot be."""
+    keys, problems = {}, []
+    for kid, text in texts.items():
+        try:
+            keys[kid] = public_key_from_text(text)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the key's fault
+            problems.append(f"{path}.{kid}: not an Ed25519 public key ({exc})")
+    return keys, problems
+
+
 def sign_command(
     key: Ed25519PrivateKey,
     kid: str,
