@@ -75,11 +75,20 @@ def stamp(frame_number: int, y_plane: Any, *, width: int, height: int,
     line_size = line_size or width
     number = frame_number % MODULO
     word = (number << CHECK_BITS) | _check(number)
-    white, black = bytes([WHITE]) * cell_w, bytes([BLACK]) * cell_w
-    row = b"".join(white if (word >> (CELLS - 1 - cell)) & 1 else black for cell in range(CELLS))
+    row = b"".join(_eight_cells(byte, cell_w) for byte in word.to_bytes(CELLS // 8, "big"))
     view = memoryview(y_plane).cast("B")
+    if len(row) == line_size:
+        view[:rows * line_size] = row * rows  # the strip is whole rows: one copy
+        return
     for start in range(0, rows * line_size, line_size):
         view[start:start + len(row)] = row
+
+
+@functools.lru_cache(maxsize=1024)
+def _eight_cells(byte: int, cell_w: int) -> bytes:
+    """The cells of one byte of the word, most significant bit first (made once per byte)."""
+    white, black = bytes([WHITE]) * cell_w, bytes([BLACK]) * cell_w
+    return b"".join(white if (byte >> (7 - bit)) & 1 else black for bit in range(8))
 
 
 def stamp_frame(frame_number: int, frame: av.VideoFrame) -> None:

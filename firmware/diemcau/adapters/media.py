@@ -45,6 +45,7 @@ import errno
 import logging
 import math
 import operator
+import queue
 import random
 import re
 import sys
@@ -115,6 +116,7 @@ MIN_IO_TIMEOUT_MS = 1000
 AUDIO_PERIOD_S = 0.02
 # Seven 188-byte TS packets: the payload of one SRT packet.
 TS_CHUNK = 7 * 188
+MPEG_TS_TIME_BASE = Fraction(1, 90_000)  # MPEG-TS's own unit, for every video timestamp
 SILENCE_DBFS = -100.0
 
 
@@ -230,10 +232,9 @@ class _Avio:
             lib = ctypes.CDLL(f"libavformat.so.{major}")
         except OSError as exc:
             raise MediaFault(f"cannot load FFmpeg's libavformat for the network: {exc}") from None
-        self.callback_type = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
         class InterruptCB(ctypes.Structure):  # AVIOInterruptCB
-            _fields_ = [("callback", self.callback_type), ("opaque", ctypes.c_void_p)]
+            _fields_ = [("callback", ctypes.c_void_p), ("opaque", ctypes.c_void_p)]
 
         class Head(ctypes.Structure):
             # AVIOContext's public fields up to ``error``; the same since FFmpeg 4.
@@ -389,29 +390,56 @@ def _libsrt() -> Any:
     return _libsrt_handle[0]
 
 
+class Interrupt:
+    """A flag FFmpeg polls while it connects or waits to send: once set, that call ends at once.
+
+    FFmpeg asks its interrupt callback before every send and every 100 ms
+    while it waits, several hundred times a second when live. A Python
+    callback would take the GIL each time (measured: ~420 calls a second,
+    about 4 ms of CPU a second plus the thread switches), so the callback is
+    libc's ``strlen`` over a two-byte buffer, answered in C: "" is 0 (go
+    on), "x" is 1 (give up).
+    """
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self._flag = ctypes.create_string_buffer(2)
+        strlen = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+        # FFmpeg copies the struct when it connects; the buffer must outlive the connection.
+        self.callback = _avio().interrupt_cb_type(strlen, ctypes.addressof(self._flag))
+
+    def set(self) -> None:
+        self._flag[0] = b"x"
+
+    def clear(self) -> None:
+        self._flag[0] = b"\0"
+
+    def is_set(self) -> bool:
+        return self._flag[0] != b"\0"
+
+
 class _Link:
     """One connection to the media server: bytes in, SRT packets out, never holding the GIL.
 
-    ``cancelled`` is polled by FFmpeg (about every 100 ms while it waits);
-    when it returns True the connect or write in progress ends at once.
-    PyAV writes the MPEG-TS here as to a file (``write``).
+    FFmpeg polls ``interrupt`` while it connects or waits; once it is set,
+    the connect or write in progress ends at once. PyAV writes the MPEG-TS
+    here as to a file (``write``).
     """
 
-    def __init__(self, url: str, cancelled: Callable[[], bool]) -> None:
+    def __init__(self, url: str, interrupt: Interrupt) -> None:
         import ctypes
 
         import av.error
 
         api = _avio()
         self._api = api
-        self._callback = api.callback_type(lambda _opaque: 1 if cancelled() else 0)
-        # FFmpeg keeps a pointer to the callback for the connection's life: keep both alive.
-        self._interrupt = api.interrupt_cb_type(self._callback, None)
+        self._interrupt = interrupt  # FFmpeg reads its flag for the connection's life
         self._pb = ctypes.c_void_p()
         self.bytes_sent = 0
         self._failed = False
         code = api.lib.avio_open2(ctypes.byref(self._pb), url.encode(), api.WRITE,
-                                  ctypes.byref(self._interrupt), None)
+                                  ctypes.byref(interrupt.callback), None)
         if code < 0:
             exc, reason = _reason(code)
             if isinstance(exc, av.error.ProtocolNotFoundError):
@@ -487,7 +515,7 @@ class _X264:
         self.profile = profile
         ctx = av.CodecContext.create("libx264", "w")
         ctx.width, ctx.height, ctx.pix_fmt = profile.width, profile.height, "yuv420p"
-        ctx.time_base = Fraction(1, 90_000)
+        ctx.time_base = MPEG_TS_TIME_BASE
         ctx.framerate = Fraction(profile.fps, 1)
         ctx.bit_rate = kbps * 1000
         ctx.thread_type = "SLICE"  # libx264 reads this as sliced threads: no frame delay
@@ -520,7 +548,8 @@ class _AudioEncoder:
         self.ctx.layout = "mono" if cfg.channels == 1 else "stereo"
         self.ctx.format = self.ctx.codec.audio_formats[0].name
         self.ctx.bit_rate = cfg.audio_bitrate_kbps * 1000
-        self.ctx.time_base = Fraction(1, cfg.sample_rate_hz)
+        self.time_base = Fraction(1, cfg.sample_rate_hz)  # made once: a Fraction costs ~15 µs
+        self.ctx.time_base = self.time_base
         try:
             self.ctx.open()
         except av.error.FFmpegError as exc:
@@ -577,7 +606,7 @@ class _Muxer:
                 else:
                     self.video.width, self.video.height = 128, 72  # TS carries no size
                 self.video.pix_fmt = "yuv420p"
-                self.video.codec_context.time_base = Fraction(1, 90_000)
+                self.video.codec_context.time_base = MPEG_TS_TIME_BASE
             codec = "aac" if cfg.audio_codec == "aac" else "libopus"
             self.audio = self.container.add_stream(codec, rate=cfg.sample_rate_hz)
             self.audio.layout = "mono" if cfg.channels == 1 else "stereo"
@@ -621,8 +650,14 @@ class _Writer:
 
     def __init__(self, session: MediaSession, queue_bytes: int, queue_packets: int) -> None:
         self.s = session
-        self.lock = threading.Condition()
+        self.lock = threading.Lock()  # guards the queue
         self.queue = SendQueue(queue_bytes, queue_packets)
+        # The encoding thread rings when it queues for an idle writer. A
+        # SimpleQueue waits in C: threading.Condition's Python code cost
+        # ~100 µs of CPU per packet here.
+        self._doorbell: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._idle = False  # the writer found the queue empty and waits for the bell
+        self.interrupt = Interrupt()  # ends a connect or send in progress (stop, reopen)
         self.connected = False  # read by the encoding thread without the lock: a hint only
         self.reopen = False  # the tracks changed: start a new connection
         self.fault: MediaFault | None = None  # what ended the network thread for good
@@ -651,7 +686,9 @@ class _Writer:
             for packet in packets:
                 item = QueuedPacket(kind, packet.size, bool(packet.is_keyframe), packet)
                 want_keyframe |= self.queue.offer(item)
-            self.lock.notify()
+            ring, self._idle = self._idle, False
+        if ring:
+            self._doorbell.put(None)
         return want_keyframe
 
     def open_gap(self) -> bool:
@@ -662,14 +699,14 @@ class _Writer:
         return not was_open
 
     def wake(self) -> None:
-        with self.lock:
-            self.lock.notify()
+        self._doorbell.put(None)
+
+    def cancel(self) -> None:
+        """End the connect or send in progress: the session stops or the tracks changed."""
+        self.interrupt.set()
+        self.wake()
 
     # -- the writer thread
-
-    def _cancelled(self) -> bool:
-        """Polled by FFmpeg while it connects or waits to send: give up now?"""
-        return self.stop.is_set() or self.s._stop.is_set() or self.reopen
 
     def run(self) -> None:
         try:
@@ -697,9 +734,11 @@ class _Writer:
                     continue
                 with self.lock:
                     item = self.queue.take()
-                    if item is None:
-                        self.lock.wait(0.1)
-                        continue
+                    self._idle = item is None
+                if item is None:
+                    with contextlib.suppress(queue.Empty):
+                        self._doorbell.get(timeout=0.1)
+                    continue
                 self._send(item)
         finally:
             self._drop_connection()
@@ -751,9 +790,12 @@ class _Writer:
         log.info("connecting to %s", redact(url))
         link: _Link | None = None
         self.reopen = False
+        self.interrupt.clear()
+        if self.stop.is_set() or s._stop.is_set():
+            return  # stopped since the loop looked
         try:
             if url.startswith("srt://"):
-                link = _Link(url, self._cancelled)
+                link = _Link(url, self.interrupt)
             self.muxer = _Muxer(link if link is not None else url, s._muxer_video(), s._cfg)
         except LinkError as exc:
             if link is not None:
@@ -856,6 +898,9 @@ class MediaSession:
     def stop(self) -> None:
         """Ask the threads to finish; returns at once. "off" is posted when they have."""
         self._stop.set()
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
         if self._thread is None and not self._off_posted:
             self._off_posted = True
             self._post(StreamChanged("off"))
@@ -982,7 +1027,7 @@ class MediaSession:
     def _stop_writer(self) -> None:
         if self._writer is not None and self._writer_thread is not None:
             self._writer.stop.set()
-            self._writer.wake()
+            self._writer.cancel()
             self._writer_thread.join()
 
 
@@ -1070,7 +1115,10 @@ class _Pump:
             audio_due = self.t0 + (self.next_sample + period) / rate
             due = min(video_due, audio_due, figures_at)
             if due > now:
-                stop.wait(due - now)
+                # Not stop.wait(): Event.wait's Python code costs more CPU than
+                # the sleep, 80 times a second. Nothing is due more than an
+                # audio period away, so a stop is seen within one.
+                time.sleep(due - now)
             elif due == figures_at:
                 self._figures(now)
                 # After a long block, one report, not a burst of them.
@@ -1091,6 +1139,7 @@ class _Pump:
             s._has_video = True
             if s._writer is not None:
                 s._writer.reopen = True
+                s._writer.cancel()
 
     # -- audio and video
 
@@ -1123,7 +1172,7 @@ class _Pump:
         frame.planes[0].update(data)
         frame.sample_rate = mic.rate_hz
         frame.pts = pts
-        frame.time_base = Fraction(1, mic.rate_hz)
+        frame.time_base = self.audio.time_base
         if writer.offer("audio", self.audio.encode(frame)):
             s._keyframe_wanted = True
 
@@ -1182,7 +1231,7 @@ class _Pump:
             s._keyframe_wanted = False
         stamp_frame(number, frame)
         frame.pts = round((due - self.t0) * 90_000)
-        frame.time_base = Fraction(1, 90_000)
+        frame.time_base = MPEG_TS_TIME_BASE
         keyframe, s._keyframe_wanted = s._keyframe_wanted, False
         return self.x264.encode(frame, keyframe)
 
