@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 # Eight threads each allocate once and stay alive together: glibc gives each a
 # new arena unless told otherwise. malloc_stats() prints one "Arena N:" each.
 ARENAS = """
@@ -48,3 +50,26 @@ def test_an_operators_own_settings_win() -> None:
     arenas, blas = run("settle", MALLOC_ARENA_MAX="3", OPENBLAS_NUM_THREADS="2")
     assert arenas == 3
     assert blas == "2"
+
+
+HUGE_PAGES = """
+import sys
+from diemcau.adapters.process import settle
+if sys.argv[1] == "settle":
+    settle()
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("THP_enabled")))
+"""
+
+
+def test_settle_turns_transparent_huge_pages_off_for_the_process() -> None:
+    def thp(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", HUGE_PAGES, mode], capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+
+    if thp("as-is") != "1":
+        pytest.skip("this kernel has no transparent huge pages to turn off")
+    assert thp("settle") == "0"
+    # An operator's malloc setting does not keep the huge pages on.
+    assert subprocess.run([sys.executable, "-c", HUGE_PAGES, "settle"],
+                          env={**os.environ, "MALLOC_ARENA_MAX": "3"}, capture_output=True,
+                          text=True, timeout=30, check=True).stdout.strip() == "0"
