@@ -345,7 +345,7 @@ class Receiver:
         self.first_keyframe_at = 0.0
         self.error = ""
         self._keyframe = threading.Event()
-        self._cancel = threading.Event()
+        self._cancel = media.Interrupt()  # FFmpeg polls it while a read waits
         self._thread = threading.Thread(target=self._serve, daemon=True, name="bench-receiver")
 
     @property
@@ -380,12 +380,10 @@ class Receiver:
         lib = api.lib
         lib.avio_read_partial.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         lib.avio_read_partial.restype = ctypes.c_int
-        callback = api.callback_type(lambda _opaque: 1 if self._cancel.is_set() else 0)
-        interrupt = api.interrupt_cb_type(callback, None)
         pb = ctypes.c_void_p()
         url = f"{self.url}?mode=listener&latency={SRT_LATENCY_MS * 1000}"
         code = lib.avio_open2(ctypes.byref(pb), url.encode(), 1,  # AVIO_FLAG_READ
-                              ctypes.byref(interrupt), None)
+                              ctypes.byref(self._cancel.callback), None)
         if code < 0:
             self.error = media._reason(code)[1]
             return

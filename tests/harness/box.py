@@ -83,6 +83,7 @@ def box_config(
     health_interval_s: float = 30.0,
     will_delay_s: int = 1,
     voice: str = "enabled = false",
+    connect_timeout_ms: int = 1000,
     extra: str = "",
     mqtt_address: tuple[str, int] | None = None,
 ) -> str:
@@ -126,7 +127,7 @@ media_hosts = ["127.0.0.1", "localhost"]
 [media]
 microphone = "{microphone}"
 srt_latency_ms = 120
-connect_timeout_ms = 1000
+connect_timeout_ms = {connect_timeout_ms}
 reconnect_min_s = 0.3
 reconnect_max_s = 2.0
 
