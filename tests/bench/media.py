@@ -555,7 +555,7 @@ def srt_floor() -> list[float]:
     receiver = Receiver("raw").start()
     cfg = Media(srt_latency_ms=SRT_LATENCY_MS, connect_timeout_ms=1000)
     url = media.publish_url(receiver.url, meeting_id="bench-floor", device_id=DEV, cfg=cfg)
-    link = media._Link(url, lambda: False)
+    link = media._Link(url, media.Interrupt())
     try:
         for _ in range(FLOOR_PACKETS):
             link.write(struct.pack("<d", time.time()).ljust(media.TS_CHUNK, b"\xff"))
