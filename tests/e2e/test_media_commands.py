@@ -8,7 +8,7 @@ import time
 import pytest
 
 from diemcau.protocol import Event, Status, decode, device_topic
-from tests.harness.alsa import make_microphone
+from tests.harness.box import start_box
 from tests.harness.srt_listener import SrtListener, read_recording
 
 pytestmark = pytest.mark.e2e
@@ -16,6 +16,13 @@ pytestmark = pytest.mark.e2e
 DEV = "c00001-r1"
 STATUS = device_topic(DEV, "status")
 EVENT = device_topic(DEV, "event")
+
+
+def join(observer, listener: SrtListener, profile: str) -> None:  # noqa: ANN001
+    """``meeting.join`` m1, publishing to ``listener`` at ``profile``; back once it succeeded."""
+    jti = observer.command(DEV, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
+                                                 "profile": profile})
+    assert observer.wait_reply(DEV, jti, status="succeeded", timeout=15).code == 200
 
 
 def test_keyframe_and_profile_commands_change_the_live_stream(box, observer, tmp_path) -> None:
@@ -26,9 +33,7 @@ def test_keyframe_and_profile_commands_change_the_live_stream(box, observer, tmp
     listener = SrtListener(tmp_path / "media")
     listener.start()
     try:
-        jti = observer.command(DEV, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
-                                                     "profile": "360p15"})
-        assert observer.wait_reply(DEV, jti, status="succeeded", timeout=15).code == 200
+        join(observer, listener, "360p15")
         time.sleep(1.0)
         key = observer.command(DEV, "media.keyframe")
         reply = observer.wait_reply(DEV, key)
@@ -64,18 +69,13 @@ def test_keyframe_and_profile_commands_change_the_live_stream(box, observer, tmp
 
 def test_an_adaptive_bitrate_step_reaches_the_centre_as_an_event_and_in_status(
         make_box, observer, tmp_path) -> None:
-    mic = make_microphone(tmp_path / "mic", seconds=60)
     # Sends may wait 5 s (1 s in the other tests), so the connection outlasts
     # the pause below and what the box does about it is adaptive bitrate.
-    box = make_box(env=mic.env, microphone=mic.pcm, connect_timeout_ms=5000)
-    box.start()
-    observer.wait_for(lambda m: m.topic == device_topic(DEV, "state") and b"ready" in m.payload)
+    box = start_box(make_box, observer, tmp_path, connect_timeout_ms=5000)
     listener = SrtListener(tmp_path / "media")
     listener.start()
     try:
-        jti = observer.command(DEV, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
-                                                     "profile": "480p25"})
-        assert observer.wait_reply(DEV, jti, status="succeeded", timeout=15).code == 200
+        join(observer, listener, "480p25")
         observer.wait_for(lambda m: m.topic == STATUS
                           and decode(m.payload, Status).meeting_state == "live", timeout=15)
         time.sleep(2.0)  # the stream settles at the profile asked for

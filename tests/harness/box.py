@@ -17,8 +17,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from diemcau.protocol import generate_signing_key, key_id, public_key_to_text, sign_command
+from diemcau.protocol import (
+    device_topic,
+    generate_signing_key,
+    key_id,
+    public_key_to_text,
+    sign_command,
+)
 
+from .alsa import make_microphone
 from .broker import Broker
 
 
@@ -245,3 +252,14 @@ class Box:
             return self.log_file.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def start_box(make_box, observer, tmp_path: Path, **config: object) -> Box:  # noqa: ANN001
+    """A box (the ``make_box`` fixture's) with a real ALSA file-plugin microphone, started
+    and born: its ``state`` says ready."""
+    mic = make_microphone(tmp_path / "mic", seconds=60)
+    box = make_box(env=mic.env, microphone=mic.pcm, **config)
+    box.start()
+    observer.wait_for(lambda m: m.topic == device_topic(box.device_id, "state")
+                      and b"ready" in m.payload)
+    return box
