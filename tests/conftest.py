@@ -6,10 +6,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
 from tests.harness.observer import Observer
+
+# Tests do not assert on wall-clock time, and that includes hypothesis's
+# per-example deadline: a loaded CI machine must not fail an example for being slow.
+settings.register_profile("diemcau", deadline=None)
+settings.load_profile("diemcau")
 
 
 @pytest.fixture

@@ -496,7 +496,7 @@ def _check(payload: bytes | str, now: float, synced: bool) -> None:
         assert now <= command.exp + 30
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -613,7 +613,7 @@ def test_replay_cache_is_bounded_closest_to_expiry_first() -> None:
     assert all(cache.first_result(j) is not None for j in "bcd")
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(ops=st.lists(st.tuples(st.sampled_from("abcdefgh"), st.floats(0, 1000)), max_size=40))
 def test_replay_cache_never_exceeds_its_bound(ops: list[tuple[str, float]]) -> None:
     cache = ReplayCache(":memory:", max_entries=4)

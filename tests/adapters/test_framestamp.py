@@ -30,7 +30,7 @@ def test_round_trip_at_every_profile_size(height: int, width: int) -> None:
     assert framestamp.read(y) == 4321
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(number=st.integers(0, framestamp.MODULO - 1))
 def test_any_frame_number_reads_back(number: int) -> None:
     y = picture()
@@ -77,7 +77,7 @@ def test_a_pyav_frame_is_stamped_in_place_with_grey_chroma(height: int, width: i
         assert not (chroma[rows:] == 128).all()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(number=st.integers(0, framestamp.MODULO - 1), seed=st.integers(0, 2**32 - 1))
 def test_survives_mild_noise(number: int, seed: int) -> None:
     # Roughly what a low-bitrate encoder leaves: noise of sigma 20 and clipping.

@@ -319,7 +319,7 @@ messages = st.tuples(topics, payloads, st.floats(min_value=0, max_value=4e9),
                      st.booleans())
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400)
 @given(st.lists(messages, max_size=30))
 def test_hostile_topics_and_payloads_never_raise(batch: list) -> None:
     view = FleetView(max_happenings=20)

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from diemcau.core.button import ButtonState, PressAction, PressKind, PressTiming
@@ -335,7 +335,6 @@ def step(state: ButtonState, what: str, t: float) -> tuple[ButtonState, tuple[Pr
     return state.tick(t) if what == "tick" else state.edge(what == "down", t)
 
 
-@settings(deadline=None)
 @given(timing=timings, items=steps, window=st.floats(0.0, 30.0))
 def test_ticking_only_at_the_deadlines_misses_nothing(
         timing: PressTiming, items: list[tuple[str, float]], window: float) -> None:

@@ -181,7 +181,7 @@ def _raw_jwt(centre: CentreKey, claims: dict) -> bytes:
 def test_hostile_payloads_never_kill_the_box(box, observer, centre) -> None:
     sent: list[bytes] = []
 
-    @settings(max_examples=1500, deadline=None, database=None,
+    @settings(max_examples=1500, database=None,
               suppress_health_check=list(HealthCheck))
     @given(payload=_hostile_payloads(centre))
     def send(payload: bytes) -> None:

@@ -396,7 +396,7 @@ def test_a_bad_csr_leaves_the_token_unused(centre: Centre) -> None:
     assert token_state(centre, A) == "pending"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.binary(max_size=300))
 def test_any_bytes_are_a_request_or_a_bad_request(body: bytes) -> None:
     try:
@@ -418,7 +418,7 @@ FIELDS = st.fixed_dictionaries({}, optional={
 })
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=150,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(FIELDS.map(lambda d: json.dumps(d).encode()), st.binary(max_size=200)))
 def test_the_service_answers_anything_with_a_reason_and_burns_nothing(centre: Centre,
@@ -534,7 +534,7 @@ def test_a_box_whose_clock_disagrees_says_so(centre: Centre, tmp_path: Path) -> 
 
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.binary(max_size=400) | st.text(max_size=400).map(str.encode))
 def test_any_bytes_on_the_card_are_an_enrollment_file_or_a_named_problem(data: bytes) -> None:
     try:
@@ -545,7 +545,7 @@ def test_any_bytes_on_the_card_are_an_enrollment_file_or_a_named_problem(data: b
         assert doc.service.startswith("https://") and "-----END CERTIFICATE-----" in doc.ca_pem
 
 
-@settings(max_examples=200, deadline=None,
+@settings(max_examples=200,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(min_value=0, max_value=4000), flip=st.integers(min_value=0, max_value=4000))
 def test_a_real_file_cut_or_flipped_anywhere_is_read_or_refused(centre: Centre, cut: int,

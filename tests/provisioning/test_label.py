@@ -87,7 +87,7 @@ def test_a_new_token_changes_the_label_and_an_unknown_box_writes_nothing(tmp_pat
 names = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(commune=names, room=names, fid=st.from_regex(r"[0-9a-f]{8}", fullmatch=True))
 def test_any_site_names_make_a_well_formed_label_and_an_ascii_code(commune: str, room: str,
                                                                    fid: str) -> None:

@@ -153,7 +153,7 @@ def test_a_bad_header_is_named(header: str, message: str) -> None:
     assert all(p.line == 1 for p in caught.value.problems)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.text(alphabet=st.sampled_from(list(',;"\n\r 0123456789aáp\x00\ufeff')), max_size=200))
 def test_any_text_gives_rows_or_named_problems(text: str) -> None:
     try:
