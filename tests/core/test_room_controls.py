@@ -268,6 +268,16 @@ def test_leaving_forgets_a_raised_hand() -> None:
     assert handle_stream(leave.room, "off").room.hand_raised is False
 
 
+def test_a_stream_that_fails_takes_a_raised_hand_down_and_tells_the_centre() -> None:
+    # Found by the property test below: media stopping by itself left the hand up.
+    up = handle_press(live(), "join", "short_press", NOW, EARLY).room
+    for failure in (handle_stream(up, "off"), handle_stream(up, "error", "no camera", True)):
+        assert failure.room.state == "error" and not failure.room.hand_raised
+        assert kinds(failure) == ["error", "hand_lowered"]
+    # Without a hand up there is nothing to take down.
+    assert kinds(handle_stream(live(), "off")) == ["error"]
+
+
 # ---------------------------------------------------------------- any sequence
 
 STEPS = st.one_of(

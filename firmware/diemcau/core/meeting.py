@@ -525,8 +525,13 @@ def handle_stream(room: Room, state: str, detail: str = "", fatal: bool = False)
         if room.pending_join:
             jid, jcmd = room.pending_join
             replies = (_reply(jid, jcmd, "failed", 500, detail),)
-        new = replace(room, state="error", pending_join=None, last_error=detail)
-        return Outcome(new, replies, (StopMedia(), EmitEvent("error", room.meeting_id, detail)))
+        # Nobody can hear the room now: a raised hand is taken down, and the centre told.
+        new = replace(room, state="error", pending_join=None, last_error=detail,
+                      hand_raised=False)
+        effects: tuple[Effect, ...] = (StopMedia(), EmitEvent("error", room.meeting_id, detail))
+        if room.hand_raised:
+            effects += (EmitEvent("hand_lowered", room.meeting_id, "the stream failed"),)
+        return Outcome(new, replies, effects)
 
     if state == "off" and room.state in IN_MEETING:
         # Media ends only when asked to; ending by itself mid-meeting is an error.
