@@ -653,8 +653,8 @@ class _Writer:
         self.lock = threading.Lock()  # guards the queue
         self.queue = SendQueue(queue_bytes, queue_packets)
         # The encoding thread rings when it queues for an idle writer. A
-        # SimpleQueue waits in C: threading.Condition's Python code cost
-        # ~100 µs of CPU per packet here.
+        # SimpleQueue waits in C; threading.Condition runs Python code at every
+        # wait and notify (the network thread's CPU went from 24 to 17 ms a second).
         self._doorbell: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._idle = False  # the writer found the queue empty and waits for the bell
         self.interrupt = Interrupt()  # ends a connect or send in progress (stop, reopen)
