@@ -19,23 +19,12 @@ from diemcau.app import build
 from diemcau.config import parse_config
 from diemcau.core.light import MAGENTA
 from diemcau.supervisor import Supervisor
-from tests.harness.box import CentreKey, offline_config
-
-RGB = (5, 6, 13)
+from tests.harness.box import MOCK_RGB_PANEL, RGB_PINS, CentreKey, offline_config
 
 
 @pytest.fixture
 def box(tmp_path: Path) -> Iterator[tuple[Supervisor, MockFactory]]:
-    text = offline_config(tmp_path / "state", CentreKey(), extra=f"""
-[panel]
-gpio = "mock"
-
-[panel.light]
-kind = "rgb"
-red_pin = {RGB[0]}
-green_pin = {RGB[1]}
-blue_pin = {RGB[2]}
-""")
+    text = offline_config(tmp_path / "state", CentreKey(), extra=MOCK_RGB_PANEL)
     factory = MockFactory(pin_class=MockPWMPin)
     supervisor = build(parse_config(text), pin_factory=factory)
     yield supervisor, factory
@@ -62,7 +51,7 @@ def test_an_update_shows_on_the_light_until_it_ends(box: tuple[Supervisor, MockF
     assert shown(supervisor) == "updating"
     # The pins: magenta fading in and out, green dark.
     time.sleep(0.6)
-    for pin, channel in zip(RGB, MAGENTA.rgb, strict=True):
+    for pin, channel in zip(RGB_PINS, MAGENTA.rgb, strict=True):
         values = [s.state for s in factory.pin(pin).states] + [factory.pin(pin).state]
         if channel:
             assert max(values) > 0 and len(set(values)) > 2, (pin, values)  # a fade, not a blink

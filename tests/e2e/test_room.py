@@ -28,7 +28,7 @@ from diemcau.core.light import PATTERNS, LightState
 from diemcau.protocol import Event, Status, decode, device_topic
 from diemcau.supervisor import Supervisor
 from tests.harness.alsa import SimulatedSpeaker, make_microphone, make_speaker
-from tests.harness.box import box_config
+from tests.harness.box import RGB_PINS, box_config
 from tests.harness.srt_listener import SrtListener
 from tests.harness.voice import prompts_said
 
@@ -38,7 +38,6 @@ DEV = "c00001-r1"
 STATUS = device_topic(DEV, "status")
 EVENT = device_topic(DEV, "event")
 JOIN_PIN, MUTE_PIN = 17, 27
-RGB = (5, 6, 13)
 VOLUME = 80
 SITE = "UBND xã Thử Nghiệm"  # tests/harness/box.py
 
@@ -61,9 +60,9 @@ pin = {MUTE_PIN}
 
 [panel.light]
 kind = "rgb"
-red_pin = {RGB[0]}
-green_pin = {RGB[1]}
-blue_pin = {RGB[2]}
+red_pin = {RGB_PINS[0]}
+green_pin = {RGB_PINS[1]}
+blue_pin = {RGB_PINS[2]}
 """
 
 
@@ -96,10 +95,10 @@ class RoomBox:
         while light.shown is None or light.shown.state != state:
             assert time.time() < deadline, f"the light shows {light.shown and light.shown.state}"
             time.sleep(0.02)
-        marks = {pin: len(self.factory.pin(pin).states) - 1 for pin in RGB}
+        marks = {pin: len(self.factory.pin(pin).states) - 1 for pin in RGB_PINS}
         pattern = PATTERNS[state]
         time.sleep(max(0.05, pattern.rgb.period_s * 1.2))
-        for pin, channel in zip(RGB, pattern.colour.rgb, strict=True):
+        for pin, channel in zip(RGB_PINS, pattern.colour.rgb, strict=True):
             history = [s.state for s in self.factory.pin(pin).states[marks[pin]:]]
             current = float(self.factory.pin(pin).state)
             if pattern.rgb.kind == "steady":
@@ -281,7 +280,7 @@ def test_held_at_start_the_box_says_so_then_forgets_everything(room_box, observe
     assert kinds == [("button", "reset_hold"), ("factory_reset", "button held at start")]
     assert box.prompts()[-1] == "factory_reset"
     # The light said so before the box stopped: red and blue blinking, green dark.
-    red, green, blue = (box.factory.pin(p).states[marks[p]:] for p in RGB)
+    red, green, blue = (box.factory.pin(p).states[marks[p]:] for p in RGB_PINS)
     assert max(s.state for s in red) == 1 and max(s.state for s in blue) == 1
     assert max(s.state for s in green) == 0
 

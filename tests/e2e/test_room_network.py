@@ -18,22 +18,12 @@ from pathlib import Path
 import pytest
 
 from diemcau.core.light import PATTERNS
-from tests.harness.box import box_config
+from tests.harness.box import MOCK_RGB_PANEL, RGB_PINS, box_config
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
-RGB = (5, 6, 13)
-PANEL = f"""
-[panel]
-gpio = "mock"
 
-[panel.light]
-kind = "rgb"
-red_pin = {RGB[0]}
-green_pin = {RGB[1]}
-blue_pin = {RGB[2]}
-"""
 VETH = "ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up"
 NETWORKS = {
     # what the namespace holds before the box starts: the light's state
@@ -61,7 +51,7 @@ def test_the_light_says_whether_the_network_or_the_centre_is_missing(
     config.write_text(box_config(device_id="c00001-r1", broker=broker,
                                  state_dir=tmp_path / "state",
                                  keys={centre.kid: centre.public_text}, health_interval_s=2,
-                                 extra=PANEL))
+                                 extra=MOCK_RGB_PANEL))
     done = subprocess.run(
         ["unshare", "--net", "sh", "-c",
          f'{setup} && exec "$0" -m tests.harness.light_probe "$1" "$2" --timeout 20',
@@ -74,7 +64,7 @@ def test_the_light_says_whether_the_network_or_the_centre_is_missing(
     # The pins: the state's colour blinking, the other channels dark.
     pattern = PATTERNS[expected]
     assert pattern.rgb.kind == "blink"
-    for pin, channel in zip(RGB, pattern.colour.rgb, strict=True):
+    for pin, channel in zip(RGB_PINS, pattern.colour.rgb, strict=True):
         values = report["pins"][str(pin)]
         if channel:
             assert max(values) == pytest.approx(channel) and min(values) == 0, (pin, values)

@@ -150,6 +150,20 @@ level = "debug"
 {extra}"""
 
 
+# A status light on gpiozero's MockFactory, as the room tests read it back pin by pin.
+RGB_PINS = (5, 6, 13)
+MOCK_RGB_PANEL = f"""
+[panel]
+gpio = "mock"
+
+[panel.light]
+kind = "rgb"
+red_pin = {RGB_PINS[0]}
+green_pin = {RGB_PINS[1]}
+blue_pin = {RGB_PINS[2]}
+"""
+
+
 class Box:
     def __init__(
         self,

@@ -24,6 +24,7 @@ from diemcau.core.prompts import PROMPTS
 from diemcau.protocol import Event, device_topic
 from tests.harness.alsa import SimulatedSpeaker, make_microphone, make_speaker
 from tests.harness.box import Box
+from tests.test_config_panel import PANEL
 
 from .conftest import A
 from .test_blank_box import Fleet, fleet  # noqa: F401 - the fixture
@@ -32,16 +33,6 @@ from .test_enrollment import blank_config
 pytestmark = pytest.mark.e2e
 
 VOLUME = 80
-PANEL = """
-[panel]
-gpio = "mock"
-
-[panel.join_button]
-pin = 17
-
-[panel.light]
-kind = "rgb"
-"""
 
 
 @pytest.fixture
