@@ -73,6 +73,7 @@ from tests.harness.alsa import SimulatedMicrophone, make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
 from tests.harness.observer import Observer
+from tests.harness.process import stop_process
 from tests.harness.srt_listener import SrtListener, free_udp_port, udp_port_bound
 
 Row = Callable[..., None]
@@ -439,13 +440,7 @@ def read_stamps(pictures: list[Picture]) -> list[int | None]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, signal.SIGINT)  # ffmpeg finishes its output on SIGINT
 
 
 # ---------------------------------------------------------------- the benchmarks

@@ -27,6 +27,7 @@ from diemcau.protocol import (
 
 from .alsa import make_microphone
 from .broker import Broker
+from .process import stop_process
 
 
 class CentreKey:
@@ -210,13 +211,7 @@ class Box:
         """SIGTERM, as systemd does; returns the exit code."""
         if self._proc is None:
             return None
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, timeout_s=timeout_s)
         return self._finish()
 
     def press(self) -> None:

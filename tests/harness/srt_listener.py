@@ -31,6 +31,8 @@ import numpy as np
 
 from diemcau.adapters import framestamp
 
+from .process import stop_process
+
 _LOCALHOST = "127.0.0.1"
 
 
@@ -160,14 +162,8 @@ class SrtListener:
 
     def stop(self, timeout_s: float = 10.0) -> Path:
         """Let ffmpeg finish the file (SIGTERM, then SIGKILL); return the latest recording."""
-        process = self._process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if self._process is not None:
+            stop_process(self._process, timeout_s=timeout_s)
         self._process = None
         return self.recordings[-1]
 

@@ -28,6 +28,7 @@ from diemcau.protocol import Health, State, decode, device_topic
 from tests.harness.box import CentreKey, box_config
 from tests.harness.broker import Broker
 from tests.harness.observer import Observer
+from tests.harness.process import stop_process
 
 IMAGE = os.environ.get("DIEMCAU_IMAGE", "")
 pytestmark = [
@@ -119,13 +120,7 @@ class Guest:
             raise AssertionError(f"QEMU exited with {self._proc.returncode}: {log[-2000:]}")
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        stop_process(self._proc, timeout_s=30)
 
 
 def wait(guest: Guest, observer: Observer, predicate, timeout: float):  # noqa: ANN001, ANN201

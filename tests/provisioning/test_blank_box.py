@@ -25,6 +25,7 @@ from diemcau.protocol.enrollment import Broker as BrokerAddress
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker, wait_for_port
+from tests.harness.process import stop_process
 from tests.harness.srt_listener import SrtListener, read_recording
 
 from .conftest import A, start_fleet_broker
@@ -110,12 +111,7 @@ def start_service(centre: Centre, broker: Broker, log_file: Path,
 
 
 def stop_service(service: subprocess.Popen[bytes]) -> None:
-    service.send_signal(signal.SIGTERM)
-    try:
-        service.wait(10)
-    except subprocess.TimeoutExpired:
-        service.kill()
-        service.wait()
+    stop_process(service)
 
 
 def centre_console(centre: Centre, broker: Broker) -> MtlsClient:
