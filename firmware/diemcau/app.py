@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapters.health import HealthProbe
+from .adapters.ledger import FILE_NAME as LEDGER_FILE
+from .adapters.ledger import Ledger
 from .adapters.mqtt import MqttLink
 from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
 from .adapters.releases import ReleaseStore
 from .adapters.service import ServiceManager
-from .adapters.statefile import Counters, ScheduleFile
+from .adapters.statefile import Counters, remove_stray_temp_files
 from .config import Config, Enrollment, Panel
 from .core.button import PressTiming
 from .core.events import EnrollmentStopped, PromptSpoken, StopRequested
@@ -66,7 +68,14 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
     """The supervisor and its adapters; ``pin_factory`` (gpiozero) replaces the configured one."""
     state = Path(cfg.device.state_dir)
     state.mkdir(parents=True, exist_ok=True)
-    counters = Counters(state / "counters.json")
+    strays = remove_stray_temp_files(state)
+    if strays:
+        log.info("removed %d unfinished temporary file(s) from the state directory", strays)
+    counters = Counters(state / "counters.json")  # the link's session number
+    ledger = Ledger(state / LEDGER_FILE)
+    outbox = Outbox(ledger.db, cfg.outbox.max_messages)
+    replay = ReplayCache(ledger.db)
+    ledger.adopt(state)  # an older release's outbox, replay cache, invitation, event seq
 
     def make_link(post):  # type: ignore[no-untyped-def]
         return MqttLink(cfg.mqtt, cfg.device.id, cfg.groups, counters, post)
@@ -91,14 +100,13 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
         make_media=make_media,
         # Only timesyncd's flag file: asking timedatectl could stall the loop for a second.
         health=HealthProbe(str(state), cfg.health.clock_check, timedatectl=None),
-        outbox=Outbox(state / "outbox.sqlite", cfg.outbox.max_messages),
-        replay=ReplayCache(state / "replay.sqlite"),
-        counters=counters,
+        outbox=outbox,
+        replay=replay,
+        ledger=ledger,
         model=board_model(cfg.device.model),
         serial=board_serial(cfg.device.serial),
         service=ServiceManager(),
         voice=voice,
-        schedule=ScheduleFile(state / "invitation.json"),
         **panel,
         releases=ReleaseStore.from_config(cfg),
     )

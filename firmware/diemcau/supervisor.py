@@ -5,7 +5,14 @@ small events to :meth:`Supervisor.post` and returns at once. The loop takes
 them one at a time, asks the pure core what they mean, and carries out the
 result: replies, events, media start/stop, health, alerts.
 
-Start order: outbox and replay cache (disk) → link → loop. Stop order, in
+Each event is handled as one durable step (:meth:`Supervisor._durably`):
+what it writes to the ledger (replies, events, the replay cache, the room's
+settings) is committed together, and only then are the messages sent and the
+command acknowledged to the broker. A box killed at any moment has either
+recorded a command and its reply, or not acknowledged it: the broker sends it
+again (docs/protocol.md, "Delivery guarantees").
+
+Start order: ledger (disk) → link → loop. Stop order, in
 reverse: media first (so the centre never sees a live stream from a box that
 says it is gone), then the final status, then the link (``disconnected``).
 """
@@ -18,7 +25,8 @@ import queue
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +105,8 @@ class Link(Protocol):
     def stop(self, final_state: str = ..., timeout_s: float = ...) -> None: ...
     def publish(self, topic: str, payload: bytes, *, qos: int = ..., retain: bool = ...) -> int: ...
     def publish_birth(self) -> None: ...
+    # A command is on disk with its reply: the broker may forget it (PUBACK).
+    def ack(self, token: Any) -> None: ...
     # After a renewal: the next connection uses the new certificate files.
     def reload_certificate(self) -> None: ...
 
@@ -120,9 +130,9 @@ class Adapters:
     make_link: Callable[[Callable[[object], None]], Link]
     make_media: MediaFactory
     health: Any  # adapters.health.HealthProbe
-    outbox: Any  # adapters.outbox.Outbox
-    replay: ReplayCache
-    counters: Any  # adapters.statefile.Counters
+    outbox: Any  # adapters.outbox.Outbox, a table of the ledger
+    replay: ReplayCache  # a table of the ledger
+    ledger: Any  # adapters.ledger.Ledger: transactions, the event seq, the room's settings
     model: str
     serial: str
     service: Any = None  # adapters.service.ServiceManager (systemd notify), optional
@@ -130,7 +140,6 @@ class Adapters:
     light: Any = None  # adapters.panel.StatusLight
     make_buttons: Callable[[Callable[[object], None]], list[Any]] | None = None  # PanelButtons
     voice: Any = None  # adapters.voice.Voice
-    schedule: Any = None  # adapters.statefile.ScheduleFile: the invitation across restarts
     releases: Any = None  # adapters.releases.ReleaseStore; None: no firmware updates
 
 
@@ -167,13 +176,18 @@ class Supervisor:
         self.factory_reset = False  # run() erased the state: exit with EXIT_FACTORY_RESET
         self._join_early_s = cfg.panel.join_early_s if cfg.panel else 900.0
         self.room = core.Room(volume_percent=cfg.voice.volume_percent)
-        self._restore_invitation()
+        self._restore_room()
         self._buttons: list[Any] = []
         self._certificate: CertificateStatus | None = None  # None: no enrolled identity
         self.link: Link = adapters.make_link(self.post)
         self.exit_code = 0  # EXIT_RESTART after installing an update: the service restarts us
         self._update: tuple[str, str] | None = None  # (command id, version) under way
         self._installed = False  # the update is installed and waits for the meeting to end
+        # One durable step at a time: what it sends and acknowledges waits for its commit.
+        self._in_step = False
+        self._unsent: list[tuple[str, bytes, bool, int]] = []  # topic, payload, retain, row
+        self._acks: list[Any] = []
+        self._handling: tuple[str, str] | None = None  # (id, name) of the command being handled
 
     # ------------------------------------------------------------ the queue
 
@@ -191,7 +205,11 @@ class Supervisor:
         """Run until a StopRequested arrives; then stop everything in reverse order."""
         self._show_light()  # "starting", before anything that can take time
         if self.a.voice is not None:
+            if self.room.volume_percent != self.cfg.voice.volume_percent:
+                self.a.voice.set_volume(self.room.volume_percent)  # as the centre last set it
             self.a.voice.start()
+        with self._durably():
+            self._finish_interrupted_commands()
         if self.a.make_buttons is not None:
             # From here the reset window runs: a press held now counts for nothing.
             self._buttons = self.a.make_buttons(self.post)
@@ -254,8 +272,7 @@ class Supervisor:
             self.room = core.Room(volume_percent=self.room.volume_percent)
         self._publish_status()
         self.link.stop("updating" if self.exit_code == EXIT_RESTART else "disconnected")
-        self.a.outbox.close()
-        self.a.replay.close()
+        self.a.ledger.close()
         if self.a.voice is not None:
             self.a.voice.stop()
         if self._reset_deadline is not None:
@@ -266,6 +283,41 @@ class Supervisor:
     # ------------------------------------------------------------ dispatch
 
     def handle(self, event: object) -> None:
+        with self._durably():
+            self._dispatch(event)
+
+    @contextmanager
+    def _durably(self) -> Iterator[None]:
+        """One durable step: everything the block writes is committed together; what it
+        sends, and the acknowledgement of the command it handled, go out after the commit.
+
+        Nested blocks join the outer one. An exception rolls the step back and sends
+        nothing of it: an unacknowledged command comes again from the broker.
+        """
+        if self._in_step:
+            yield
+            return
+        self._in_step = True
+        try:
+            with self.a.ledger.transaction():
+                yield
+        except BaseException:
+            self._unsent.clear()
+            self._acks.clear()
+            raise
+        finally:
+            self._in_step = False
+        unsent, self._unsent = self._unsent, []
+        acks, self._acks = self._acks, []
+        if self.link.connected:
+            in_flight = set(self._inflight.values())
+            for topic, payload, retain, row in unsent:
+                if row not in in_flight:  # a link-up in this step may have sent it already
+                    self._inflight[self.link.publish(topic, payload, qos=1, retain=retain)] = row
+        for token in acks:
+            self.link.ack(token)
+
+    def _dispatch(self, event: object) -> None:
         match event:
             case CommandArrived():
                 self._on_command(event)
@@ -309,6 +361,20 @@ class Supervisor:
     # ------------------------------------------------------------ commands
 
     def _on_command(self, event: CommandArrived) -> None:
+        if event.ack is not None:
+            self._acks.append(event.ack)  # sent once this step is committed
+        self._handling = None
+        try:
+            self._verify_and_handle(event)
+        except Exception as exc:  # noqa: BLE001 - every command gets a reply, even on a bug
+            log.exception("error handling a command on %s", event.topic)
+            if self._handling is not None:
+                cid, cmd = self._handling
+                self._send_reply(core.ReplyDraft(cid, cmd, "failed", 500,
+                                                 f"the box could not carry it out "
+                                                 f"({type(exc).__name__}); see its log"))
+
+    def _verify_and_handle(self, event: CommandArrived) -> None:
         now = self._clock()
         try:
             command = verify_command(event.payload, self._keys, self._audiences, now=now,
@@ -330,6 +396,7 @@ class Supervisor:
             return
         self.a.replay.remember(command.id, command.exp)
         self._command_exp[command.id] = command.exp
+        self._handling = (command.id, command.cmd)
         log.info("command %s %s args=%s", command.id, command.cmd, _short(command.args))
         if command.cmd == "keys.update":
             self._update_keys(command.id, command.args)
@@ -397,6 +464,7 @@ class Supervisor:
                     self.stream = msgspec.structs.replace(self.stream, profile=profile)
             case core.SetVolume(percent=percent):
                 log.info("speaker volume %d%%", percent)
+                self.a.ledger.put_setting("volume_percent", percent)  # with the command's reply
                 if self.a.voice is not None:
                     self.a.voice.set_volume(percent)
             case core.PublishHealth():
@@ -508,17 +576,18 @@ class Supervisor:
             self.link.publish_birth()
 
     def _send_reliable(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        row = self.a.outbox.add(topic, payload, retain)
-        if self.link.connected:
-            mid = self.link.publish(topic, payload, qos=1, retain=retain)
-            self._inflight[mid] = row
+        """Into the outbox, and to the broker once the step that made it is committed."""
+        with self._durably():
+            row = self.a.outbox.add(topic, payload, retain)
+            self._unsent.append((topic, payload, retain, row))
 
     def emit(self, kind: str, *, meeting_id: str | None = None, detail: str = "",
              data: dict[str, Any] | None = None) -> None:
-        seq = self.a.counters.bump("event_seq")
-        event = Event(seq=seq, ts=now_ts(), kind=kind, meeting_id=meeting_id, detail=detail,
-                      data=data or {})
-        self._send_reliable(device_topic(self._dev, "event"), encode(event))
+        with self._durably():  # the seq and the outbox row: one step, no gaps after a crash
+            seq = self.a.ledger.bump("event_seq")
+            event = Event(seq=seq, ts=now_ts(), kind=kind, meeting_id=meeting_id,
+                          detail=detail, data=data or {})
+            self._send_reliable(device_topic(self._dev, "event"), encode(event))
 
     def _publish_meta(self) -> None:
         site = self.cfg.site
@@ -773,10 +842,12 @@ class Supervisor:
                 log.info("light: %s (%s)", pattern.state, LABELS[pattern.state][0])
             self.a.light.show(pattern)
 
-    def _restore_invitation(self) -> None:
-        if self.a.schedule is None:
-            return
-        saved = self.a.schedule.load()
+    def _restore_room(self) -> None:
+        """The room's settings as the last run left them: the volume, the invitation."""
+        volume = self.a.ledger.get_setting("volume_percent")
+        if isinstance(volume, int) and 0 <= volume <= 100:
+            self.room = dataclasses.replace(self.room, volume_percent=volume)
+        saved = self.a.ledger.get_setting("invitation")
         if saved is None:
             return
         try:
@@ -785,15 +856,38 @@ class Supervisor:
             inv = core.invitation_from(core.validate("meeting.invite", saved, self._policy))
         except core.BadArgs as exc:
             log.error("saved invitation dropped: %s", exc.detail)
-            self.a.schedule.save(None)
+            self.a.ledger.put_setting("invitation", None)
             return
         log.info("invitation to %s restored", inv.meeting_id)
         self.room = dataclasses.replace(self.room, state="invited", invitation=inv)
 
     def _save_invitation(self) -> None:
-        if self.a.schedule is not None:
-            inv = self.room.invitation
-            self.a.schedule.save(None if inv is None else core.invitation_args(inv))
+        inv = self.room.invitation
+        self.a.ledger.put_setting("invitation", None if inv is None else core.invitation_args(inv))
+
+    def _finish_interrupted_commands(self) -> None:
+        """The final reply that a 202 promised, for commands the last run did not finish.
+
+        A restart ends whatever meeting the box was in: a join never finished
+        has failed, a leave has happened. ``firmware.update`` has its own
+        record (the release store), reported once the box is online.
+        """
+        for cid, exp, reply in self.a.replay.unfinished():
+            cmd = reply.cmd if reply is not None else None
+            if cmd == UPDATE_CMD:
+                continue
+            if cmd in ("meeting.leave", "meeting.cancel"):
+                final = core.ReplyDraft(cid, cmd, "succeeded", 200,
+                                        "the box restarted, which ended the meeting")
+            else:
+                doing = f" ({reply.detail})" if reply is not None and reply.detail else ""
+                final = core.ReplyDraft(cid, cmd, "failed", 500,
+                                        f"the box restarted before it finished{doing}; "
+                                        "it is not in the meeting: send the command again")
+            log.warning("command %s (%s) was interrupted by a restart: %s %d", cid, cmd,
+                        final.status, final.code)
+            self._command_exp[cid] = exp
+            self._send_reply(final)
 
 
 def replace_ts(status: Status) -> Status:

@@ -10,6 +10,9 @@ number, because the will must carry it before each connection attempt.
 - the will sets ``state`` to ``lost`` (retained) with this session's number,
   after a short will delay, so a quick reconnect never shows as lost;
 - on every connect: subscribe again, then publish the birth (``ready``);
+- a command is acknowledged (PUBACK) only when the supervisor says it is on
+  disk (:meth:`MqttLink.ack`), never when it merely arrived: a box that dies
+  before that gets it again from the broker after its restart;
 - reconnect with exponential backoff and jitter (paho's own has no jitter);
 - callbacks never block and never let an exception escape.
 """
@@ -22,7 +25,7 @@ import random
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import Mqtt, Tls
 from ..core.backoff import backoff_delay
@@ -86,6 +89,14 @@ def _loop_thread_writes(client: Any, userdata: Any, sock: Any) -> None:
     """paho's "socket wants writing" hook: nothing to do, the loop thread writes."""
 
 
+class AckToken(NamedTuple):
+    """What :meth:`MqttLink.ack` needs: the message's id on the connection it came on."""
+
+    mid: int
+    qos: int
+    connection: int
+
+
 class MqttLink:
     def __init__(
         self,
@@ -109,6 +120,7 @@ class MqttLink:
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
         self._had_connack = False  # this connection attempt got a successful CONNACK
+        self._connection = 0  # bumped on each CONNACK: a PUBACK belongs to one connection
         self.session = counters.get("session")
         self._state_topic = device_topic(device_id, "state")
         self._client = self._make_client()
@@ -123,6 +135,7 @@ class MqttLink:
             client_id=self._dev,
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,  # we reconnect ourselves, with jitter
+            manual_ack=True,  # a command is acknowledged once it is on disk (ack())
         )
         client.username_pw_set(self._cfg.username or self._dev, self._cfg.password or None)
         context = self._tls = tls_context(self._cfg.tls)
@@ -239,6 +252,7 @@ class MqttLink:
             self._had_connack = False
             return
         self._had_connack = True
+        self._connection += 1
         from paho.mqtt.subscribeoptions import SubscribeOptions
 
         opts = SubscribeOptions(qos=1)
@@ -266,9 +280,12 @@ class MqttLink:
     @_guarded
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic == self._state_topic:
+            if message.qos:
+                client.ack(message.mid, message.qos)  # nothing to keep: a birth overwrites it
             self._post(OwnStateSeen(bytes(message.payload)))
         else:
-            self._post(CommandArrived(message.topic, bytes(message.payload)))
+            token = AckToken(message.mid, message.qos, self._connection) if message.qos else None
+            self._post(CommandArrived(message.topic, bytes(message.payload), token))
 
     @_guarded
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
@@ -285,6 +302,15 @@ class MqttLink:
             log.info("client certificate reloaded for the next connection")
 
     # ------------------------------------------------------------ sending
+
+    def ack(self, token: AckToken) -> None:
+        """Acknowledge a command to the broker (from any thread; the loop thread writes).
+
+        Only on the connection it came on: after a reconnect the broker sends
+        every unacknowledged command again, and that copy is acknowledged instead.
+        """
+        if token.connection == self._connection and self._connected.is_set():
+            self._client.ack(token.mid, token.qos)
 
     def publish_birth(self) -> None:
         payload = encode(State(state="ready", session=self.session, ts=now_ts()))

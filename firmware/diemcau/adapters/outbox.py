@@ -1,7 +1,8 @@
 """The outbox: replies, events and alert changes that must reach the centre.
 
-Kept on disk (SQLite) until the broker acknowledges them, so neither a broken
-link nor a restart of the box loses them; sent in the order they were made.
+Kept on disk (SQLite, a table of the box's ledger: :mod:`diemcau.adapters.ledger`)
+until the broker acknowledges them, so neither a broken link nor a restart of
+the box loses them; sent in the order they were made.
 Bounded: when full, the oldest message is dropped and counted.
 Owned by the supervisor's thread.
 """
@@ -25,10 +26,13 @@ class Pending:
 
 
 class Outbox:
-    def __init__(self, path: str | Path, max_messages: int) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+    def __init__(self, db: str | Path | sqlite3.Connection, max_messages: int) -> None:
+        """``db``: the ledger's connection, or a file of its own."""
+        if isinstance(db, sqlite3.Connection):
+            self._db = db
+        else:
+            self._db = sqlite3.connect(str(db), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (row INTEGER PRIMARY KEY AUTOINCREMENT,"
             " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL)"

@@ -8,9 +8,29 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+# The temporary names write_atomic makes: "." + the file's name + "." + mkstemp's 8 characters.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")
+
+
+def remove_stray_temp_files(directory: Path) -> int:
+    """Remove what write_atomic left behind when the process was killed mid-write.
+
+    Call at start, before anything writes; looks in ``directory`` and below.
+    Returns how many files went.
+    """
+    removed = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            if _TEMP_NAME.match(name):
+                Path(root, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, replace: bool = True) -> None:
@@ -45,7 +65,8 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, *, replace: bool = 
 
 
 class Counters:
-    """Named integers that only grow, kept in one JSON file (session, event seq).
+    """Named integers that only grow, kept in one JSON file (the link's session number;
+    the event seq is in the ledger, written with its event).
 
     >>> c = Counters(Path("/tmp/x/counters.json")); c.bump("session")  # doctest: +SKIP
     1
@@ -68,28 +89,3 @@ class Counters:
         self._values[name] = self.get(name) + 1
         write_atomic(self._path, json.dumps(self._values).encode())
         return self._values[name]
-
-
-class ScheduleFile:
-    """The pending invitation, kept across restarts: its ``meeting.invite`` arguments as JSON.
-
-    ``load`` gives None for no file or an unreadable one (logged by the caller's checks).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-
-    def load(self) -> dict[str, Any] | None:
-        try:
-            loaded: Any = json.loads(self._path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {"garbled": str(self._path)}  # refused by the invitation's own checks
-        return loaded if isinstance(loaded, dict) else {"garbled": str(self._path)}
-
-    def save(self, args: dict[str, Any] | None) -> None:
-        if args is None:
-            self._path.unlink(missing_ok=True)
-        else:
-            write_atomic(self._path, json.dumps(args, ensure_ascii=False).encode())

@@ -16,10 +16,16 @@ StreamState = Literal["off", "starting", "live", "reconnecting", "error"]
 
 @dataclass(frozen=True, slots=True)
 class CommandArrived:
-    """A message on one of the box's command topics (not yet verified)."""
+    """A message on one of the box's command topics (not yet verified).
+
+    ``ack``: how to acknowledge it to the broker (the link's token for its
+    PUBACK), once the command and its reply are on disk; None for a message
+    that needs none (QoS 0, or made up by a test).
+    """
 
     topic: str
     payload: bytes
+    ack: Any = None
 
 
 @dataclass(frozen=True, slots=True)

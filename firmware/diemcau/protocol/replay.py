@@ -23,10 +23,14 @@ MAX_ENTRIES = 20_000
 
 
 class ReplayCache:
-    def __init__(self, path: str | Path, *, max_entries: int = MAX_ENTRIES) -> None:
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+    def __init__(self, db: str | Path | sqlite3.Connection, *,
+                 max_entries: int = MAX_ENTRIES) -> None:
+        """``db``: a connection shared with other tables (the box's ledger), or a file."""
+        if isinstance(db, sqlite3.Connection):
+            self._db = db
+        else:
+            self._db = sqlite3.connect(str(db), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS seen (jti TEXT PRIMARY KEY, exp REAL NOT NULL, reply BLOB)"
         )
@@ -58,6 +62,16 @@ class ReplayCache:
                 "DELETE FROM seen WHERE jti IN (SELECT jti FROM seen ORDER BY exp LIMIT ?)",
                 (count - self._max_entries,),
             )
+
+    def unfinished(self) -> list[tuple[str, float, Reply | None]]:
+        """Commands whose last reply promised more (``accepted``, ``in_progress``) or that
+        have none: (id, exp, that reply), oldest expiry first."""
+        out = []
+        for jti, exp, blob in self._db.execute("SELECT jti, exp, reply FROM seen ORDER BY exp"):
+            reply = None if blob is None else decode(blob, Reply)
+            if reply is None or reply.status in ("accepted", "in_progress"):
+                out.append((jti, exp, reply))
+        return out
 
     def purge(self, now: float, leeway_s: float = 30.0) -> int:
         """Forget ids whose command has expired; only call with a synchronised clock."""
