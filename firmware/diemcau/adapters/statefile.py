@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-
 # The temporary names write_atomic makes: "." + the file's name + "." + mkstemp's 8 characters.
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}$")
 
