@@ -269,6 +269,24 @@ def test_sign_verify_round_trip() -> None:
     assert verify(token) == command, "a str payload works like bytes"
 
 
+@pytest.mark.parametrize("ttl_s", [0, 0.5, -120, MAX_TOKEN_LIFETIME_S + 1, 2 * 86400,
+                                   10 * 365 * 86400, float("nan"), float("inf")])
+def test_sign_command_refuses_a_lifetime_a_box_would_refuse(ttl_s: float) -> None:
+    with pytest.raises(ValueError, match="ttl_s must be 1-86400 s"):
+        sign_command(KEY, KID, aud=DEV, cmd="audio.mute", ttl_s=ttl_s, now=T0)
+
+
+@given(ttl_s=st.floats(1, MAX_TOKEN_LIFETIME_S) | st.sampled_from([1, MAX_TOKEN_LIFETIME_S]),
+       issued=st.floats(0, 4e9) | st.just(T0 + 0.999), late=st.floats(0, 30))
+def test_what_sign_command_makes_a_box_accepts(ttl_s: float, issued: float, late: float) -> None:
+    """Any lifetime the signer allows passes a box with the default config, received within
+    the leeway of being signed, or with an unsynchronised clock whatever it says."""
+    token = sign_command(KEY, KID, aud=DEV, cmd="audio.mute", ttl_s=ttl_s, now=issued)
+    command = verify(token, now=issued + late)
+    assert 0 < command.exp - command.iat <= MAX_TOKEN_LIFETIME_S
+    assert verify(token, now=0.0, clock_synced=False) == command
+
+
 def test_sign_command_defaults() -> None:
     token = sign_command(KEY, KID, aud="group:all", cmd="health.report", ttl_s=30, now=T0)
     raw = jwt.decode(token, options={"verify_signature": False})

@@ -35,7 +35,7 @@ from .messages import CommandClaims
 MAX_COMMAND_BYTES = 16 * 1024
 DEFAULT_TTL_S = 120
 # The longest a command may be valid (exp - iat) unless the box's config says
-# otherwise (commands.max_token_lifetime_s).
+# otherwise (commands.max_token_lifetime_s); sign_command makes none longer.
 MAX_TOKEN_LIFETIME_S = 24 * 3600
 
 
@@ -122,7 +122,22 @@ def sign_command(
     jti: str | None = None,
     now: float | None = None,
 ) -> str:
-    """Sign a command for ``aud`` (a device id or ``group:{group}``)."""
+    """Sign a command for ``aud`` (a device id or ``group:{group}``), valid ``ttl_s`` seconds.
+
+    ``ttl_s`` is 1 to :data:`MAX_TOKEN_LIFETIME_S` (one day): a box refuses a
+    command valid for longer than its ``commands.max_token_lifetime_s``, one
+    day by default, so this does not make one.
+
+        >>> sign_command(generate_signing_key(), "k1", aud="c00001-r1", cmd="audio.mute",
+        ...              ttl_s=2 * 86400)
+        Traceback (most recent call last):
+        ...
+        ValueError: ttl_s must be 1-86400 s, not 172800: a box refuses a command valid for longer ...
+    """
+    if not 1 <= ttl_s <= MAX_TOKEN_LIFETIME_S:
+        raise ValueError(f"ttl_s must be 1-{MAX_TOKEN_LIFETIME_S} s, not {ttl_s}: a box refuses a"
+                         " command valid for longer than its commands.max_token_lifetime_s"
+                         f" (default {MAX_TOKEN_LIFETIME_S} s)")
     issued = time.time() if now is None else now
     claims = {
         "jti": jti or uuid.uuid4().hex,
