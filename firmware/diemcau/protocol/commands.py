@@ -41,7 +41,7 @@ MAX_TOKEN_LIFETIME_S = 24 * 3600
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A command whose signature, audience and expiry have been checked."""
+    """A command whose signature, audience, lifetime and times have been checked."""
 
     id: str
     cmd: str
