@@ -542,6 +542,7 @@ def test_lifetime_and_issue_time_bounds(times: tuple[float, float, float, float]
     iat = now + offset
     exp = iat + lifetime
     token = jws({"alg": "EdDSA", "kid": KID}, claims(jti="c13", iat=iat, exp=exp))
+    not_after = exp <= iat  # a lifetime too small to survive the addition
     too_long = exp - iat > max_lifetime
     ahead = synced and iat > now + leeway
     expired = synced and now > exp + leeway
@@ -549,14 +550,16 @@ def test_lifetime_and_issue_time_bounds(times: tuple[float, float, float, float]
         command = verify_command(token, KEYS, AUDIENCES, now=now, clock_synced=synced,
                                  leeway_s=leeway, max_lifetime_s=max_lifetime)
     except CommandRejected as err:
-        if too_long:
+        if not_after:
+            assert (err.code, err.detail) == (400, "bad claims: exp is not after iat")
+        elif too_long:
             assert (err.code, err.detail.split()[0]) == (401, "lifetime"), err.detail
         elif ahead:
             assert (err.code, err.detail.split(":")[0]) == (401, "not yet valid"), err.detail
         else:
             assert expired and (err.status, err.code) == ("expired", 410), err.detail
         return
-    assert not (too_long or ahead or expired), (too_long, ahead, expired)
+    assert not (not_after or too_long or ahead or expired), (not_after, too_long, ahead, expired)
     assert (command.iat, command.exp) == (iat, exp)
 
 
