@@ -111,6 +111,7 @@ def test_defaults_are_filled_in() -> None:
     assert cfg.mqtt.tls.insecure_skip_verify is False
     assert cfg.commands.allowed_schemes == ["srt"]
     assert cfg.commands.leeway_s == 30.0
+    assert cfg.commands.max_token_lifetime_s == 86400
     assert cfg.outbox.max_messages == 2000
     assert cfg.media.camera == "test_pattern"
     assert (cfg.media.sample_rate_hz, cfg.media.channels, cfg.media.audio_codec) == (48000, 1, "aac")
@@ -254,6 +255,25 @@ def test_bad_centre_key_text(key_text: str) -> None:
     problems = problems_of(text)
     assert len(problems) == 1
     assert problems[0].startswith("commands.centre_keys.centre-2024: not an Ed25519 public key")
+
+
+@pytest.mark.parametrize(("line", "problem"), [
+    ("max_token_lifetime_s = 119", "commands.max_token_lifetime_s: must be 120-604800 s"),
+    ("max_token_lifetime_s = 604801", "commands.max_token_lifetime_s: must be 120-604800 s"),
+    ("max_token_lifetime_s = 315360000", "commands.max_token_lifetime_s: must be 120-604800 s"),
+    ("leeway_s = -1", "commands.leeway_s: must be 0-300 s"),
+    ("leeway_s = 301", "commands.leeway_s: must be 0-300 s"),
+    ("max_token_lifetime_s = 1.5", "commands.max_token_lifetime_s: expected int, got float"),
+])
+def test_command_time_limits_are_bounded(line: str, problem: str) -> None:
+    problems = problems_of(edit(MINIMAL, "commands", line))
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize("line", ["max_token_lifetime_s = 120", "max_token_lifetime_s = 604800",
+                                  "leeway_s = 0", "leeway_s = 300"])
+def test_command_time_limits_at_their_bounds(line: str) -> None:
+    parse_config(edit(MINIMAL, "commands", line))
 
 
 def test_a_pem_centre_key_is_accepted() -> None:

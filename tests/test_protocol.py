@@ -49,7 +49,7 @@ from diemcau.protocol import (
     sign_command,
     verify_command,
 )
-from diemcau.protocol.commands import DEFAULT_TTL_S, MAX_COMMAND_BYTES
+from diemcau.protocol.commands import DEFAULT_TTL_S, MAX_COMMAND_BYTES, MAX_TOKEN_LIFETIME_S
 from diemcau.protocol.topics import DEVICE_TOPIC_KINDS, NAME_RE
 
 DEV = "c00001-r1"
@@ -269,6 +269,24 @@ def test_sign_verify_round_trip() -> None:
     assert verify(token) == command, "a str payload works like bytes"
 
 
+@pytest.mark.parametrize("ttl_s", [0, 0.5, -120, MAX_TOKEN_LIFETIME_S + 1, 2 * 86400,
+                                   10 * 365 * 86400, float("nan"), float("inf")])
+def test_sign_command_refuses_a_lifetime_a_box_would_refuse(ttl_s: float) -> None:
+    with pytest.raises(ValueError, match="ttl_s must be 1-86400 s"):
+        sign_command(KEY, KID, aud=DEV, cmd="audio.mute", ttl_s=ttl_s, now=T0)
+
+
+@given(ttl_s=st.floats(1, MAX_TOKEN_LIFETIME_S) | st.sampled_from([1, MAX_TOKEN_LIFETIME_S]),
+       issued=st.floats(0, 4e9) | st.just(T0 + 0.999), late=st.floats(0, 30))
+def test_what_sign_command_makes_a_box_accepts(ttl_s: float, issued: float, late: float) -> None:
+    """Any lifetime the signer allows passes a box with the default config, received within
+    the leeway of being signed, or with an unsynchronised clock whatever it says."""
+    token = sign_command(KEY, KID, aud=DEV, cmd="audio.mute", ttl_s=ttl_s, now=issued)
+    command = verify(token, now=issued + late)
+    assert 0 < command.exp - command.iat <= MAX_TOKEN_LIFETIME_S
+    assert verify(token, now=0.0, clock_synced=False) == command
+
+
 def test_sign_command_defaults() -> None:
     token = sign_command(KEY, KID, aud="group:all", cmd="health.report", ttl_s=30, now=T0)
     raw = jwt.decode(token, options={"verify_signature": False})
@@ -442,9 +460,107 @@ def test_unsynchronised_clock_does_not_judge_expiry() -> None:
     assert rejected(sign_command(KEY, KID, aud="c2", cmd="x", now=T0), clock_synced=False).code == 403
 
 
-def test_iat_in_the_future_is_not_judged() -> None:
-    token = sign_command(KEY, KID, aud=DEV, cmd="audio.mute", now=T0 + 3600)
-    assert verify(token, now=T0).cmd == "audio.mute"
+TEN_YEARS = 10 * 365 * 86400
+
+
+def test_the_reported_attack_is_refused_once_the_clock_is_synchronised() -> None:
+    """Issue 11: issued ten years ahead, valid 120 s from then."""
+    token = sign_command(KEY, KID, aud=DEV, cmd="audio.volume", args={"percent": 77},
+                         jti="c11", now=T0 + TEN_YEARS)
+    err = rejected(token, now=T0)
+    assert (err.status, err.code, err.id, err.cmd) == ("rejected", 401, "c11", "audio.volume")
+    assert err.detail == f"not yet valid: issued {TEN_YEARS} s ahead of this box's clock (30 s allowed)"
+    # A box whose clock is not synchronised may be years behind: it cannot tell.
+    assert verify(token, now=T0, clock_synced=False).args == {"percent": 77}
+
+
+def test_iat_in_the_future_within_the_leeway() -> None:
+    token = sign_command(KEY, KID, aud=DEV, cmd="audio.mute", now=T0 + 30)
+    assert verify(token, now=T0).cmd == "audio.mute", "30 s of leeway by default"
+    token = sign_command(KEY, KID, aud=DEV, cmd="audio.mute", now=T0 + 31)
+    err = rejected(token, now=T0)
+    assert err.detail == "not yet valid: issued 31 s ahead of this box's clock (30 s allowed)"
+    assert verify(token, now=T0, leeway_s=31).cmd == "audio.mute"
+    err = rejected(jws({"alg": "EdDSA", "kid": KID}, claims(iat=T0 + 30.25, exp=T0 + 150)),
+                   now=T0)
+    assert err.detail.startswith("not yet valid: issued 31 s ahead"), "rounded up, never to 30"
+
+
+def test_lifetime_above_the_maximum_is_refused_whatever_the_clock() -> None:
+    def token(lifetime: float) -> str:
+        return jws({"alg": "EdDSA", "kid": KID}, claims(jti="c12", iat=T0, exp=T0 + lifetime))
+
+    for synced in (True, False):
+        assert verify(token(MAX_TOKEN_LIFETIME_S), clock_synced=synced).id == "c12"
+        for lifetime, text in ((MAX_TOKEN_LIFETIME_S + 0.5, "86400.5"), (2 * 86400, "172800"),
+                               (TEN_YEARS, "315360000")):
+            err = rejected(token(lifetime), clock_synced=synced)
+            assert (err.status, err.code, err.id) == ("rejected", 401, "c12")
+            assert err.detail == f"lifetime {text} s is longer than the 86400 s allowed"
+    assert rejected(token(3600), max_lifetime_s=600).detail == (
+        "lifetime 3600 s is longer than the 600 s allowed")
+    # A hostile pair whose difference overflows is still a number too large.
+    err = rejected(jws({"alg": "EdDSA", "kid": KID}, claims(iat=-1.7e308, exp=1.7e308)))
+    assert err.detail == "lifetime inf s is longer than the 86400 s allowed"
+
+
+def test_times_are_checked_in_order() -> None:
+    """Audience, then lifetime, then issued in the future, then expiry."""
+    long_ahead = claims(iat=T0 + TEN_YEARS, exp=T0 + TEN_YEARS + 2 * 86400)
+    err = rejected(jws({"alg": "EdDSA", "kid": KID}, long_ahead | {"aud": "c00002-r1"}), now=T0)
+    assert err.code == 403
+    err = rejected(jws({"alg": "EdDSA", "kid": KID}, long_ahead), now=T0)
+    assert err.detail.startswith("lifetime")
+    long_past = claims(iat=T0 - TEN_YEARS, exp=T0 - TEN_YEARS + 2 * 86400)
+    assert rejected(jws({"alg": "EdDSA", "kid": KID}, long_past), now=T0).code == 401
+
+
+@st.composite
+def times_near_the_bounds(draw: st.DrawFn) -> tuple[float, float, float, float]:
+    """(leeway, max lifetime, iat - now, exp - iat), mostly within a few seconds of a bound."""
+    leeway = draw(st.sampled_from([0.0, 30.0, 300.0]) | st.floats(0, 300))
+    max_lifetime = draw(st.sampled_from([120, MAX_TOKEN_LIFETIME_S, 604800])
+                        | st.integers(120, 604800))
+    near = st.integers(-3, 3) | st.floats(-1, 1)
+    lifetime = draw(st.sampled_from([max_lifetime, 1, 120]).flatmap(
+        lambda edge: near.map(lambda d: edge + d)).filter(lambda v: v > 0)
+                    | st.sampled_from([2 * 86400, TEN_YEARS]) | st.floats(0.001, 1e10))
+    # iat ahead of now by about the leeway (issued in the future), or so far behind that
+    # exp is about the leeway past now (expired), or years either way, or anything.
+    offset = draw(st.sampled_from([leeway, -lifetime - leeway, 0.0]).flatmap(
+        lambda edge: near.map(lambda d: edge + d))
+                  | st.sampled_from([TEN_YEARS, -TEN_YEARS]) | st.floats(-1e10, 1e10))
+    return leeway, max_lifetime, offset, lifetime
+
+
+@settings(max_examples=500)
+@given(times=times_near_the_bounds(), synced=st.booleans())
+def test_lifetime_and_issue_time_bounds(times: tuple[float, float, float, float],
+                                        synced: bool) -> None:
+    leeway, max_lifetime, offset, lifetime = times
+    now = T0
+    iat = now + offset
+    exp = iat + lifetime
+    token = jws({"alg": "EdDSA", "kid": KID}, claims(jti="c13", iat=iat, exp=exp))
+    not_after = exp <= iat  # a lifetime too small to survive the addition
+    too_long = exp - iat > max_lifetime
+    ahead = synced and iat > now + leeway
+    expired = synced and now > exp + leeway
+    try:
+        command = verify_command(token, KEYS, AUDIENCES, now=now, clock_synced=synced,
+                                 leeway_s=leeway, max_lifetime_s=max_lifetime)
+    except CommandRejected as err:
+        if not_after:
+            assert (err.code, err.detail) == (400, "bad claims: exp is not after iat")
+        elif too_long:
+            assert (err.code, err.detail.split()[0]) == (401, "lifetime"), err.detail
+        elif ahead:
+            assert (err.code, err.detail.split(":")[0]) == (401, "not yet valid"), err.detail
+        else:
+            assert expired and (err.status, err.code) == ("expired", 410), err.detail
+        return
+    assert not (not_after or too_long or ahead or expired), (not_after, too_long, ahead, expired)
+    assert (command.iat, command.exp) == (iat, exp)
 
 
 def test_attribution_of_forged_tokens() -> None:
@@ -492,8 +608,9 @@ def _check(payload: bytes | str, now: float, synced: bool) -> None:
     assert 0 < len(command.id) <= 128 and command.aud in AUDIENCES and command.kid in KEYS
     assert math.isfinite(command.iat) and math.isfinite(command.exp)
     assert command.exp > command.iat and isinstance(command.args, dict)
+    assert command.exp - command.iat <= MAX_TOKEN_LIFETIME_S
     if synced:
-        assert now <= command.exp + 30
+        assert command.iat - 30 <= now <= command.exp + 30
 
 
 FUZZ = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 import msgspec
 
 from .protocol import check_name, public_keys_from_text
+from .protocol.commands import DEFAULT_TTL_S, MAX_TOKEN_LIFETIME_S
 
 
 class ConfigError(Exception):
@@ -82,7 +83,8 @@ class Commands(_Section, kw_only=True, forbid_unknown_fields=True):
     centre_keys: dict[str, str]
     allowed_schemes: list[str] = msgspec.field(default_factory=lambda: ["srt"])
     media_hosts: list[str]
-    leeway_s: float = 30.0
+    leeway_s: float = 30.0  # clock tolerance both ways: on exp, and on an iat in the future
+    max_token_lifetime_s: int = MAX_TOKEN_LIFETIME_S  # longest exp - iat accepted
 
 
 class Outbox(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -343,6 +345,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
             problems.append(f"{key}: must be a finite number")
     if not cfg.commands.media_hosts:
         problems.append("commands.media_hosts: list at least one media server host")
+    problems += _command_time_problems(cfg.commands)
     if cfg.health.interval_s < 1:
         problems.append("health.interval_s: must be at least 1")
     if cfg.outbox.max_messages < 10:
@@ -366,6 +369,24 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("media.send_queue_ms: must be 100-10000")
     problems += _camera_problems(cfg.media)
     return problems + _update_problems(cfg.updates)
+
+
+# The longest max_token_lifetime_s may be: a week, as long as the broker keeps
+# commands for an offline box by default (mqtt.session_expiry_s).
+LONGEST_TOKEN_LIFETIME_S = 7 * 24 * 3600
+MAX_LEEWAY_S = 300
+
+
+def _command_time_problems(commands: Commands) -> list[str]:
+    problems = []
+    if not 0 <= commands.leeway_s <= MAX_LEEWAY_S:
+        problems.append(f"commands.leeway_s: must be 0-{MAX_LEEWAY_S} s (the clock tolerance on"
+                        " a command's exp and iat)")
+    if not DEFAULT_TTL_S <= commands.max_token_lifetime_s <= LONGEST_TOKEN_LIFETIME_S:
+        problems.append(f"commands.max_token_lifetime_s: must be {DEFAULT_TTL_S}-"
+                        f"{LONGEST_TOKEN_LIFETIME_S} s (at least the centre's default command"
+                        " lifetime, at most a week)")
+    return problems
 
 
 GPIO_PINS = range(28)  # BCM GPIO 0-27, the Pi's 40-pin header

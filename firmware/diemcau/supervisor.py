@@ -379,7 +379,8 @@ class Supervisor:
         try:
             command = verify_command(event.payload, self._keys, self._audiences, now=now,
                                      clock_synced=self._clock_synced,
-                                     leeway_s=self.cfg.commands.leeway_s)
+                                     leeway_s=self.cfg.commands.leeway_s,
+                                     max_lifetime_s=self.cfg.commands.max_token_lifetime_s)
         except CommandRejected as rej:
             log.warning("command refused on %s: %s %d %s (id=%s)", event.topic, rej.status,
                         rej.code, rej.detail, rej.id)

@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from diemcau.config import ConfigError
 from diemcau.protocol import key_id
+from diemcau.protocol.commands import MAX_TOKEN_LIFETIME_S
 
 from . import __version__, console, provision, release
 from .config import DEFAULT_PATH, ENV_VAR, CentreConfig, config_path, load_config
@@ -70,8 +71,10 @@ def _positive(text: str) -> float:
 
 def _ttl(text: str) -> int:
     value = int(text)
-    if not 1 <= value <= 24 * 3600:
-        raise argparse.ArgumentTypeError("must be 1-86400 seconds")
+    # No longer than a box accepts by default (commands.max_token_lifetime_s).
+    if not 1 <= value <= MAX_TOKEN_LIFETIME_S:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_TOKEN_LIFETIME_S} seconds (a box"
+                                         " refuses a command valid for longer)")
     return value
 
 

@@ -176,6 +176,17 @@ def test_send_refuses_a_file_that_is_not_an_ed25519_key(tmp_path: Path) -> None:
     assert code == 2 and "signing.key_file: not an unencrypted PEM private key" in err
 
 
+@pytest.mark.parametrize("ttl", ["86401", "172800", "0"])
+def test_send_refuses_a_ttl_a_box_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               ttl: str) -> None:
+    cfg = write_config(tmp_path / "centre.toml", free_port())
+    with pytest.raises(SystemExit) as exited:  # argparse's usage error: nothing is sent
+        run("send", "c00001-r1", "health.report", "--ttl", ttl, "--config", str(cfg))
+    assert exited.value.code == 2
+    assert "--ttl: must be 1-86400 seconds (a box refuses a command valid for longer)" in (
+        capsys.readouterr().err)
+
+
 def test_an_unreachable_broker_exits_3(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "centre.toml", free_port())
     code, _, err = run("devices", "--config", str(cfg))

@@ -7,11 +7,12 @@ import json
 import time
 import uuid
 
+import jwt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diemcau.protocol import Reply, decode, device_topic, group_cmd_topic, sign_command
+from diemcau.protocol import Reply, Status, decode, device_topic, group_cmd_topic, sign_command
 from tests.harness.box import CentreKey
 
 pytestmark = pytest.mark.e2e
@@ -112,6 +113,36 @@ def test_expired_is_410(box, observer) -> None:
     observer.publish(CMD, token)
     reply = reply_to(observer, "old-1")
     assert (reply.status, reply.code) == ("expired", 410)
+
+
+def test_tokens_issued_in_the_future_or_for_days_are_refused(box, observer, centre) -> None:
+    """Issue 11: a token must not stay valid for years. The box's clock is synchronised here."""
+    status_topic = device_topic(DEV, "status")
+    # The attack as reported: issued ten years ahead, expiring 120 s after that.
+    ahead = time.time() + 10 * 365 * 86400
+    observer.publish(CMD, centre.sign(DEV, "audio.volume", {"percent": 77}, jti="ahead-1",
+                                      now=ahead, ttl_s=120))
+    reply = reply_to(observer, "ahead-1")
+    assert (reply.status, reply.code, reply.cmd) == ("rejected", 401, "audio.volume")
+    assert reply.detail.startswith("not yet valid: issued"), reply.detail
+    # Issued now, valid for two days: more than the box's maximum lifetime (one day).
+    # sign_command refuses to make it, so it is put together by hand, signed with the real key.
+    issued = int(time.time())
+    token = jwt.encode({"jti": "long-1", "aud": DEV, "iat": issued, "exp": issued + 2 * 86400,
+                        "cmd": "audio.volume", "args": {"percent": 77}},
+                       centre.private, algorithm="EdDSA", headers={"kid": centre.kid})
+    observer.publish(CMD, token)
+    reply = reply_to(observer, "long-1")
+    assert (reply.status, reply.code) == ("rejected", 401)
+    assert reply.detail == "lifetime 172800 s is longer than the 86400 s allowed", reply.detail
+    # An ordinary command still works; it is handled after the two above, so once its
+    # volume shows, theirs would have too.
+    jti = observer.command(DEV, "audio.volume", {"percent": 35})
+    assert reply_to(observer, jti).status == "succeeded"
+    observer.wait_for(lambda m: m.topic == status_topic
+                      and decode(m.payload, Status).volume_percent == 35)
+    volumes = [decode(m.payload, Status).volume_percent for m in observer.on(status_topic)]
+    assert 77 not in volumes, volumes
 
 
 def test_repeated_id_gets_the_first_result_marked_duplicate(box, observer) -> None:

@@ -2,9 +2,10 @@
 
 A command is a compact JWS (EdDSA over Ed25519) made with PyJWT. The header's
 ``kid`` names the centre key that signed it. The box checks, in this order:
-shape, signature (401), claims (400), audience (403), expiry (410). The replay
-check comes after, in :mod:`diemcau.protocol.replay`, because it needs the
-box's memory of earlier results.
+shape, signature (401), claims (400), audience (403), lifetime (401), issued
+in the future (401), expiry (410). The last two need a synchronised clock. The
+replay check comes after, in :mod:`diemcau.protocol.replay`, because it needs
+the box's memory of earlier results.
 
     >>> key = generate_signing_key()
     >>> token = sign_command(key, "k1", aud="c00001-r1", cmd="audio.mute")
@@ -33,11 +34,14 @@ from .messages import CommandClaims
 # A command is small: anything much larger is hostile or broken.
 MAX_COMMAND_BYTES = 16 * 1024
 DEFAULT_TTL_S = 120
+# The longest a command may be valid (exp - iat) unless the box's config says
+# otherwise (commands.max_token_lifetime_s); sign_command makes none longer.
+MAX_TOKEN_LIFETIME_S = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A command whose signature, audience and expiry have been checked."""
+    """A command whose signature, audience, lifetime and times have been checked."""
 
     id: str
     cmd: str
@@ -118,7 +122,22 @@ def sign_command(
     jti: str | None = None,
     now: float | None = None,
 ) -> str:
-    """Sign a command for ``aud`` (a device id or ``group:{group}``)."""
+    """Sign a command for ``aud`` (a device id or ``group:{group}``), valid ``ttl_s`` seconds.
+
+    ``ttl_s`` is 1 to :data:`MAX_TOKEN_LIFETIME_S` (one day): a box refuses a
+    command valid for longer than its ``commands.max_token_lifetime_s``, one
+    day by default, so this does not make one.
+
+        >>> sign_command(generate_signing_key(), "k1", aud="c00001-r1", cmd="audio.mute",
+        ...              ttl_s=2 * 86400)
+        Traceback (most recent call last):
+        ...
+        ValueError: ttl_s must be 1-86400 s, not 172800: a box refuses a command valid for longer ...
+    """
+    if not 1 <= ttl_s <= MAX_TOKEN_LIFETIME_S:
+        raise ValueError(f"ttl_s must be 1-{MAX_TOKEN_LIFETIME_S} s, not {ttl_s}: a box refuses a"
+                         " command valid for longer than its commands.max_token_lifetime_s"
+                         f" (default {MAX_TOKEN_LIFETIME_S} s)")
     issued = time.time() if now is None else now
     claims = {
         "jti": jti or uuid.uuid4().hex,
@@ -153,11 +172,17 @@ def verify_command(
     now: float,
     clock_synced: bool = True,
     leeway_s: float = 30.0,
+    max_lifetime_s: float = MAX_TOKEN_LIFETIME_S,
 ) -> Command:
     """Check a command; return it, or raise CommandRejected saying why.
 
-    When the box's clock is not synchronised, ``exp`` cannot be judged and is
-    skipped: the MQTT message expiry the centre sets still drops stale ones.
+    ``exp - iat`` above ``max_lifetime_s`` is refused whatever the clock says:
+    it needs none. ``leeway_s`` is the clock tolerance both ways: a command
+    issued more than that ahead of ``now`` is not yet valid, one more than
+    that past its ``exp`` has expired. When the box's clock is not
+    synchronised, neither can be judged (the clock may be years behind) and
+    both are skipped: the MQTT message expiry the centre sets still drops
+    stale commands.
     """
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandRejected("rejected", 400, f"command too large ({len(payload)} bytes)")
@@ -203,7 +228,21 @@ def verify_command(
         raise reject("rejected", 400, "bad claims: iat and exp must be finite numbers")
     if claims.exp <= claims.iat:
         raise reject("rejected", 400, "bad claims: exp is not after iat")
+    lifetime = claims.exp - claims.iat
+    if lifetime > max_lifetime_s:
+        raise reject("rejected", 401, f"lifetime {_seconds(lifetime)} s is longer than the"
+                                      f" {_seconds(max_lifetime_s)} s allowed")
+    if clock_synced and claims.iat > now + leeway_s:
+        ahead = claims.iat - now  # rounded up, so never to the allowance itself
+        ahead_text = _seconds(math.ceil(ahead) if math.isfinite(ahead) else ahead)
+        raise reject("rejected", 401, f"not yet valid: issued {ahead_text} s ahead of this"
+                                      f" box's clock ({_seconds(leeway_s)} s allowed)")
     if clock_synced and now > claims.exp + leeway_s:
         raise reject("expired", 410, f"expired {now - claims.exp:.0f} s ago")
     return Command(id=claims.jti, cmd=claims.cmd, aud=claims.aud, iat=claims.iat,
                    exp=claims.exp, args=claims.args, kid=kid)
+
+
+def _seconds(value: float) -> str:
+    """Seconds for a reply's detail: ``172800``, ``86400.5``; ``1e+300`` for a hostile claim."""
+    return format(value, ".10g")
