@@ -35,6 +35,14 @@ DEFAULT_CONFIG = "/etc/diemcau/endpoint.toml"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def _log_to_stderr() -> None:
+    """The log on stderr (the journal), every line scrubbed of credentials."""
+    from .adapters.logs import scrub_log_handlers
+
+    logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
+    scrub_log_handlers()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diemcau", description="The diemcau meeting box.")
     parser.add_argument("--version", action="version", version=f"diemcau {__version__}")
@@ -61,7 +69,7 @@ def _enroll(args: argparse.Namespace) -> int:
     from .config import boot_settings
 
     state_dir, enrollment = boot_settings(args.config)
-    logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
+    _log_to_stderr()
     try:
         current = load_identity(state_dir)
     except IdentityError:
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "release":
         from .release_cli import main as release_main
 
-        logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
+        _log_to_stderr()
         return release_main(args)
     identity = None
     try:
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
             settle()  # before any thread starts: see adapters/process.py
             # Logs before the configuration is whole: enrollment may take days.
-            logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
+            _log_to_stderr()
             cfg, identity = _load(args.config)
         else:
             from .adapters.enroll import load_identity
@@ -135,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print(tomli_w.dumps(effective_config(cfg)), end="")
         return 0
     logging.getLogger().setLevel(cfg.log.level.upper())
+    from .adapters.logs import scrub_log_handlers
+
+    # Also the configured secrets themselves, wherever they would appear.
+    scrub_log_handlers(known=(cfg.media.srt_passphrase, cfg.mqtt.password))
     from .adapters.panel import PanelError
     from .app import run
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -64,6 +63,7 @@ from .core.events import (
 )
 from .core.light import LABELS, LightView, Phase, light_for, offline_phase
 from .core.prompts import PROMPTS, prompt_for_event
+from .core.scrub import scrub
 from .protocol import (
     CommandRejected,
     Event,
@@ -895,11 +895,8 @@ def replace_ts(status: Status) -> Status:
     return msgspec.structs.replace(status, ts=0.0)
 
 
-_SECRET_IN_URL = re.compile(r"(passphrase|password|pbkeylen)=[^&'\"\s]*")
-
-
 def _short(args: dict[str, Any]) -> str:
-    """Arguments for the log: short, and without an SRT passphrase or password."""
-    text = _SECRET_IN_URL.sub(r"\1=***", repr(args))
+    """Arguments for the log: short, and without credentials (``core.scrub``)."""
+    text = scrub(repr(args))
     return text if len(text) <= 200 else text[:200] + "…"
 

@@ -565,12 +565,29 @@ def test_the_play_url_is_checked_too() -> None:
     "srt://media.hanoi.gov.vn:9000?mode=caller&streamid=publish:m1&passphrase=0123456789",
     "srt://127.0.0.1:9000?streamid=%23!::r=live/m1,m=publish",
     "rtsp://media.hanoi.gov.vn:8554/live/m1",
-    "srt://MEDIA.hanoi.gov.vn:9000",  # host names are not case sensitive (urlsplit lowers them)
 ])
 def test_good_publish_urls(url: str) -> None:
     out = command(Room(), "meeting.join", join_args(publish=url))
     assert only_reply(out).code == 202, out.replies
     assert out.room.stream is not None and out.room.stream.publish_url == url
+
+
+@pytest.mark.parametrize(("url", "normal"), [
+    # Schemes and host names are not case sensitive: the media path sees one form.
+    ("SRT://media.hanoi.gov.vn:9000", "srt://media.hanoi.gov.vn:9000"),
+    ("Srt://MEDIA.Hanoi.gov.vn:9000?streamid=#!::r=Live/M1&passphrase=AbCdEfGhIj",
+     "srt://media.hanoi.gov.vn:9000?streamid=#!::r=Live/M1&passphrase=AbCdEfGhIj"),
+    ("RTSP://Op:PassWord@Media.Hanoi.gov.vn:8554/Live/M1",
+     "rtsp://Op:PassWord@media.hanoi.gov.vn:8554/Live/M1"),
+])
+def test_media_urls_are_normalised_once_where_they_are_checked(url: str, normal: str) -> None:
+    out = command(Room(), "meeting.join", join_args(publish=url, play=url))
+    assert only_reply(out).code == 202, out.replies
+    assert out.room.stream is not None
+    assert (out.room.stream.publish_url, out.room.stream.play_url) == (normal, normal)
+    invite = command(Room(), "meeting.invite", {"meeting_id": "m1", "publish": url, "play": url})
+    assert invite.room.invitation is not None
+    assert (invite.room.invitation.publish, invite.room.invitation.play) == (normal, normal)
 
 
 def test_only_the_configured_schemes_are_allowed() -> None:

@@ -523,6 +523,26 @@ def test_rtsp_with_nobody_listening_is_reconnecting_not_fatal(
     assert session.join(10)
 
 
+def test_ffmpeg_error_texts_keep_the_server_and_lose_the_credentials(
+        microphone: SimulatedMicrophone, events: Events, sessions: list[MediaSession],
+        caplog: pytest.LogCaptureFixture) -> None:
+    # PyAV's error text holds the whole URL, and FFmpeg's last error message another one.
+    port = free_tcp_port()
+    session = start_session(sessions, events, media_config(microphone, srt_passphrase=PASSPHRASE),
+                            f"RTSP://operator:pw-3e81f7@127.0.0.1:{port}/live/m-e2e")
+    first = events.wait_state("reconnecting")
+    second = events.wait_for(lambda e: isinstance(e, StreamChanged) and e is not first
+                             and e.state == "reconnecting")
+    session.stop()
+    assert session.join(10)
+    events.drain()
+    details = [e.detail for e in events.seen if isinstance(e, StreamChanged)] + \
+        [str(e.figures["detail"]) for e in events.seen if isinstance(e, StreamFiguresUpdated)]
+    assert f"rtsp://127.0.0.1:{port}" in second.detail and "refused" in second.detail.lower()
+    for text in [*details, caplog.text]:
+        assert "pw-3e81f7" not in text and "operator" not in text
+
+
 def test_an_unsupported_scheme_is_a_fatal_error_that_says_so(
         microphone: SimulatedMicrophone, events: Events, sessions: list[MediaSession]) -> None:
     session = start_session(sessions, events, media_config(microphone), "rtmp://127.0.0.1:1935/x")

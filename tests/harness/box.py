@@ -94,12 +94,15 @@ def box_config(
     connect_timeout_ms: int = 1000,
     extra: str = "",
     mqtt_address: tuple[str, int] | None = None,
+    allowed_schemes: tuple[str, ...] = ("srt",),
+    srt_passphrase: str = "",
 ) -> str:
     # mqtt_address: where the box finds the broker when that is not where the
     # tests do (a box in a virtual machine reaches it through a forwarded port).
     host, port = mqtt_address or ("127.0.0.1", broker.port)
     tls = (f'enabled = true\nca_file = "{broker.ca_file}"' if broker.tls else "enabled = false")
     key_lines = "\n".join(f'"{kid}" = "{text}"' for kid, text in keys.items())
+    schemes = ", ".join(f'"{scheme}"' for scheme in allowed_schemes)
     return f"""\
 config_version = "test-1"
 
@@ -126,7 +129,7 @@ reconnect_max_s = 2.0
 {tls}
 
 [commands]
-allowed_schemes = ["srt"]
+allowed_schemes = [{schemes}]
 media_hosts = ["127.0.0.1", "localhost"]
 
 [commands.centre_keys]
@@ -138,6 +141,7 @@ srt_latency_ms = 120
 connect_timeout_ms = {connect_timeout_ms}
 reconnect_min_s = 0.3
 reconnect_max_s = 2.0
+srt_passphrase = "{srt_passphrase}"
 
 [health]
 interval_s = {health_interval_s}

@@ -62,6 +62,8 @@ from ..core.abr import AbrState, Measurement, Rung, ladder
 from ..core.abr import step as abr_step
 from ..core.backoff import backoff_delay
 from ..core.events import MediaStepped, StreamChanged, StreamFiguresUpdated, StreamState
+from ..core.meeting import normalise_media_url
+from ..core.scrub import scrub
 from ..core.sendqueue import Kind, SendQueue
 from ..core.sendqueue import Packet as QueuedPacket
 
@@ -153,7 +155,11 @@ def publish_url(url: str, *, meeting_id: str, device_id: str, cfg: Media,
         >>> url.split("&")  # doctest: +NORMALIZE_WHITESPACE
         ['srt://media.example:9000?mode=caller', 'streamid=publish:m1/b1', 'latency=200000',
          'connect_timeout=3000', 'timeout=3000000', 'tlpktdrop=0', 'sndbuf=65536']
+
+    The scheme and host come out in lower case (the command policy has done
+    so already; this is for any other caller).
     """
+    url = normalise_media_url(url)
     base, _, query = url.partition("?")
     scheme = urlsplit(base).scheme
     if scheme == "rtsp":
@@ -187,8 +193,22 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port}"
 
 
+def ffmpeg_error_text(exc: Exception, known: tuple[str, ...] = ()) -> str:
+    """PyAV's error as a detail: FFmpeg's reason and its last error message, scrubbed.
+
+    Not ``str(exc)``: PyAV puts the whole URL in it (the file name), passphrase
+    and ``user:password@`` included, and FFmpeg's last error message may name
+    another URL. ``known``: secrets to remove wherever they appear.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc)
+    entry = getattr(exc, "log", None)
+    if isinstance(entry, tuple) and len(entry) == 3 and entry[2]:
+        reason = f"{reason} ([{entry[1]}] {str(entry[2]).strip()})"
+    return scrub(reason, known)
+
+
 # scheme://host:port of a media URL in a log line, without credentials, path or options.
-_URL_QUERY = re.compile(r"((?:srt|rtsp)://)(?:[^\s@/?]*@)?([^\s?/]*)\S*")
+_URL_QUERY = re.compile(r"(?i)((?:srt|rtsp|rtsps)://)(?:[^\s/?#]*@)?([^\s?/#]*)\S*")
 
 
 class _RedactUrls(logging.Filter):
@@ -196,8 +216,9 @@ class _RedactUrls(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if "srt://" in text or "rtsp://" in text:
-            record.msg, record.args = _URL_QUERY.sub(r"\1\2/…", text), ()
+        clean = scrub(_URL_QUERY.sub(r"\1\2/…", text))
+        if clean != text:
+            record.msg, record.args = clean, ()
         return True
 
 
@@ -589,7 +610,8 @@ class _Muxer:
                     "rtsp_transport": "tcp", "timeout": str(io_timeout_us),
                     "max_interleave_delta": "1"})
         except av.error.FFmpegError as exc:
-            raise LinkError(f"cannot open {redact(str(target))}: {exc}") from None
+            raise LinkError(f"cannot open {redact(str(target))}: "
+                            f"{ffmpeg_error_text(exc, (cfg.srt_passphrase,))}") from None
         self.video: Any = None
         self.audio: Any = None
         try:
@@ -613,12 +635,13 @@ class _Muxer:
             self.audio.bit_rate = cfg.audio_bitrate_kbps * 1000
         except (av.error.FFmpegError, ValueError) as exc:
             self.close()
-            raise MediaFault(f"muxer setup failed: {exc}") from None
+            raise MediaFault(f"muxer setup failed: {ffmpeg_error_text(exc)}") from None
         try:
             self.container.start_encoding()  # RTSP: the ANNOUNCE and SETUP happen here
         except av.error.FFmpegError as exc:
             self.close()
-            raise LinkError(f"cannot publish to {redact(str(target))}: {exc}") from None
+            raise LinkError(f"cannot publish to {redact(str(target))}: "
+                            f"{ffmpeg_error_text(exc, (cfg.srt_passphrase,))}") from None
 
     def write(self, packet: av.Packet, kind: str) -> None:
         stream = self.video if kind == "video" else self.audio
@@ -794,7 +817,7 @@ class _Writer:
         if self.stop.is_set() or s._stop.is_set():
             return  # stopped since the loop looked
         try:
-            if url.startswith("srt://"):
+            if urlsplit(url.partition("?")[0]).scheme == "srt":  # as publish_url decided
                 link = _Link(url, self.interrupt)
             self.muxer = _Muxer(link if link is not None else url, s._muxer_video(), s._cfg)
         except LinkError as exc:
@@ -829,6 +852,7 @@ class _Writer:
         self.attempt += 1
         s._reconnects += 1
         self.connect_at = time.monotonic() + delay
+        reason = scrub(reason, s._secrets)
         log.warning("%s; retrying in %.1f s", reason, delay)
         s._set_state("reconnecting", f"{reason}; retrying in {delay:.1f} s")
 
@@ -843,7 +867,8 @@ class _Writer:
         """Sending failed: drop the connection and schedule the next attempt."""
         stable = self.live and time.monotonic() - self.connected_at >= STABLE_S
         self._drop_connection()
-        reason = str(exc) if isinstance(exc, LinkError) else f"sending failed: {exc}"
+        reason = str(exc) if isinstance(exc, LinkError) else \
+            f"sending failed: {ffmpeg_error_text(exc, self.s._secrets)}"
         self._retry_later(reason, stable=stable)
 
 
@@ -863,6 +888,7 @@ class MediaSession:
         self._request = request
         self._post_raw = post
         self._device_id = device_id
+        self._secrets = (cfg.srt_passphrase,) if cfg.srt_passphrase else ()
         self._url = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -935,6 +961,8 @@ class MediaSession:
             log.warning("could not post %s: %r", type(event).__name__, exc)
 
     def _set_state(self, state: StreamState, detail: str = "", fatal: bool = False) -> None:
+        # What leaves the media path (status, events, replies) holds no credentials.
+        detail = scrub(detail, self._secrets)
         self._state, self._detail = state, detail
         self._post(StreamChanged(state, detail, fatal))
         self._post_figures()
@@ -980,6 +1008,7 @@ class MediaSession:
             self._post(StreamChanged("off"))
 
     def _fail(self, detail: str) -> None:
+        detail = scrub(detail, self._secrets)
         log.error("media path stopped: %s", detail)
         self._set_state("error", detail, fatal=True)
         # Stay until told to stop, so "off" always answers a stop().

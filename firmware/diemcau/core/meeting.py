@@ -279,8 +279,30 @@ def _check_meeting_id(value: str, field: str = "args.meeting_id") -> None:
         raise BadArgs(400, f"{field}: 1-64 letters, digits, '.', '_' or '-'")
 
 
-def check_media_url(url: str, field: str, policy: Policy) -> None:
-    """A media URL must use an allowed scheme and point at an allowed host."""
+def normalise_media_url(url: str) -> str:
+    """``url`` with its scheme and host in lower case, the rest as given.
+
+    Done once, where the URL is checked: everything after (the media path,
+    the saved invitation) sees one form, so ``SRT://`` is an SRT URL like
+    ``srt://``. The host ends where FFmpeg ends it, at the first ``/``, ``?``
+    or ``#``; user information before an ``@`` is kept as it is.
+
+    >>> normalise_media_url("SRT://Media.Example.VN:9000?streamid=#!::r=Live")
+    'srt://media.example.vn:9000?streamid=#!::r=Live'
+    >>> normalise_media_url("RTSP://Op:PW@Media.Example.VN:8554/Live")
+    'rtsp://Op:PW@media.example.vn:8554/Live'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    return f"{scheme.lower()}://{userinfo}{at}{host.lower()}{rest[end:]}"
+
+
+def check_media_url(url: str, field: str, policy: Policy) -> str:
+    """A media URL must use an allowed scheme and point at an allowed host; returns it
+    normalised (:func:`normalise_media_url`)."""
     if len(url) > 1024:
         raise BadArgs(400, f"{field}: longer than 1024 characters")
     # On the raw text, before urlsplit, which silently drops tabs and newlines.
@@ -304,6 +326,7 @@ def check_media_url(url: str, field: str, policy: Policy) -> None:
         raise BadArgs(403, f"{field}: host {parts.hostname!r} is not an allowed media host")
     if "mode" in query and query["mode"] != ["caller"]:
         raise BadArgs(400, f"{field}: the box only calls out (mode=caller)")
+    return normalise_media_url(url)
 
 
 # A start this far in the past is still "now": the invitation may have waited in the broker.
@@ -316,9 +339,9 @@ def _check_invite(a: InviteArgs, policy: Policy, now: float | None) -> None:
         if value is not None and not math.isfinite(value):
             raise BadArgs(400, f"{field}: must be a finite number")
     if a.publish is not None:
-        check_media_url(a.publish, "args.publish", policy)
+        a.publish = check_media_url(a.publish, "args.publish", policy)
     if a.play is not None:
-        check_media_url(a.play, "args.play", policy)
+        a.play = check_media_url(a.play, "args.play", policy)
     if a.starts_at is not None and a.ends_at is not None and a.ends_at <= a.starts_at:
         raise BadArgs(400, "args.ends_at: must be after args.starts_at")
     if now is None:  # the clock is not synchronised: times cannot be judged
@@ -333,6 +356,8 @@ def _check_invite(a: InviteArgs, policy: Policy, now: float | None) -> None:
 def validate(cmd: str, args: Any, policy: Policy, now: float | None = None) -> msgspec.Struct:
     """Parse and check a command's arguments; raise BadArgs naming the field.
 
+    Media URLs come back normalised (:func:`normalise_media_url`).
+
     ``now`` (Unix seconds) judges an invitation's times; None when the clock is
     not synchronised.
     """
@@ -344,9 +369,9 @@ def validate(cmd: str, args: Any, policy: Policy, now: float | None = None) -> m
             _check_meeting_id(parsed.meeting_id)
         case JoinArgs():
             _check_meeting_id(parsed.meeting_id)
-            check_media_url(parsed.publish, "args.publish", policy)
+            parsed.publish = check_media_url(parsed.publish, "args.publish", policy)
             if parsed.play is not None:
-                check_media_url(parsed.play, "args.play", policy)
+                parsed.play = check_media_url(parsed.play, "args.play", policy)
         case LeaveArgs() if parsed.meeting_id is not None:
             _check_meeting_id(parsed.meeting_id)
         case VolumeArgs() if not 0 <= parsed.percent <= 100:
