@@ -101,6 +101,31 @@ def echo_reference(broker: Broker, pinger: Pinger) -> list[float]:
     return times
 
 
+def ledger_step_ms(directory: Path, synchronous: str, steps: int = 500) -> list[float]:
+    """One command's durable step as the supervisor makes it: the id seen, its reply in the
+    replay cache and in the outbox, committed; with the given SQLite ``synchronous``."""
+    from diemcau.adapters.ledger import Ledger
+    from diemcau.adapters.outbox import Outbox
+    from diemcau.protocol import ReplayCache
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(directory / "ledger.sqlite")
+    ledger.db.execute(f"PRAGMA synchronous={synchronous}")
+    outbox, replay = Outbox(ledger.db, 2000), ReplayCache(ledger.db)
+    times = []
+    for n in range(steps):
+        reply = Reply(id=f"c{n}", cmd="audio.volume", status="succeeded", code=200,
+                      detail="volume 50%", ts=0.0)
+        start = time.perf_counter()
+        with ledger.transaction():
+            replay.remember(reply.id or "", 4e9)
+            replay.remember(reply.id or "", 4e9, reply)
+            outbox.add(device_topic(DEV, "reply"), b"x" * 160)
+        times.append((time.perf_counter() - start) * 1000)
+    ledger.close()
+    return times
+
+
 def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 1e6
 
@@ -136,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         assert box.pid is not None
         row("resident memory, idle", f"{rss_mb(box.pid):.1f} MB", "≤ 60 MB")
+
+        full = ledger_step_ms(work / "ledger-full", "FULL")
+        normal = ledger_step_ms(work / "ledger-normal", "NORMAL")
+        row("a command's durable step (synchronous=FULL)",
+            f"p50 {pct(full, 50):.2f} ms, p99 {pct(full, 99):.2f} ms", "",
+            f"NORMAL (not power-cut safe): p50 {pct(normal, 50):.2f} ms, "
+            f"p99 {pct(normal, 99):.2f} ms")
 
         pinger = Pinger(broker, centre)
         topic = device_topic(DEV, "cmd")
