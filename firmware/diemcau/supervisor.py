@@ -185,7 +185,8 @@ class Supervisor:
         self._installed = False  # the update is installed and waits for the meeting to end
         # One durable step at a time: what it sends and acknowledges waits for its commit.
         self._in_step = False
-        self._unsent: list[tuple[str, bytes, bool, int]] = []  # topic, payload, retain, row
+        # (topic, payload, qos, retain, outbox row or None), in the order the step made them
+        self._unsent: list[tuple[str, bytes, int, bool, int | None]] = []
         self._acks: list[Any] = []
         self._handling: tuple[str, str] | None = None  # (id, name) of the command being handled
 
@@ -311,9 +312,12 @@ class Supervisor:
         acks, self._acks = self._acks, []
         if self.link.connected:
             in_flight = set(self._inflight.values())
-            for topic, payload, retain, row in unsent:
-                if row not in in_flight:  # a link-up in this step may have sent it already
-                    self._inflight[self.link.publish(topic, payload, qos=1, retain=retain)] = row
+            for topic, payload, qos, retain, row in unsent:
+                if row is None:
+                    self.link.publish(topic, payload, qos=qos, retain=retain)
+                elif row not in in_flight:  # a link-up in this step may send it twice
+                    self._inflight[self.link.publish(topic, payload, qos=qos, retain=retain)] = row
+                    in_flight.add(row)
         for token in acks:
             self.link.ack(token)
 
@@ -555,12 +559,9 @@ class Supervisor:
         self._publish_meta()
         self._publish_status(force=True)
         for code, alert in self._alerts.active.items():
-            self.link.publish(alert_topic(self._dev, code), encode(alert), qos=1, retain=True)
-        in_flight = set(self._inflight.values())
-        for item in self.a.outbox.pending():
-            if item.row not in in_flight:
-                mid = self.link.publish(item.topic, item.payload, qos=1, retain=item.retain)
-                self._inflight[mid] = item.row
+            self._publish(alert_topic(self._dev, code), encode(alert), retain=True)
+        for item in self.a.outbox.pending():  # after the birth, meta and status, in order
+            self._unsent.append((item.topic, item.payload, 1, item.retain, item.row))
         try:
             self._update_on_link_up()
         except Exception:  # noqa: BLE001 - the update record must never keep the box offline
@@ -580,7 +581,15 @@ class Supervisor:
         """Into the outbox, and to the broker once the step that made it is committed."""
         with self._durably():
             row = self.a.outbox.add(topic, payload, retain)
-            self._unsent.append((topic, payload, retain, row))
+            self._unsent.append((topic, payload, 1, retain, row))
+
+    def _publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Not kept in the outbox (retained state, health): sent if connected, and within a
+        step after its commit, in order with what the step put in the outbox."""
+        if self._in_step:
+            self._unsent.append((topic, payload, qos, retain, None))
+        elif self.link.connected:
+            self.link.publish(topic, payload, qos=qos, retain=retain)
 
     def emit(self, kind: str, *, meeting_id: str | None = None, detail: str = "",
              data: dict[str, Any] | None = None) -> None:
@@ -599,7 +608,7 @@ class Supervisor:
                       commune=site.commune, room=site.room),
             groups=self.cfg.groups, config_version=self.cfg.config_version, ts=now_ts(),
         )
-        self.link.publish(device_topic(self._dev, "meta"), encode(meta), qos=1, retain=True)
+        self._publish(device_topic(self._dev, "meta"), encode(meta), retain=True)
 
     def _on_camera_detected(self, backend: str) -> None:
         log.info("camera: %s (media.camera = %s)", backend, self.cfg.media.camera)
@@ -628,7 +637,7 @@ class Supervisor:
             return
         self._last_status = key
         if self.link.connected:
-            self.link.publish(device_topic(self._dev, "status"), encode(status), qos=1, retain=True)
+            self._publish(device_topic(self._dev, "status"), encode(status), retain=True)
 
     # ------------------------------------------------------------ health
 
@@ -665,7 +674,7 @@ class Supervisor:
         health = health_message(reading, seq=self._health_seq, stream=self.stream,
                                 alerts=self._alerts.codes)
         if self.link.connected:
-            self.link.publish(device_topic(self._dev, "health"), encode(health), qos=0)
+            self._publish(device_topic(self._dev, "health"), encode(health), qos=0)
         self._publish_status()
 
     # ------------------------------------------------------------ firmware updates
@@ -749,7 +758,7 @@ class Supervisor:
     def _publish_updating(self) -> None:
         if self.link.connected:
             state = State(state="updating", session=self.link.session, ts=now_ts())
-            self.link.publish(device_topic(self._dev, "state"), encode(state), qos=1, retain=True)
+            self._publish(device_topic(self._dev, "state"), encode(state), retain=True)
 
     def _update_on_link_up(self) -> None:
         """Online: commit this release if it is on trial, then say how the last update ended."""
