@@ -86,8 +86,11 @@ def test_the_readme_names_the_makefile_targets_and_only_those() -> None:
 def test_architecture_names_every_module() -> None:
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
     package = REPO / "firmware" / "diemcau"
-    modules = [p for folder in ("protocol", "core", "adapters") for p in (package / folder).glob(
-        "*.py") if p.name != "__init__.py"]
+    folders = sorted(p.parent.name for p in package.glob("*/__init__.py"))
+    assert {"protocol", "core", "adapters", "parts"} <= set(folders)
+    modules = [p for folder in folders for p in (package / folder).glob("*.py")
+               if p.name != "__init__.py"] + [p for p in package.glob("*.py")
+                                              if p.name not in ("__init__.py", "__main__.py")]
     assert len(modules) > 20
     missing = [f"{p.parent.name}/{p.name}" for p in modules if f"`{p.name}`" not in text]
     assert not missing, f"docs/architecture.md does not say what these are: {missing}"

@@ -426,7 +426,7 @@ def emitted_kinds() -> tuple[set[str], list[str]]:
                 continue
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            if name not in ("EmitEvent", "emit"):
+            if name.removeprefix("_") not in ("EmitEvent", "emit"):  # a part's emit callback
                 continue
             first = node.args[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str):

@@ -17,6 +17,7 @@ import pytest
 
 from diemcau.app import build
 from diemcau.config import parse_config
+from diemcau.core.events import HealthDue
 from diemcau.protocol import ALERT_CODES
 from diemcau.supervisor import Supervisor
 from tests.harness.box import CentreKey, offline_config
@@ -39,16 +40,17 @@ def cleared_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_only_a_raised_alert_is_logged_as_cleared(box: Supervisor,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="diemcau.supervisor")
-    box._thresholds = dataclasses.replace(box._thresholds, disk_low_mb=1e15)  # no disk is this big
-    box._health_tick()
-    assert "disk_low" in box._alerts.active
+    reporting = box.reporting
+    reporting.thresholds = dataclasses.replace(reporting.thresholds, disk_low_mb=1e15)  # no disk is this big
+    box.handle(HealthDue())
+    assert "disk_low" in reporting.alerts.active
     # Every other code was taken down at start (queued for the broker), and none was logged.
     emptied = {p.topic.rsplit("/", 1)[1] for p in box.a.outbox.pending() if p.payload == b""}
     assert emptied == set(ALERT_CODES) - {"disk_low"}
     assert cleared_lines(caplog) == []
 
-    box._thresholds = dataclasses.replace(box._thresholds, disk_low_mb=0)
-    box._health_tick()
-    box._health_tick()
-    assert "disk_low" not in box._alerts.active
+    reporting.thresholds = dataclasses.replace(reporting.thresholds, disk_low_mb=0)
+    box.handle(HealthDue())
+    box.handle(HealthDue())
+    assert "disk_low" not in reporting.alerts.active
     assert cleared_lines(caplog) == ["alert disk_low cleared"]

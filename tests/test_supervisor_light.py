@@ -35,9 +35,8 @@ def box(tmp_path: Path) -> Iterator[tuple[Supervisor, MockFactory]]:
 
 
 def updating(supervisor: Supervisor, on: bool) -> None:
-    """An update under way, as the supervisor records it, and the light shown again."""
-    supervisor._update = ("c-update", "9.9.9") if on else None
-    supervisor._show_light()
+    """The light shown again, with an update under way or not (the panel's surface)."""
+    supervisor.panel.show(supervisor.room, updating=on)
 
 
 def shown(supervisor: Supervisor) -> str | None:
@@ -67,9 +66,10 @@ def test_an_update_shows_over_a_meeting_but_not_over_identify(
     supervisor.room = dataclasses.replace(supervisor.room, state="live", meeting_id="m1")
     updating(supervisor, True)
     assert shown(supervisor) == "updating"
-    supervisor._identify_until = time.monotonic() + 60
+    supervisor.panel.identify(60.0, "UBND xã Thử Nghiệm")
     updating(supervisor, True)
     assert shown(supervisor) == "identify"
-    supervisor._identify_until = None
+    supervisor.panel.identify(0.0, "UBND xã Thử Nghiệm")
+    supervisor.panel.tick()  # identify is over
     updating(supervisor, False)
     assert shown(supervisor) == "live"

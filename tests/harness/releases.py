@@ -30,8 +30,8 @@ _RUN = "def run(cfg: Config, identity: Identity | None = None) -> int:\n"
 CRASHES_AT_START = ("diemcau/app.py", _RUN, _RUN + "    raise RuntimeError('this release is broken')\n")
 CANNOT_IMPORT = ("diemcau/__init__.py", '"""diemcau: the endpoint firmware."""\n',
                  '"""diemcau: the endpoint firmware."""\nimport no_such_module_anywhere  # noqa\n')
-CRASHES_AFTER_READY = ("diemcau/supervisor.py", '            service.ready(f"device {self._dev}")\n',
-                       '            service.ready(f"device {self._dev}")\n'
+CRASHES_AFTER_READY = ("diemcau/supervisor.py", '            self.a.service.ready(f"device {self._dev}")\n',
+                       '            self.a.service.ready(f"device {self._dev}")\n'
                        '            raise SystemExit(3)  # this release dies once it said ready\n')
 NEVER_CONNECTS = ("diemcau/adapters/mqtt.py", "    def start(self) -> None:\n",
                   "    def start(self) -> None:\n        return  # this release never connects\n")
