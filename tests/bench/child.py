@@ -17,8 +17,9 @@ from typing import Any
 
 import psutil
 
-from diemcau.adapters import camera, media
 from diemcau.config import Media
+from diemcau.media import camera
+from diemcau.media import session as media
 
 DEV = "c00001-r1"
 PROFILE = "720p30"

@@ -22,7 +22,7 @@ Nothing is asserted. Four figures, each taken on real parts on loopback:
    notes the wall-clock time each camera frame is handed over (see
    :mod:`tests.bench.child`); a receiver in this process (:class:`Receiver`) takes the
    raw MPEG-TS from SRT and notes when the last TS packet of each picture
-   arrives; the picture's stamp (:mod:`diemcau.adapters.framestamp`) joins
+   arrives; the picture's stamp (:mod:`diemcau.media.framestamp`) joins
    the two. SRT hands each packet over at its send time plus the latency
    setting, which is subtracted. References: the ffmpeg command line doing
    the same job to the same kind of receiver (see :func:`ffmpeg_latencies`;
@@ -65,8 +65,9 @@ from typing import Any
 import av
 import psutil
 
-from diemcau.adapters import camera, framestamp, media
 from diemcau.config import Media
+from diemcau.media import camera, framestamp
+from diemcau.media import session as media
 from diemcau.protocol import device_topic
 from tests.bench.child import DEV, PROFILE
 from tests.harness.alsa import SimulatedMicrophone, make_microphone

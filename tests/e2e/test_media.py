@@ -17,12 +17,12 @@ import numpy as np
 import psutil
 import pytest
 
-from diemcau.adapters import camera as camera_adapters
-from diemcau.adapters import media
-from diemcau.adapters.media import MediaSession, publish_url
 from diemcau.config import Media
 from diemcau.core.events import StreamChanged, StreamFiguresUpdated
 from diemcau.core.meeting import StreamRequest
+from diemcau.media import camera as camera_adapters
+from diemcau.media import session as media
+from diemcau.media.session import MediaSession, publish_url
 from diemcau.protocol.messages import StreamFigures
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
 from tests.harness.encoding_camera import EncodingTestCamera

@@ -16,7 +16,8 @@ from typing import Any
 
 import av
 
-from diemcau.adapters import camera, framestamp, media
+from diemcau.media import camera, framestamp
+from diemcau.media import session as media
 
 
 class EncodingTestCamera:

@@ -23,7 +23,7 @@ plus :class:`StreamFiguresUpdated` about once a second and
 
 Sources: the test pattern is FFmpeg's ``testsrc2`` through PyAV's ``lavfi``
 input, with the frame number drawn in twice (as text, and as a strip that
-:mod:`diemcau.adapters.framestamp` reads back); the microphone is ALSA
+:mod:`diemcau.media.framestamp` reads back); the microphone is ALSA
 through pyalsaaudio. Neither is paced by itself off a Pi, so the encoding
 thread paces both on ``time.monotonic``: each frame and each audio period is
 taken when it is due, and a camera and microphone keep running while the

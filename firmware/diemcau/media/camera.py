@@ -4,7 +4,7 @@
 (``auto`` detects one) and returns it, not yet opened. Every camera has:
 
 - ``open()``, ``read()``, ``close()``; ``open`` and ``read`` raise
-  :class:`~diemcau.adapters.media.MediaFault` with a sentence for the centre
+  :class:`~diemcau.media.session.MediaFault` with a sentence for the centre
   (no camera, camera stopped delivering);
 - ``backend``: ``"picamera2"``, ``"usb"`` or ``"test_pattern"`` (reported in
   ``meta``);
@@ -50,7 +50,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .media import MediaFault, VideoProfile
+from .session import MediaFault, VideoProfile
 
 if TYPE_CHECKING:
     import av
@@ -306,7 +306,7 @@ def find_usb_cameras(dev_dir: Path = Path("/dev")) -> list[Path]:
 def v4l2_options(input_format: str, profile: VideoProfile) -> dict[str, str]:
     """FFmpeg ``v4l2`` input options asking the camera for this format, size and rate.
 
-        >>> from diemcau.adapters.media import PROFILES
+        >>> from diemcau.media.session import PROFILES
         >>> v4l2_options("mjpeg", PROFILES["720p30"])
         {'input_format': 'mjpeg', 'video_size': '1280x720', 'framerate': '30'}
     """
