@@ -37,7 +37,7 @@ from diemcau.media.camera import (
     open_camera,
     v4l2_options,
 )
-from diemcau.media.session import PROFILES, MediaFault, VideoProfile
+from diemcau.media.defs import PROFILES, MediaFault, VideoProfile
 from tests.harness import fake_picamera2
 
 SMALL = VideoProfile(320, 240, 15, 300)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from diemcau.config import Media
+from diemcau.media.defs import MediaFault
 from diemcau.media.microphone import Microphone
-from diemcau.media.session import MediaFault
 from tests.harness.alsa import make_microphone, microphone_from_samples
 
 
