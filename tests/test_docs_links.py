@@ -86,7 +86,7 @@ def test_the_readme_names_the_makefile_targets_and_only_those() -> None:
 def test_architecture_names_every_module() -> None:
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
     package = REPO / "firmware" / "diemcau"
-    modules = [p for folder in ("protocol", "core", "adapters") for p in (package / folder).glob(
+    modules = [p for folder in ("protocol", "core", "adapters", "media") for p in (package / folder).glob(
         "*.py") if p.name != "__init__.py"]
     assert len(modules) > 20
     missing = [f"{p.parent.name}/{p.name}" for p in modules if f"`{p.name}`" not in text]
