@@ -87,7 +87,7 @@ def test_architecture_names_every_module() -> None:
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
     package = REPO / "firmware" / "diemcau"
     folders = sorted(p.parent.name for p in package.glob("*/__init__.py"))
-    assert {"protocol", "core", "adapters", "parts"} <= set(folders)
+    assert {"protocol", "core", "adapters", "parts", "media"} <= set(folders)
     modules = [p for folder in folders for p in (package / folder).glob("*.py")
                if p.name != "__init__.py"] + [p for p in package.glob("*.py")
                                               if p.name not in ("__init__.py", "__main__.py")]

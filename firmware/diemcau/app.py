@@ -81,7 +81,7 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
         return MqttLink(cfg.mqtt, cfg.device.id, cfg.groups, counters, post)
 
     def make_media(request, post):  # type: ignore[no-untyped-def]
-        from .adapters.media import MediaSession  # PyAV loads only when a meeting starts
+        from .media.session import MediaSession  # PyAV loads only when a meeting starts
 
         return MediaSession(cfg.media, request, post, device_id=cfg.device.id)
 
@@ -221,8 +221,8 @@ def _detect_camera_later(cfg: Config, supervisor: Supervisor) -> None:
     import threading
 
     def detect() -> None:
-        from .adapters.camera import detect_backend
         from .core.events import CameraDetected
+        from .media.camera import detect_backend
 
         try:
             supervisor.post(CameraDetected(detect_backend(cfg.media)))

@@ -59,7 +59,7 @@ LinkFactory = Callable[[Post], Link]
 
 
 class Media(Protocol):
-    """One meeting's stream (:class:`diemcau.adapters.media.MediaSession`).
+    """One meeting's stream (:class:`diemcau.media.session.MediaSession`).
 
     Posts ``StreamChanged`` (``"off"`` once it has stopped, also after
     :meth:`stop`), ``StreamFiguresUpdated`` and ``MediaStepped``.

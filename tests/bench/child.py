@@ -17,8 +17,9 @@ from typing import Any
 
 import psutil
 
-from diemcau.adapters import camera, media
 from diemcau.config import Media
+from diemcau.media import camera
+from diemcau.media.session import MediaSession
 
 DEV = "c00001-r1"
 PROFILE = "720p30"
@@ -53,7 +54,7 @@ def main(spec: dict[str, Any]) -> int:
     settle()  # as `diemcau run` does at start
     events: queue.Queue[object] = queue.Queue()
     request = StreamRequest("bench-child", spec["url"], PROFILE, False)
-    session = media.MediaSession(Media(**spec["media"]), request, events.put_nowait,
+    session = MediaSession(Media(**spec["media"]), request, events.put_nowait,
                                  device_id=DEV)
     figures: dict[str, Any] = {}
 

@@ -10,8 +10,8 @@ Nothing is asserted. Four figures, each taken on real parts on loopback:
    ALSA ``file`` microphone → x264 + AAC → MPEG-TS → SRT) in a child process,
    against the ``ffmpeg`` command line doing the same job, both paced at real
    time and sending to an ``ffmpeg`` SRT listener. The ffmpeg command is built
-   from the box's own settings: the lavfi graph of ``TestPattern`` (adapters/camera.py) and the
-   encoder options of ``media.x264_options``, so a change in ``media.py``
+   from the box's own settings: the lavfi graph of ``TestPattern`` (media/camera.py) and the
+   encoder options of ``x264_options``, so a change in ``media/encoders.py``
    changes the reference too. Audio
    for ffmpeg is the microphone's own tone file read as raw S16_LE under
    ``-re`` (ALSA's ``file`` plugin is not paced, and ffmpeg's ALSA input
@@ -22,7 +22,7 @@ Nothing is asserted. Four figures, each taken on real parts on loopback:
    notes the wall-clock time each camera frame is handed over (see
    :mod:`tests.bench.child`); a receiver in this process (:class:`Receiver`) takes the
    raw MPEG-TS from SRT and notes when the last TS packet of each picture
-   arrives; the picture's stamp (:mod:`diemcau.adapters.framestamp`) joins
+   arrives; the picture's stamp (:mod:`diemcau.media.framestamp`) joins
    the two. SRT hands each packet over at its send time plus the latency
    setting, which is subtracted. References: the ffmpeg command line doing
    the same job to the same kind of receiver (see :func:`ffmpeg_latencies`;
@@ -65,8 +65,11 @@ from typing import Any
 import av
 import psutil
 
-from diemcau.adapters import camera, framestamp, media
 from diemcau.config import Media
+from diemcau.media import camera, defs, framestamp
+from diemcau.media import link as media_link
+from diemcau.media.encoders import x264_options
+from diemcau.media.urls import publish_url
 from diemcau.protocol import device_topic
 from tests.bench.child import DEV, PROFILE
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
@@ -116,10 +119,10 @@ def media_settings(mic: SimulatedMicrophone) -> dict[str, Any]:
 
 def _box_encoders(cfg: Media) -> tuple[Any, Any]:
     """The video and audio encoder settings the box's media path uses, from its own code."""
-    profile = media.PROFILES[PROFILE]
+    profile = defs.PROFILES[PROFILE]
     # As MediaSession._serve chooses it.
     kbps = cfg.video_bitrate_kbps if cfg.video_bitrate_kbps > 0 else profile.bitrate_kbps
-    video = SimpleNamespace(codec="libx264", options=media.x264_options(profile, kbps),
+    video = SimpleNamespace(codec="libx264", options=x264_options(profile, kbps),
                             bit_rate=kbps * 1000, pix_fmt="yuv420p", thread_type="SLICE")
     audio = SimpleNamespace(codec="aac" if cfg.audio_codec == "aac" else "libopus",
                             bit_rate=cfg.audio_bitrate_kbps * 1000, rate=cfg.sample_rate_hz,
@@ -129,7 +132,7 @@ def _box_encoders(cfg: Media) -> tuple[Any, Any]:
 
 def pattern_graph() -> str:
     """The lavfi graph the box's camera opens here (with the drawn text if a font is found)."""
-    pattern = camera.TestPattern(media.PROFILES[PROFILE])
+    pattern = camera.TestPattern(defs.PROFILES[PROFILE])
     graph = pattern._graph(with_text=True)
     try:
         av.open(graph, format="lavfi").close()
@@ -166,7 +169,7 @@ def ffmpeg_command(mic: SimulatedMicrophone, url: str, *, progress: bool = False
         "-c:a", audio.codec, "-b:a", str(audio.bit_rate), "-ar", str(audio.rate),
         "-ac", "1" if audio.layout == "mono" else "2",
         "-f", "mpegts", "-flush_packets", "1",
-        media.publish_url(url, meeting_id="bench-ffmpeg", device_id=DEV, cfg=cfg,
+        publish_url(url, meeting_id="bench-ffmpeg", device_id=DEV, cfg=cfg,
                           top_kbps=video.bit_rate // 1000),
     ]
 
@@ -346,7 +349,7 @@ class Receiver:
         self.first_keyframe_at = 0.0
         self.error = ""
         self._keyframe = threading.Event()
-        self._cancel = media.Interrupt()  # FFmpeg polls it while a read waits
+        self._cancel = media_link.Interrupt()  # FFmpeg polls it while a read waits
         self._thread = threading.Thread(target=self._serve, daemon=True, name="bench-receiver")
 
     @property
@@ -377,7 +380,7 @@ class Receiver:
         self.video.finish()
 
     def _serve(self) -> None:
-        api = media._avio()
+        api = media_link.avio()
         lib = api.lib
         lib.avio_read_partial.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
         lib.avio_read_partial.restype = ctypes.c_int
@@ -386,7 +389,7 @@ class Receiver:
         code = lib.avio_open2(ctypes.byref(pb), url.encode(), 1,  # AVIO_FLAG_READ
                               ctypes.byref(self._cancel.callback), None)
         if code < 0:
-            self.error = media._reason(code)[1]
+            self.error = media_link.error_reason(code)[1]
             return
         buffer = ctypes.create_string_buffer(1 << 16)
         looking = True
@@ -395,7 +398,7 @@ class Receiver:
                 size = lib.avio_read_partial(pb, buffer, len(buffer))
                 at = time.time()
                 if size < 0:
-                    self.error = media._reason(size)[1]
+                    self.error = media_link.error_reason(size)[1]
                     break
                 if self.keep == "raw":
                     self.chunks.append((at, ctypes.string_at(buffer, size)))
@@ -535,7 +538,7 @@ def ffmpeg_latencies(mic: SimulatedMicrophone, work: Path) -> tuple[list[float],
     pictures = [p for p in receiver.pictures if p.pts is not None]
     if not pictures or not captured:
         return [], first_keyframe_s
-    frame_ticks = 90000 // media.PROFILES[PROFILE].fps
+    frame_ticks = 90000 // defs.PROFILES[PROFILE].fps
     begin = captured[0] + WARMUP_S
     latencies = []
     for picture in pictures:
@@ -549,11 +552,11 @@ def srt_floor() -> list[float]:
     """Timestamped packets through the box's own SRT link (``_Link``), nothing in front."""
     receiver = Receiver("raw").start()
     cfg = Media(srt_latency_ms=SRT_LATENCY_MS, connect_timeout_ms=1000)
-    url = media.publish_url(receiver.url, meeting_id="bench-floor", device_id=DEV, cfg=cfg)
-    link = media._Link(url, media.Interrupt())
+    url = publish_url(receiver.url, meeting_id="bench-floor", device_id=DEV, cfg=cfg)
+    link = media_link.Link(url, media_link.Interrupt())
     try:
         for _ in range(FLOOR_PACKETS):
-            link.write(struct.pack("<d", time.time()).ljust(media.TS_CHUNK, b"\xff"))
+            link.write(struct.pack("<d", time.time()).ljust(defs.TS_CHUNK, b"\xff"))
             time.sleep(1 / 30)
         time.sleep(SRT_LATENCY_MS / 1000 + 0.2)
     finally:

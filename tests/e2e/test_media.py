@@ -17,12 +17,13 @@ import numpy as np
 import psutil
 import pytest
 
-from diemcau.adapters import camera as camera_adapters
-from diemcau.adapters import media
-from diemcau.adapters.media import MediaSession, publish_url
 from diemcau.config import Media
 from diemcau.core.events import StreamChanged, StreamFiguresUpdated
 from diemcau.core.meeting import StreamRequest
+from diemcau.media import camera as camera_adapters
+from diemcau.media.defs import MIN_QUEUE_BYTES, VideoProfile
+from diemcau.media.session import MediaSession
+from diemcau.media.urls import publish_url
 from diemcau.protocol.messages import StreamFigures
 from tests.harness.alsa import SimulatedMicrophone, make_microphone
 from tests.harness.encoding_camera import EncodingTestCamera
@@ -371,7 +372,7 @@ def test_a_receiver_that_stops_reading_costs_bounded_memory_and_the_stream_recov
     recording = read_recording(listener.stop())
 
     # The queue filled up to its bound and dropped, instead of growing.
-    bound = max(media.MIN_QUEUE_BYTES, (400 + 64) * 125 * cfg.send_queue_ms // 1000)
+    bound = max(MIN_QUEUE_BYTES, (400 + 64) * 125 * cfg.send_queue_ms // 1000)
     assert 0 < peak_queue <= bound + 64 * 1024  # the bound, give or take one keyframe
     assert dropped_while_paused > 0
     # The encoding thread never waited for the network: capture went on at its pace.
@@ -571,7 +572,7 @@ def test_a_camera_that_encodes_has_its_packets_sent_as_they_are(
     # The seam a Pi camera plugs into (picamera2 cannot run here).
     cameras: list[EncodingTestCamera] = []
 
-    def open_camera(_cfg: Media, profile: media.VideoProfile, _kbps: int) -> EncodingTestCamera:
+    def open_camera(_cfg: Media, profile: VideoProfile, _kbps: int) -> EncodingTestCamera:
         cameras.append(EncodingTestCamera(profile))
         return cameras[-1]
 

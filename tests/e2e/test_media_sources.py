@@ -25,13 +25,13 @@ import av
 import numpy as np
 import pytest
 
-from diemcau.adapters import camera as camera_module
-from diemcau.adapters import framestamp
-from diemcau.adapters.camera import UsbCamera
-from diemcau.adapters.media import MediaSession
 from diemcau.config import Media
 from diemcau.core.events import StreamChanged, StreamFiguresUpdated
 from diemcau.core.meeting import StreamRequest
+from diemcau.media import camera as camera_module
+from diemcau.media import framestamp
+from diemcau.media.camera import UsbCamera
+from diemcau.media.session import MediaSession
 from diemcau.protocol import Alert, Meta, decode, device_topic
 from diemcau.protocol.topics import alert_topic
 from tests.harness.alsa import SimulatedMicrophone, microphone_from_samples

@@ -16,14 +16,16 @@ from typing import Any
 
 import av
 
-from diemcau.adapters import camera, framestamp, media
+from diemcau.media import camera, framestamp
+from diemcau.media.defs import VideoProfile
+from diemcau.media.encoders import x264_options
 
 
 class EncodingTestCamera:
     backend = "test_encoder"
     encodes = True
 
-    def __init__(self, profile: media.VideoProfile) -> None:
+    def __init__(self, profile: VideoProfile) -> None:
         self.profile = profile
         self.pattern = camera.TestPattern(profile)
         self.keyframe_requests = 0
@@ -40,7 +42,7 @@ class EncodingTestCamera:
         ctx.time_base = Fraction(1, p.fps)
         ctx.framerate = Fraction(p.fps, 1)
         ctx.bit_rate = p.bitrate_kbps * 1000
-        ctx.options = media.x264_options(p, p.bitrate_kbps)
+        ctx.options = x264_options(p, p.bitrate_kbps)
         ctx.open()
         self._ctx = ctx
 

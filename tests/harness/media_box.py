@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _child(spec: dict[str, Any]) -> int:
     import logging
 
-    from diemcau.adapters.media import MediaSession
     from diemcau.config import Media
     from diemcau.core.meeting import StreamRequest
+    from diemcau.media.session import MediaSession
 
     logging.basicConfig(level=spec.get("log_level", "INFO"), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -29,7 +29,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from diemcau.adapters import framestamp
+from diemcau.media import framestamp
 
 from .process import stop_process
 

@@ -1,7 +1,7 @@
 """What waits between the encoders and the network, and what is dropped when it cannot leave.
 
-Pure: no threads, no I/O. The media adapter wraps one :class:`SendQueue` in a
-lock; the encoding thread ``offer``s encoded packets, the network writer
+Pure: no threads, no I/O. The media path keeps one :class:`SendQueue` under
+a lock (:mod:`diemcau.media.shared`); the encoding thread ``offer``s encoded packets, the network writer
 ``take``s them. The queue is bounded in packets and in bytes, so memory
 never grows however slow the network is. When a packet does not fit:
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diemcau.adapters import framestamp
+from diemcau.media import framestamp
 
 SIZES = [(360, 640), (480, 854), (720, 1280)]
 

@@ -22,8 +22,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diemcau.adapters import camera as camera_module
-from diemcau.adapters.camera import (
+from diemcau.config import Media
+from diemcau.media import camera as camera_module
+from diemcau.media.camera import (
     PiCamera,
     TestPattern,
     UsbCamera,
@@ -36,8 +37,7 @@ from diemcau.adapters.camera import (
     open_camera,
     v4l2_options,
 )
-from diemcau.adapters.media import PROFILES, MediaFault, VideoProfile
-from diemcau.config import Media
+from diemcau.media.defs import PROFILES, MediaFault, VideoProfile
 from tests.harness import fake_picamera2
 
 SMALL = VideoProfile(320, 240, 15, 300)

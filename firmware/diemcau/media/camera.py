@@ -4,7 +4,7 @@
 (``auto`` detects one) and returns it, not yet opened. Every camera has:
 
 - ``open()``, ``read()``, ``close()``; ``open`` and ``read`` raise
-  :class:`~diemcau.adapters.media.MediaFault` with a sentence for the centre
+  :class:`~diemcau.media.defs.MediaFault` with a sentence for the centre
   (no camera, camera stopped delivering);
 - ``backend``: ``"picamera2"``, ``"usb"`` or ``"test_pattern"`` (reported in
   ``meta``);
@@ -50,7 +50,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .media import MediaFault, VideoProfile
+from .defs import GOP_S, MediaFault, VideoProfile
+from .framestamp import strip_height
 
 if TYPE_CHECKING:
     import av
@@ -65,7 +66,6 @@ MICROSECONDS = Fraction(1, 1_000_000)
 PACKET_QUEUE_FRAMES = 60
 # A camera that delivers nothing for this long has stopped.
 READ_TIMEOUT_S = 3.0
-GOP_S = 2
 # What `auto` tries on a USB camera, best first: MJPEG is light on USB 2 and
 # decodes cheaply; YUYV is raw (low rates at 720p on USB 2); H.264 last, since
 # its bitrate and keyframes are the camera's, not ours.
@@ -192,8 +192,6 @@ class TestPattern:
         self._frames: Any = None
 
     def _graph(self, with_text: bool) -> str:
-        from .framestamp import strip_height
-
         p = self.profile
         top = strip_height(p.height) + p.height // 45  # just below the stamp strip
         text = (f",drawtext=text='frame %{{n}}  %{{pts\\:hms}}':x=w/40:y={top}:fontsize=h/12"
@@ -306,7 +304,7 @@ def find_usb_cameras(dev_dir: Path = Path("/dev")) -> list[Path]:
 def v4l2_options(input_format: str, profile: VideoProfile) -> dict[str, str]:
     """FFmpeg ``v4l2`` input options asking the camera for this format, size and rate.
 
-        >>> from diemcau.adapters.media import PROFILES
+        >>> from diemcau.media.defs import PROFILES
         >>> v4l2_options("mjpeg", PROFILES["720p30"])
         {'input_format': 'mjpeg', 'video_size': '1280x720', 'framerate': '30'}
     """

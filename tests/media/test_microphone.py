@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diemcau.adapters.media import MediaFault
-from diemcau.adapters.microphone import Microphone
 from diemcau.config import Media
+from diemcau.media.defs import MediaFault
+from diemcau.media.microphone import Microphone
 from tests.harness.alsa import make_microphone, microphone_from_samples
 
 

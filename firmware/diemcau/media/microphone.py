@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .media import AUDIO_PERIOD_S, MediaFault
+from .defs import AUDIO_PERIOD_S, MediaFault
 
 if TYPE_CHECKING:
     from ..config import Media
