@@ -81,9 +81,11 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
         return MqttLink(cfg.mqtt, cfg.device.id, cfg.groups, counters, post)
 
     def make_media(request, post):  # type: ignore[no-untyped-def]
-        from .adapters.media import MediaSession  # PyAV loads only when a meeting starts
+        # PyAV, FFmpeg and x264 load in a child process for the meeting, never in this one.
+        from .adapters.media_process import MediaProcess
 
-        return MediaSession(cfg.media, request, post, device_id=cfg.device.id)
+        return MediaProcess(cfg.media, request, post, device_id=cfg.device.id,
+                            log_level=cfg.log.level)
 
     panel = build_panel(cfg.panel, pin_factory) if cfg.panel else {}
     posted: list[Supervisor] = []  # the voice reports to the supervisor made below
