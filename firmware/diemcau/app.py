@@ -81,9 +81,11 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
         return MqttLink(cfg.mqtt, cfg.device.id, cfg.groups, counters, post)
 
     def make_media(request, post):  # type: ignore[no-untyped-def]
-        from .media.session import MediaSession  # PyAV loads only when a meeting starts
+        # PyAV, FFmpeg and x264 load in a child process for the meeting, never in this one.
+        from .media.process import MediaProcess
 
-        return MediaSession(cfg.media, request, post, device_id=cfg.device.id)
+        return MediaProcess(cfg.media, request, post, device_id=cfg.device.id,
+                            log_level=cfg.log.level)
 
     panel = build_panel(cfg.panel, pin_factory) if cfg.panel else {}
     posted: list[Supervisor] = []  # the voice reports to the supervisor made below
@@ -221,8 +223,8 @@ def _detect_camera_later(cfg: Config, supervisor: Supervisor) -> None:
     import threading
 
     def detect() -> None:
+        from .adapters.camera import detect_backend
         from .core.events import CameraDetected
-        from .media.camera import detect_backend
 
         try:
             supervisor.post(CameraDetected(detect_backend(cfg.media)))

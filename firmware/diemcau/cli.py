@@ -32,15 +32,13 @@ if TYPE_CHECKING:
     from .adapters.enroll import Identity
 
 DEFAULT_CONFIG = "/etc/diemcau/endpoint.toml"
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _log_to_stderr() -> None:
     """The log on stderr (the journal), every line scrubbed of credentials."""
-    from .adapters.logs import scrub_log_handlers
+    from .adapters.logs import log_to_stderr
 
-    logging.basicConfig(level="INFO", format=LOG_FORMAT, stream=sys.stderr)
-    scrub_log_handlers()
+    log_to_stderr("INFO")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,9 +10,12 @@ The last line of defence behind scrubbing at the source (see
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable
 
 from ..core.scrub import scrub
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class ScrubFilter(logging.Filter):
@@ -54,3 +57,9 @@ def scrub_log_handlers(known: Iterable[str] = (), logger: logging.Logger | None 
             found[0].known = tuple(s for s in known if s)
         else:
             handler.addFilter(ScrubFilter(known))
+
+
+def log_to_stderr(level: str = "INFO", known: Iterable[str] = ()) -> None:
+    """The log on stderr (the journal), every line scrubbed: the box's and its media process's."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    scrub_log_handlers(known)
