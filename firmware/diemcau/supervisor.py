@@ -37,7 +37,6 @@ from .adapters.enroll import store_centre_keys
 from .adapters.health import health_message, observation_from
 from .config import Config
 from .core import alerts as alert_rules
-from .core import identity as identity_rules
 from .core import meeting as core
 from .core import update as update_policy
 from .core.events import (
@@ -83,6 +82,8 @@ from .protocol import (
     public_keys_from_text,
     verify_command,
 )
+from .protocol.arguments import UPDATE_COMMAND as UPDATE_CMD
+from .protocol.arguments import BadKeyUpdate, key_update
 
 log = logging.getLogger("diemcau.supervisor")
 
@@ -93,7 +94,6 @@ RESET_CONFIRM_MAX_S = 15.0  # a factory reset waits for the voice at most this l
 # EX_TEMPFAIL: not 0, so the service manager (Restart=on-failure) starts the box again.
 EXIT_RESTART = 75  # after installing an update: the new release starts
 EXIT_FACTORY_RESET = EXIT_RESTART  # after a factory reset: the box enrolls afresh
-UPDATE_CMD = update_policy.COMMAND
 
 
 class Link(Protocol):
@@ -409,11 +409,11 @@ class Supervisor:
     def _update_keys(self, cid: str, args: dict[str, Any]) -> None:
         """``keys.update``: the whole new set of centre keys, persisted before it is used."""
         try:
-            texts = identity_rules.key_update(args)
+            texts = key_update(args)
             keys, problems = public_keys_from_text(texts, "keys")
             if problems:
-                raise identity_rules.BadKeyUpdate(problems[0])
-        except identity_rules.BadKeyUpdate as exc:
+                raise BadKeyUpdate(problems[0])
+        except BadKeyUpdate as exc:
             self._send_reply(core.ReplyDraft(cid, "keys.update", "rejected", 400, str(exc)))
             return
         try:

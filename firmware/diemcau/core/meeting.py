@@ -29,12 +29,23 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from ..protocol.arguments import (
+    ARGS,
+    CancelArgs,
+    IdentifyArgs,
+    InviteArgs,
+    JoinArgs,
+    LeaveArgs,
+    NoArgs,
+    Profile,
+    ProfileArgs,
+    UpdateArgs,
+    VolumeArgs,
+)
 from .button import ButtonName, PressKind
-from .update import COMMAND as UPDATE_COMMAND
-from .update import UpdateArgs, may_restart
+from .update import may_restart
 
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
-Profile = Literal["720p30", "480p25", "360p15", "audio"]
 
 _MEETING_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -191,70 +202,8 @@ class Outcome:
 # ---------------------------------------------------------------- arguments
 
 
-class _Args(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class InviteArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str
-    title: str = ""
-    starts_at: float | None = None
-    ends_at: float | None = None
-    mandatory: bool = False
-    publish: str | None = None
-    play: str | None = None
-    profile: Profile = "720p30"
-    muted: bool = False
-
-
-class JoinArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str
-    publish: str
-    play: str | None = None
-    profile: Profile = "720p30"
-    muted: bool = False
-
-
-class LeaveArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str | None = None
-
-
-class CancelArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str
-
-
-class NoArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class VolumeArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    percent: int
-
-
-class IdentifyArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    duration_s: int = 10
-
-
-class ProfileArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    profile: Profile
-
-
-ARGS: dict[str, type[msgspec.Struct]] = {
-    "meeting.invite": InviteArgs,
-    "meeting.join": JoinArgs,
-    "meeting.leave": LeaveArgs,
-    "meeting.cancel": CancelArgs,
-    "audio.mute": NoArgs,
-    "audio.unmute": NoArgs,
-    "audio.volume": VolumeArgs,
-    "floor.grant": NoArgs,
-    "floor.revoke": NoArgs,
-    "health.report": NoArgs,
-    "device.identify": IdentifyArgs,
-    UPDATE_COMMAND: UpdateArgs,
-    "media.keyframe": NoArgs,
-    "media.profile": ProfileArgs,
-}
+# The schemas are the protocol's (protocol/arguments.py); what they may hold beyond
+# their types, and what each command does, is decided here.
 HANDLED_COMMANDS = frozenset(ARGS)
 
 
