@@ -22,7 +22,6 @@ A fatal media error (no camera, no encoder) puts the room in ``error``; a
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +30,7 @@ import msgspec
 
 from ..protocol.arguments import (
     ARGS,
+    MEETING_ID_RE,
     CancelArgs,
     IdentifyArgs,
     InviteArgs,
@@ -46,8 +46,6 @@ from .button import ButtonName, PressKind
 from .update import may_restart
 
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
-
-_MEETING_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 # ---------------------------------------------------------------- state
@@ -224,7 +222,7 @@ def _parse_args(cmd: str, args: Any) -> msgspec.Struct:
 
 
 def _check_meeting_id(value: str, field: str = "args.meeting_id") -> None:
-    if not _MEETING_ID_RE.fullmatch(value):  # fullmatch: '$' alone lets a final '\n' through
+    if not MEETING_ID_RE.fullmatch(value):  # fullmatch: '$' alone lets a final '\n' through
         raise BadArgs(400, f"{field}: 1-64 letters, digits, '.', '_' or '-'")
 
 

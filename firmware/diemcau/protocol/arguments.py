@@ -30,6 +30,10 @@ PROFILE_NAMES: tuple[str, ...] = get_args(Profile)
 
 UPDATE_COMMAND = "firmware.update"
 
+# A meeting id: 1-64 letters, digits, '.', '_' or '-', not starting with a punctuation mark
+# (match with fullmatch: '$' alone lets a final newline through).
+MEETING_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
 
 class _Args(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
