@@ -30,7 +30,6 @@ from referencing.jsonschema import DRAFT7
 
 import diemcau.protocol as protocol
 from diemcau.core.alerts import SEVERITY
-from diemcau.core.meeting import ARGS
 from diemcau.core.update import Result as UpdateResult
 from diemcau.protocol import (
     ALERT_CODES,
@@ -43,6 +42,7 @@ from diemcau.protocol import (
     public_key_from_text,
     verify_command,
 )
+from diemcau.protocol.arguments import ARGS
 from diemcau.protocol.commands import MAX_COMMAND_BYTES
 from diemcau.protocol.topics import DEVICE_TOPIC_KINDS
 

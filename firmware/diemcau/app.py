@@ -20,11 +20,12 @@ from .adapters.outbox import Outbox
 from .adapters.platform import board_model, board_serial
 from .adapters.releases import ReleaseStore
 from .adapters.service import ServiceManager
-from .adapters.statefile import Counters, remove_stray_temp_files
+from .adapters.statefile import Counters
 from .config import Config, Enrollment, Panel
 from .core.button import PressTiming
 from .core.events import EnrollmentStopped, PromptSpoken, StopRequested
 from .protocol import ReplayCache
+from .shared import remove_stray_temp_files
 from .supervisor import EXIT_FACTORY_RESET, Adapters, Supervisor
 
 if TYPE_CHECKING:

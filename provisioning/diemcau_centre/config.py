@@ -31,12 +31,10 @@ import msgspec
 
 # The box's own checks, so that both configs report problems the same way.
 from diemcau.config import ConfigError, Mqtt, read_toml
+from diemcau.protocol.arguments import KID_RE
 
 ENV_VAR = "DIEMCAU_CENTRE_CONFIG"
 DEFAULT_PATH = "/etc/diemcau/centre.toml"
-
-_KID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
 
 class Signing(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     key_file: str = ""  # empty: this console can watch but not send
@@ -95,7 +93,7 @@ def _semantic_problems(cfg: CentreConfig) -> list[str]:
     if cfg.signing.key_file and not Path(cfg.signing.key_file).is_file():
         problems.append(f"signing.key_file: no such file {cfg.signing.key_file!r}"
                         " (make one with `diemcau-centre keys init`)")
-    if cfg.signing.kid and not _KID_RE.match(cfg.signing.kid):
+    if cfg.signing.kid and not KID_RE.match(cfg.signing.kid):
         problems.append("signing.kid: 1-64 letters, digits, '.', '_' or '-'")
     return problems
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from diemcau.adapters.statefile import write_atomic as box_write_atomic
+from diemcau.shared import write_atomic as box_write_atomic
 
 from .keys import KeyExists
 

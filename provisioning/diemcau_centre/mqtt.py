@@ -27,8 +27,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from diemcau.adapters.mqtt import guarded, no_delay, tls_context
 from diemcau.config import Mqtt
+from diemcau.shared import guarded, no_delay, tls_context
 
 log = logging.getLogger("diemcau_centre.mqtt")
 

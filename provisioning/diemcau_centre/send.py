@@ -26,7 +26,6 @@ from typing import Any, Literal, TextIO
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from diemcau.core.meeting import ARGS
 from diemcau.protocol import (
     COMMAND_NAMES,
     FINAL_STATUSES,
@@ -39,6 +38,7 @@ from diemcau.protocol import (
     parse_topic,
     sign_command,
 )
+from diemcau.protocol.arguments import ARGS
 
 from .fleet import GONE_STATES, clean
 from .mqtt import Connected, Disconnected, MqttError, Received, Session
@@ -147,8 +147,8 @@ def build_args(cmd: str, pairs: list[str] | None = None, json_text: str | None =
 
 def _check_key_update(args: dict[str, Any]) -> None:
     """The box's own rule for a new key set: a box left with no usable key is lost."""
-    from diemcau.core.identity import BadKeyUpdate, key_update
     from diemcau.protocol import public_key_from_text
+    from diemcau.protocol.arguments import BadKeyUpdate, key_update
 
     try:
         for kid, text in key_update(args).items():

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from diemcau.adapters.ledger import FILE_NAME, Ledger
 from diemcau.adapters.outbox import Outbox
-from diemcau.adapters.statefile import remove_stray_temp_files, write_atomic
 from diemcau.protocol import ReplayCache, Reply
+from diemcau.shared import remove_stray_temp_files, write_atomic
 
 
 def open_ledger(path: Path) -> tuple[Ledger, Outbox, ReplayCache]:

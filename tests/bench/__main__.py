@@ -20,8 +20,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 
-from diemcau.adapters.mqtt import no_delay
 from diemcau.protocol import Reply, decode, device_topic
+from diemcau.shared import no_delay
 from tests.bench import media
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey

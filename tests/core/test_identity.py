@@ -1,19 +1,11 @@
-"""The identity rules: when to renew, when renewal failing becomes an alert, key updates."""
+"""The identity rules: when to renew, when renewal failing becomes an alert."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from diemcau.core.alerts import AlertState, Observation, Thresholds, evaluate
-from diemcau.core.identity import (
-    MAX_CENTRE_KEYS,
-    BadKeyUpdate,
-    expiring_detail,
-    key_update,
-    renew_at,
-)
+from diemcau.core.identity import expiring_detail, renew_at
 
 DAY = 86400.0
 # A 365-day certificate from day 0: renew from day 243.3, alert from day 304.2.
@@ -62,41 +54,3 @@ def test_a_box_without_an_identity_neither_raises_nor_clears() -> None:
     raised = evaluate(AlertState(), cert(), limits, now=1.0, ts=330 * DAY)
     kept = evaluate(raised.state, Observation(), limits, now=2.0, ts=331 * DAY)
     assert "certificate_expiring" in kept.state.active and kept.cleared == ()
-
-
-KEY = "V8sCqLeDrzvBqHHm0HJ8r3GzJQ7rVx6H2iF8LZc6b1Q"
-
-
-def test_a_key_update_is_the_whole_new_set() -> None:
-    assert key_update({"keys": {"k2027": KEY, "k2026": KEY}}) == {"k2027": KEY, "k2026": KEY}
-
-
-@pytest.mark.parametrize(("args", "why"), [
-    ({}, "one argument"),
-    ({"keys": {}}, "non-empty"),
-    ({"keys": [KEY]}, "non-empty"),
-    ({"keys": {"k": KEY}, "more": 1}, "one argument"),
-    ({"keys": {"bad kid": KEY}}, "kid 'bad kid'"),
-    ({"keys": {"k": 5}}, "keys.k: a public key"),
-    ({"keys": {f"k{n}": KEY for n in range(MAX_CENTRE_KEYS + 1)}}, "at most 8"),
-])
-def test_a_bad_key_update_says_why(args: dict, why: str) -> None:
-    with pytest.raises(BadKeyUpdate, match=why):
-        key_update(args)
-
-
-ANY = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=70),
-                   lambda inner: st.lists(inner, max_size=3)
-                   | st.dictionaries(st.text(max_size=70), inner, max_size=9), max_leaves=20)
-
-
-@given(st.dictionaries(st.text(max_size=10), ANY, max_size=3)
-       | st.fixed_dictionaries({"keys": ANY}))
-def test_any_arguments_give_a_key_set_or_a_reason(args: dict) -> None:
-    try:
-        keys = key_update(args)
-    except BadKeyUpdate as exc:
-        assert str(exc)
-    else:
-        assert 0 < len(keys) <= MAX_CENTRE_KEYS
-        assert all(isinstance(k, str) and isinstance(v, str) for k, v in keys.items())

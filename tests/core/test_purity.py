@@ -1,15 +1,19 @@
 """The core stays pure, and starting the box does not load the media stack.
 
-Each check imports modules in a fresh interpreter and looks at ``sys.modules``
-there: in the test process itself everything is long since imported.
+Each import check imports modules in a fresh interpreter and looks at
+``sys.modules`` there: in the test process itself everything is long since
+imported. That the core reads no clock is read from its source (``ast``); which
+parts of diemcau each layer may import, in tests/test_layers.py.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +25,10 @@ CORE_MODULES = sorted(f"diemcau.core.{m.name}" for m in pkgutil.iter_modules(die
 ADAPTER_LIBRARIES = ["paho", "av", "alsaaudio", "gpiozero", "psutil", "numpy", "picamera2"]
 # I/O and concurrency from the standard library.
 IO_MODULES = ["sqlite3", "socket", "ssl", "threading", "subprocess"]
+# Reading a clock: the core is given the time as an argument instead.
+CLOCK_MODULES = {"time", "datetime"}
+CLOCK_READS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter",
+               "perf_counter_ns", "process_time", "now", "utcnow", "today", "localtime", "gmtime"}
 # What makes the box slow to come online; loaded only when a meeting starts.
 MEDIA_STACK = ["av", "numpy", "alsaaudio", "picamera2"]
 
@@ -94,3 +102,38 @@ def test_the_check_itself_sees_an_imported_library() -> None:
     # json and sqlite3 are in every Python: a check that cannot see them proves nothing.
     assert "sqlite3" in modules_after_import("sqlite3")
     assert "sqlite3" in import_chain("sqlite3", "sqlite3")
+
+
+def clock_reads(source: str) -> list[str]:
+    """Where ``source`` imports a clock module or calls a function that reads a clock."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [f"{node.lineno}: import {a.name}" for a in node.names
+                      if a.name.partition(".")[0] in CLOCK_MODULES]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (
+                (node.module or "").partition(".")[0] in CLOCK_MODULES):
+            found.append(f"{node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in CLOCK_READS:
+                found.append(f"{node.lineno}: {ast.unparse(func)}()")
+    return found
+
+
+CORE_FILES = sorted(Path(diemcau.core.__file__).parent.glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: p.name)
+def test_the_core_reads_no_clock(path: Path) -> None:
+    found = clock_reads(path.read_text(encoding="utf-8"))
+    assert not found, f"core/{path.name}: {found}"
+
+
+@pytest.mark.parametrize("source", [
+    "import time\n", "from datetime import datetime\n", "import datetime as dt\n",
+    "def f(clock):\n    return clock.monotonic()\n", "def f(dt):\n    return dt.now()\n",
+])
+def test_the_clock_check_sees_a_clock_read(source: str) -> None:
+    assert clock_reads(source)

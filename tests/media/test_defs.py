@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import get_args
 
-from diemcau.core.meeting import Profile
 from diemcau.media.defs import DEFAULT_VIDEO_PROFILE, PROFILES, VideoProfile, top_kbps
+from diemcau.protocol.arguments import Profile
 
 
 def test_every_video_profile_name_has_an_entry_and_audio_none() -> None:

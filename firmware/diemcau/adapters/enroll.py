@@ -59,7 +59,7 @@ from ..protocol.enrollment import (
     encode,
     read_enrollment_file,
 )
-from .statefile import write_atomic
+from ..shared import write_atomic
 
 log = logging.getLogger("diemcau.enroll")
 

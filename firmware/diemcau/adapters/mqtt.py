@@ -19,7 +19,6 @@ number, because the will must carry it before each connection attempt.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import ssl
@@ -27,59 +26,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ..config import Mqtt, Tls
+from ..config import Mqtt
 from ..core.backoff import backoff_delay
 from ..core.events import CommandArrived, Delivered, LinkDown, LinkUp, OwnStateSeen
 from ..protocol import State, device_topic, encode, group_cmd_topic, now_ts
+from ..shared import guarded, no_delay, tls_context
 from .clock import check_clock, clock_floor
 from .statefile import Counters
 
 log = logging.getLogger("diemcau.link")
-
-
-# Shared with the centre's console, so both read [mqtt] alike and guard
-# their paho callbacks alike.
-
-
-def tls_context(tls: Tls) -> ssl.SSLContext | None:
-    """The TLS context an ``[mqtt.tls]`` section asks for; None when TLS is off.
-
-    No ``ca_file``: the system's trusted CAs. ``insecure_skip_verify`` (a lab
-    only) turns off every check, as its name says.
-    """
-    if not tls.enabled:
-        return None
-    context = ssl.create_default_context(cafile=tls.ca_file or None)
-    if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file or None)
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def no_delay(sock: Any) -> None:
-    """Turn Nagle off: a small reply would otherwise wait tens of ms for the last ACK."""
-    import socket
-
-    if hasattr(sock, "setsockopt"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def guarded(logger: logging.Logger) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """A paho callback that logs its exceptions: one escaping kills paho's thread silently."""
-
-    def decorate(callback: Callable[..., None]) -> Callable[..., None]:
-        @functools.wraps(callback)
-        def wrapper(*args: Any) -> None:
-            try:
-                callback(*args)
-            except Exception:  # noqa: BLE001 - the connection must outlive any bug in a handler
-                logger.exception("error in MQTT callback %s", callback.__name__)
-
-        return wrapper
-
-    return decorate
 
 
 _guarded = guarded(log)

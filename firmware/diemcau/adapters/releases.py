@@ -34,7 +34,7 @@ import msgspec
 
 from ..core import update as policy
 from ..core.update import Record, Trial, UpdateRefused
-from .statefile import write_atomic
+from ..shared import write_atomic
 
 if TYPE_CHECKING:
     import tarfile

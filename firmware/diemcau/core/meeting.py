@@ -22,21 +22,30 @@ A fatal media error (no camera, no encoder) puts the room in ``error``; a
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
+from ..protocol.arguments import (
+    ARGS,
+    MEETING_ID_RE,
+    CancelArgs,
+    IdentifyArgs,
+    InviteArgs,
+    JoinArgs,
+    LeaveArgs,
+    NoArgs,
+    Profile,
+    ProfileArgs,
+    UpdateArgs,
+    VolumeArgs,
+)
 from .button import ButtonName, PressKind
-from .update import COMMAND as UPDATE_COMMAND
-from .update import UpdateArgs, may_restart
+from .update import may_restart
 
 MeetingState = Literal["idle", "invited", "joining", "live", "leaving", "error"]
-Profile = Literal["720p30", "480p25", "360p15", "audio"]
-
-_MEETING_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 # ---------------------------------------------------------------- state
@@ -191,70 +200,8 @@ class Outcome:
 # ---------------------------------------------------------------- arguments
 
 
-class _Args(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class InviteArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str
-    title: str = ""
-    starts_at: float | None = None
-    ends_at: float | None = None
-    mandatory: bool = False
-    publish: str | None = None
-    play: str | None = None
-    profile: Profile = "720p30"
-    muted: bool = False
-
-
-class JoinArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str
-    publish: str
-    play: str | None = None
-    profile: Profile = "720p30"
-    muted: bool = False
-
-
-class LeaveArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str | None = None
-
-
-class CancelArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    meeting_id: str
-
-
-class NoArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    pass
-
-
-class VolumeArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    percent: int
-
-
-class IdentifyArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    duration_s: int = 10
-
-
-class ProfileArgs(_Args, kw_only=True, forbid_unknown_fields=True):
-    profile: Profile
-
-
-ARGS: dict[str, type[msgspec.Struct]] = {
-    "meeting.invite": InviteArgs,
-    "meeting.join": JoinArgs,
-    "meeting.leave": LeaveArgs,
-    "meeting.cancel": CancelArgs,
-    "audio.mute": NoArgs,
-    "audio.unmute": NoArgs,
-    "audio.volume": VolumeArgs,
-    "floor.grant": NoArgs,
-    "floor.revoke": NoArgs,
-    "health.report": NoArgs,
-    "device.identify": IdentifyArgs,
-    UPDATE_COMMAND: UpdateArgs,
-    "media.keyframe": NoArgs,
-    "media.profile": ProfileArgs,
-}
+# The schemas are the protocol's (protocol/arguments.py); what they may hold beyond
+# their types, and what each command does, is decided here.
 HANDLED_COMMANDS = frozenset(ARGS)
 
 
@@ -275,7 +222,7 @@ def _parse_args(cmd: str, args: Any) -> msgspec.Struct:
 
 
 def _check_meeting_id(value: str, field: str = "args.meeting_id") -> None:
-    if not _MEETING_ID_RE.fullmatch(value):  # fullmatch: '$' alone lets a final '\n' through
+    if not MEETING_ID_RE.fullmatch(value):  # fullmatch: '$' alone lets a final '\n' through
         raise BadArgs(400, f"{field}: 1-64 letters, digits, '.', '_' or '-'")
 
 

@@ -25,15 +25,8 @@ from typing import Literal
 import msgspec
 from packaging.version import InvalidVersion, Version
 
-COMMAND = "firmware.update"
 MAX_ARTEFACT_BYTES = 1024 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class UpdateArgs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``firmware.update`` arguments: the release manifest, signed by the release key."""
-
-    manifest: str
 
 
 class UpdateRefused(Exception):

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from ..core.backoff import backoff_delay
 from ..core.events import StreamChanged
-from ..core.meeting import Profile as ProfileName
+from ..protocol.arguments import Profile as ProfileName
 from .pipe import (
     Changed,
     Channel,

@@ -17,9 +17,7 @@ from typing import Any
 
 from ..adapters.enroll import store_centre_keys
 from ..config import Config
-from ..core import identity as identity_rules
 from ..core import meeting as core
-from ..core import update as update_policy
 from ..core.events import CommandArrived
 from ..core.scrub import scrub
 from ..ports import Replay
@@ -34,10 +32,11 @@ from ..protocol import (
     public_keys_from_text,
     verify_command,
 )
+from ..protocol.arguments import UPDATE_COMMAND, BadKeyUpdate, key_update
 
 log = logging.getLogger("diemcau.supervisor")  # the supervisor's part, in its journal
 
-UPDATE_CMD = update_policy.COMMAND
+UPDATE_CMD = UPDATE_COMMAND
 
 
 class Commands:
@@ -119,11 +118,11 @@ class Commands:
     def _update_keys(self, cid: str, args: dict[str, Any]) -> None:
         """``keys.update``: the whole new set of centre keys, persisted before it is used."""
         try:
-            texts = identity_rules.key_update(args)
+            texts = key_update(args)
             keys, problems = public_keys_from_text(texts, "keys")
             if problems:
-                raise identity_rules.BadKeyUpdate(problems[0])
-        except identity_rules.BadKeyUpdate as exc:
+                raise BadKeyUpdate(problems[0])
+        except BadKeyUpdate as exc:
             self.reply(core.ReplyDraft(cid, "keys.update", "rejected", 400, str(exc)))
             return
         try:

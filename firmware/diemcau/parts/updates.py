@@ -21,10 +21,11 @@ from ..core import update as update_policy
 from ..core.events import UpdateFailed, UpdateInstalled, UpdateProgress
 from ..ports import Download, Link, Post, Releases
 from ..protocol import State, device_topic, encode, now_ts, public_key_from_text
+from ..protocol.arguments import UPDATE_COMMAND
 
 log = logging.getLogger("diemcau.supervisor")  # the supervisor's part, in its journal
 
-UPDATE_CMD = update_policy.COMMAND
+UPDATE_CMD = UPDATE_COMMAND
 
 
 def _run_update(releases: Any, manifest: Any, cid: str, post: Post, ca_file: str) -> object:
