@@ -21,6 +21,7 @@ import psutil
 
 from diemcau.adapters.mqtt import no_delay
 from diemcau.protocol import Reply, decode, device_topic
+from tests.bench import broker as broker_bench
 from tests.bench import media
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         box.stop()
         observer.close()
     media.run(work / "media", options, row)
+    broker_bench.main([])
     print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
           " live at 720p30 (--soak-minutes N for longer).")
     return 0
