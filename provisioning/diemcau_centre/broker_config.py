@@ -10,6 +10,11 @@ it names a box), and its groups' commands through one ``user`` block per box
 from the manifest: a box's province and district are not in its device id,
 so no pattern could say them.
 
+Queues and persistence are sized from the manifest (:func:`durability_lines`,
+also what the test broker runs): Mosquitto drops, silently but for one log
+line, what does not fit in a client's queue, and keeps in memory only what it
+acknowledged since its last save.
+
     files = write_broker_config(Path("/srv/centre"), Path("/srv/centre/broker"),
                                 BrokerSettings(port=8883))
 """
@@ -20,7 +25,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from diemcau.protocol import alert_topic, check_name, device_filter, device_topic, group_cmd_topic
+from diemcau.protocol import (
+    ALERT_CODES,
+    alert_topic,
+    check_name,
+    device_filter,
+    device_topic,
+    group_cmd_topic,
+)
 from diemcau.protocol.topics import DeviceTopicKind
 
 from .ca import CA_CERT, CRL, SERVER_CERT, SERVER_KEY, CaError, centre_identities
@@ -34,6 +46,76 @@ BOX_WRITES: tuple[DeviceTopicKind, ...] = ("state", "meta", "status", "health", 
 BOX_READS: tuple[DeviceTopicKind, ...] = ("cmd", "state")  # state: its last will, on restart
 # Boxes send small messages; a larger packet is broken or hostile.
 MAX_PACKET_BYTES = 256 * 1024
+
+# Mosquitto's queue limits are one setting for every client, and the centre's
+# subscriber needs the most: at worst, at once, for every box in the fleet,
+# its retained state, meta, status and every alert (sent on subscribing), and
+# what a group meeting.join makes it say (2 replies: accepted then succeeded;
+# 3 status changes; 3 events). Whatever does not fit is dropped.
+RETAINED_PER_BOX = 3 + len(ALERT_CODES)
+GROUP_JOIN_PER_BOX = 2 + 3 + 3
+CENTRE_MESSAGES_PER_BOX = RETAINED_PER_BOX + GROUP_JOIN_PER_BOX
+# Never below Mosquitto's own default, for a small or empty manifest.
+MIN_QUEUED_MESSAGES = 1000
+# A bound on memory per client as well as on count: what the boxes send is
+# 50-600 bytes a message, a signed command about 1 KiB; a client flooded with
+# large packets (up to MAX_PACKET_BYTES) stops queueing here.
+QUEUED_BYTES_PER_MESSAGE = 1024
+# Unacknowledged messages in flight to one client (also the Receive Maximum
+# the broker announces). Mosquitto's 20 caps a console 30 ms away at about 700
+# messages a second; 100 takes 10,000 replies in under 3 s over such a path.
+MAX_INFLIGHT_MESSAGES = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """What the broker may queue per client, for a fleet of ``boxes``."""
+
+    boxes: int
+    max_queued_messages: int
+    max_queued_bytes: int
+    max_inflight_messages: int = MAX_INFLIGHT_MESSAGES
+
+
+def durability(boxes: int) -> Durability:
+    """Queue sizes for ``boxes`` boxes: the centre can hold CENTRE_MESSAGES_PER_BOX of each.
+
+    Rounded up to a thousand. A box's own queue gets the same limits (Mosquitto
+    has no per-client setting), far more than the commands it can be sent
+    while offline.
+
+    >>> durability(2000)
+    Durability(boxes=2000, max_queued_messages=40000, max_queued_bytes=40960000, \
+max_inflight_messages=100)
+    """
+    if boxes < 0:
+        raise ValueError(f"boxes: {boxes} is negative")
+    count = max(MIN_QUEUED_MESSAGES, -(-boxes * CENTRE_MESSAGES_PER_BOX // 1000) * 1000)
+    return Durability(boxes, count, count * QUEUED_BYTES_PER_MESSAGE)
+
+
+def durability_lines(boxes: int) -> list[str]:
+    """mosquitto.conf lines for persistence and queues; the test broker runs the same.
+
+    ``persistence_location`` is left to the caller. Mosquitto 2.0 keeps its
+    sessions (queued commands included) in memory and writes them only when it
+    saves: ``autosave_on_changes`` with ``autosave_interval 1`` saves after
+    every turn of its loop that queued, acknowledged or retained something, so
+    a crash loses at most what it acknowledged within the turn and the save
+    that follows it (docs/provisioning.md gives the measured cost).
+    """
+    sizes = durability(boxes)
+    return [
+        f"# Sized for {boxes} box(es) in the manifest: run broker-config again after an import.",
+        "persistence true",
+        "autosave_on_changes true",
+        "autosave_interval 1",
+        # MQTT 5 boxes ask for their own session expiry; this bounds the others.
+        "persistent_client_expiration 14d",
+        f"max_queued_messages {sizes.max_queued_messages}",
+        f"max_queued_bytes {sizes.max_queued_bytes}",
+        f"max_inflight_messages {sizes.max_inflight_messages}",
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +165,8 @@ def acl_text(devices: Iterable[Device], centre_names: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def conf_text(settings: BrokerSettings, prefix: Path) -> str:
-    """mosquitto.conf: persistence, logging, and the one mutual-TLS listener."""
+def conf_text(settings: BrokerSettings, prefix: Path, boxes: int) -> str:
+    """mosquitto.conf for a fleet of ``boxes``: persistence and queues, logging, the listener."""
     log = f"log_dest file {settings.log_file}" if settings.log_file else "log_dest stderr"
     listener = f"listener {settings.port}" + (f" {settings.bind}" if settings.bind else "")
     return "\n".join([
@@ -93,11 +175,8 @@ def conf_text(settings: BrokerSettings, prefix: Path) -> str:
         "per_listener_settings false",
         "allow_anonymous false",
         f"acl_file {prefix / ACL_FILE}",
-        "persistence true",
         f"persistence_location {settings.persistence_dir.rstrip('/')}/",
-        "autosave_interval 300",
-        # MQTT 5 boxes ask for their own session expiry; this bounds the others.
-        "persistent_client_expiration 14d",
+        *durability_lines(boxes),
         f"max_packet_size {MAX_PACKET_BYTES}",
         f"user {settings.run_as}",
         log,
@@ -157,5 +236,6 @@ def write_broker_config(directory: Path, out_dir: Path, settings: BrokerSettings
         mode = 0o600 if name == SERVER_KEY else 0o644
         write_atomic(out_dir / name, path.read_bytes(), mode)
     write_atomic(out_dir / ACL_FILE, acl.encode(), 0o644)
-    write_atomic(out_dir / CONF_FILE, conf_text(settings, prefix).encode(), 0o644)
+    conf = conf_text(settings, prefix, len(manifest.devices))
+    write_atomic(out_dir / CONF_FILE, conf.encode(), 0o644)
     return BrokerFiles(out_dir / CONF_FILE, out_dir / ACL_FILE, len(manifest.devices), centre)

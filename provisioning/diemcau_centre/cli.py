@@ -31,7 +31,8 @@ The configuration is ``--config FILE``, else ``$DIEMCAU_CENTRE_CONFIG``, else
 /etc/diemcau/centre.toml. See docs/centre.md.
 
 Exit codes: 0 done (for ``send``: succeeded or accepted), 1 the command did
-not succeed or got no reply (or a key would be overwritten), 2 bad command
+not succeed or got no reply, a box of the manifest did not answer or was not
+seen (``fleet_dir`` set), or a key would be overwritten, 2 bad command
 line or configuration, 3 the broker cannot be reached or refused us,
 130 interrupted.
 """
@@ -54,8 +55,9 @@ from diemcau.protocol.commands import MAX_TOKEN_LIFETIME_S
 from . import __version__, console, provision, release
 from .config import DEFAULT_PATH, ENV_VAR, CentreConfig, config_path, load_config
 from .keys import KeyExists, box_config_line, init_keys, load_signing_key
+from .manifest import FleetStore, ManifestError
 from .mqtt import MqttError, Session
-from .send import UsageError, build_args, check_command, parse_target, send
+from .send import UsageError, build_args, check_command, group_members, parse_target, send
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool cut off by `| head`
@@ -160,6 +162,19 @@ def _signing(cfg: CentreConfig) -> tuple[Ed25519PrivateKey, str]:
     return key, cfg.signing.kid or key_id(key.public_key())
 
 
+def _expected(cfg: CentreConfig, group: str | None = None) -> set[str] | None:
+    """The boxes of the manifest (of ``group``), or None without ``fleet_dir``."""
+    if not cfg.fleet_dir:
+        return None
+    try:
+        devices = FleetStore(Path(cfg.fleet_dir)).load().devices.values()
+    except ManifestError as exc:
+        raise ConfigError("fleet_dir", [str(exc)]) from None
+    if group is None:
+        return {d.id for d in devices}
+    return group_members(((d.id, d.site.groups) for d in devices), group)
+
+
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command in provision.COMMANDS:
         return provision.run(args, out, err)
@@ -183,18 +198,22 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         cmd = check_command(args.cmd)
         cmd_args = build_args(cmd, args.arg, args.json_args)
         key, kid = _signing(cfg)
+        expected = _expected(cfg, target.aud.removeprefix("group:")) if target.is_group else None
         with Session(cfg.mqtt, cfg.client_id) as session:
             session.open()
-            return send(session, key, kid, target, cmd, cmd_args,
-                        ttl_s=args.ttl, timeout_s=args.timeout, out=out, err=err)
+            return send(session, key, kid, target, cmd, cmd_args, ttl_s=args.ttl,
+                        timeout_s=args.timeout, expected=expected, out=out, err=err)
 
+    expected = _expected(cfg)
     with Session(cfg.mqtt, cfg.client_id) as session:
         session.open()
         if args.command == "devices":
             return console.devices(session, as_json=args.json, match=args.match,
-                                   max_wait_s=args.max_wait, out=out, err=err)
+                                   max_wait_s=args.max_wait, out=out, err=err,
+                                   expected=expected)
         return console.watch(session, once=args.once, interval_s=args.interval,
-                             match=args.match, max_wait_s=args.max_wait, out=out, err=err)
+                             match=args.match, max_wait_s=args.max_wait, out=out, err=err,
+                             expected=expected)
 
 
 def _drop_output(out: TextIO) -> None:

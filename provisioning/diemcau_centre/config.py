@@ -11,6 +11,7 @@ Relative file names are read from the configuration file's own directory, so
 a config and its keys can be moved together.
 
     client_id = "centre-hanoi-1"      # optional; default centre-<host>-<random>
+    fleet_dir = "/srv/diemcau-centre" # optional; the manifest says who should answer
 
     [mqtt]
     host = "mqtt.example.vn"
@@ -33,6 +34,8 @@ import msgspec
 from diemcau.config import ConfigError, Mqtt, read_toml
 from diemcau.protocol.arguments import KID_RE
 
+from .manifest import MANIFEST_FILE
+
 ENV_VAR = "DIEMCAU_CENTRE_CONFIG"
 DEFAULT_PATH = "/etc/diemcau/centre.toml"
 
@@ -43,6 +46,9 @@ class Signing(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class CentreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client_id: str = ""  # empty: centre-<host>-<random>, so two consoles never collide
+    # The centre's directory (its fleet.json): how many boxes a group has, so a
+    # missing answer or box is reported. Empty: the console cannot tell.
+    fleet_dir: str = ""
     mqtt: Mqtt
     signing: Signing = msgspec.field(default_factory=Signing)
 
@@ -68,7 +74,7 @@ def _with_paths(cfg: CentreConfig, base: Path) -> CentreConfig:
     )
     signing = msgspec.structs.replace(cfg.signing, key_file=_resolve(base, cfg.signing.key_file))
     return msgspec.structs.replace(cfg, mqtt=msgspec.structs.replace(cfg.mqtt, tls=tls),
-                                   signing=signing)
+                                   signing=signing, fleet_dir=_resolve(base, cfg.fleet_dir))
 
 
 def _semantic_problems(cfg: CentreConfig) -> list[str]:
@@ -93,6 +99,8 @@ def _semantic_problems(cfg: CentreConfig) -> list[str]:
     if cfg.signing.key_file and not Path(cfg.signing.key_file).is_file():
         problems.append(f"signing.key_file: no such file {cfg.signing.key_file!r}"
                         " (make one with `diemcau-centre keys init`)")
+    if cfg.fleet_dir and not (Path(cfg.fleet_dir) / MANIFEST_FILE).is_file():
+        problems.append(f"fleet_dir: no fleet manifest (fleet.json) in {cfg.fleet_dir!r}")
     if cfg.signing.kid and not KID_RE.match(cfg.signing.kid):
         problems.append("signing.kid: 1-64 letters, digits, '.', '_' or '-'")
     return problems

@@ -7,6 +7,7 @@ retained message), or after ``max_wait_s`` at most.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import time
@@ -16,6 +17,7 @@ from diemcau.protocol import alert_topic, device_filter, device_topic
 
 from .fleet import FleetView, device_record, render_devices, render_watch, select
 from .mqtt import Connected, Disconnected, MqttError, Received, Session
+from .send import missing_text
 
 DEVICE_FILTERS = [device_topic("+", "state"), device_topic("+", "meta"),
                   device_topic("+", "status"), alert_topic("+", "+")]
@@ -44,8 +46,31 @@ def collect_retained(session: Session, view: FleetView, *, quiet_s: float = 0.5,
                 last = got.at_mono
 
 
+def missing_boxes(view: FleetView, expected: set[str] | None, match: str | None) -> set[str]:
+    """The boxes of the manifest (that match) of which the broker gave nothing."""
+    if expected is None:
+        return set()
+    return {dev for dev in expected if dev not in view.boxes
+            and (match is None or fnmatch.fnmatchcase(dev, match))}
+
+
+def report_missing(view: FleetView, expected: set[str] | None, match: str | None,
+                   err: TextIO) -> int:
+    """Say how many boxes of the manifest were listed; 1 if some are missing, else 0."""
+    missing = missing_boxes(view, expected, match)
+    if not missing:
+        return 0
+    wanted = len(missing) + sum(1 for dev in view.boxes if dev in (expected or ())
+                                and (match is None or fnmatch.fnmatchcase(dev, match)))
+    print(f"listed {wanted - len(missing)} of the {wanted} box(es) in the manifest; the broker "
+          f"gave nothing of {len(missing)} (never connected, or their messages were lost): "
+          f"{missing_text(missing)}", file=err)
+    return 1
+
+
 def devices(session: Session, *, as_json: bool, match: str | None, max_wait_s: float,
-            out: TextIO, err: TextIO) -> int:
+            out: TextIO, err: TextIO, expected: set[str] | None = None) -> int:
+    """Print the boxes; 1 if boxes of the manifest (``expected``) are missing."""
     session.subscribe(DEVICE_FILTERS)
     view = FleetView()
     if not collect_retained(session, view, max_wait_s=max_wait_s):
@@ -56,11 +81,13 @@ def devices(session: Session, *, as_json: bool, match: str | None, max_wait_s: f
         out.write(json.dumps(records, ensure_ascii=False, indent=2) + "\n")
     else:
         out.write(render_devices(view, time.time(), match))
-    return 0
+    out.flush()
+    return report_missing(view, expected, match, err)
 
 
 def watch(session: Session, *, once: bool, interval_s: float, match: str | None,
-          max_wait_s: float, out: TextIO, err: TextIO, events: int = 10) -> int:
+          max_wait_s: float, out: TextIO, err: TextIO, events: int = 10,
+          expected: set[str] | None = None) -> int:
     """Redraw the fleet every ``interval_s`` until interrupted; ``once``: one snapshot."""
     session.subscribe(WATCH_FILTERS)
     view = FleetView()
@@ -74,6 +101,9 @@ def watch(session: Session, *, once: bool, interval_s: float, match: str | None,
         title = f"diemcau fleet at {session.where}, {time.strftime('%Y-%m-%d %H:%M:%S')}"
         if not connected:
             title += " - DISCONNECTED, reconnecting"
+        missing = missing_boxes(view, expected, match)
+        if missing:
+            title += f" - {len(missing)} box(es) of the manifest not seen"
         max_rows = None
         size = shutil.get_terminal_size()
         if tty:
@@ -91,7 +121,7 @@ def watch(session: Session, *, once: bool, interval_s: float, match: str | None,
 
     if once:
         draw()
-        return 0
+        return report_missing(view, expected, match, err)
     next_draw = time.monotonic()
     while True:
         if time.monotonic() >= next_draw:

@@ -8,7 +8,8 @@ from :func:`send`, which does the I/O through a :class:`~diemcau_centre.mqtt.Ses
     code = send(session, key, kid, target, "audio.volume", args, out=sys.stdout, err=sys.stderr)
 
 Exit codes: 0 when the (last) answer is ``succeeded`` or ``accepted`` (for a
-group: at least one answer, and all of them so), else 1.
+group: at least one answer, and all of them so; and, when the manifest says
+who is in the group, an answer from every one of them), else 1.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import types
 import typing
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
@@ -174,13 +176,31 @@ class ReplyLine:
         return f"{self.device}  {r.status:<11} {r.code:>3}  {detail or '-'}  ({self.latency_ms:.0f} ms)"
 
 
-class Replies:
-    """The replies to one command (matched by id), and what they add up to."""
+def group_members(devices: Iterable[tuple[str, Iterable[str]]], group: str) -> set[str]:
+    """The device ids of ``group`` (``all``, ``p01``, ...), from (id, groups) pairs."""
+    return {dev for dev, groups in devices if group in groups}
 
-    def __init__(self, jti: str, target: Target, sent_at: float) -> None:
+
+def missing_text(missing: set[str], limit: int = 10) -> str:
+    """``c00002-r1, c00007-r1 and 975 more``: who is missing, without flooding the screen."""
+    shown = sorted(missing)[:limit]
+    more = len(missing) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+class Replies:
+    """The replies to one command (matched by id), and what they add up to.
+
+    ``expected``: the boxes that should answer (for a group, from the
+    manifest), or None when the console cannot know.
+    """
+
+    def __init__(self, jti: str, target: Target, sent_at: float,
+                 expected: set[str] | None = None) -> None:
         self.jti = jti
         self.target = target
         self.sent_at = sent_at  # time.monotonic() at publish
+        self.expected = expected
         self.last: dict[str, Reply] = {}  # device -> its latest reply
 
     def take(self, topic: str, payload: bytes, at_mono: float) -> ReplyLine | None:
@@ -201,22 +221,39 @@ class Replies:
 
     @property
     def finished(self) -> bool:
-        """For one box: its final answer came. A group is never known to be finished."""
+        """Every box that should answer gave a final answer (a group without a manifest: never)."""
         dev = self.target.device
-        return dev is not None and dev in self.last and self.last[dev].status in FINAL_STATUSES
+        if dev is not None:
+            return dev in self.last and self.last[dev].status in FINAL_STATUSES
+        return bool(self.expected) and all(
+            d in self.last and self.last[d].status in FINAL_STATUSES for d in self.expected)
+
+    @property
+    def missing(self) -> set[str]:
+        """The expected boxes that have not answered at all."""
+        return set() if self.expected is None else self.expected - self.last.keys()
 
     def counts(self) -> Counter[str]:
         return Counter(r.status for r in self.last.values())
 
     def exit_code(self) -> int:
-        if not self.last:
+        if not self.last or self.missing:
             return 1
         return 0 if all(r.status in OK_STATUSES for r in self.last.values()) else 1
 
     def summary(self) -> str:
         counts = self.counts()
         parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-        return f"{self.target.aud}: {len(self.last)} box(es) answered: {parts or 'none'}"
+        if self.expected is None:
+            return f"{self.target.aud}: {len(self.last)} box(es) answered: {parts or 'none'}"
+        answered = len(self.expected & self.last.keys())
+        text = (f"{self.target.aud}: {answered} of {len(self.expected)} box(es) in the manifest "
+                f"answered: {parts or 'none'}")
+        if self.missing:
+            text += f"; {len(self.missing)} did not answer"
+        others = len(self.last.keys() - self.expected)
+        return text + (f" ({others} answer(s) from boxes not in the group's manifest)"
+                       if others else "")
 
 
 def no_reply_message(target: Target, timeout_s: float, ttl_s: int, state: State | None) -> str:
@@ -237,15 +274,19 @@ def no_reply_message(target: Target, timeout_s: float, ttl_s: int, state: State 
 
 def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
          args: dict[str, Any], *, ttl_s: int = 120, timeout_s: float = 10.0,
-         out: TextIO, err: TextIO) -> int:
-    """Sign, publish and wait for the replies, printing each; return the exit code."""
+         expected: set[str] | None = None, out: TextIO, err: TextIO) -> int:
+    """Sign, publish and wait for the replies, printing each; return the exit code.
+
+    ``expected``: for a group, the boxes the manifest puts in it; the console
+    then stops once each has given a final answer, and names those that did not.
+    """
     state_topic = device_topic(target.device, "state") if target.device else None
     # Subscribe first: a box on loopback answers faster than a late subscription.
     session.subscribe([target.reply_filter] + ([state_topic] if state_topic else []))
     jti = uuid.uuid4().hex
     token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti)
     sent_at = session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s)
-    replies = Replies(jti, target, sent_at)
+    replies = Replies(jti, target, sent_at, expected if target.is_group else None)
     print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s); waiting up to "
           f"{timeout_s:g} s for replies", file=err, flush=True)
 
@@ -272,7 +313,11 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
 
     if target.is_group:
         print(replies.summary(), file=out, flush=True)
-        if not replies.last:
+        if replies.missing:
+            print(f"no reply within {timeout_s:g} s from {len(replies.missing)} of the "
+                  f"{len(replies.expected or ())} box(es) of {target.aud} in the manifest: "
+                  f"{missing_text(replies.missing)}", file=err)
+        elif not replies.last:
             print(f"no replies from {target.aud} within {timeout_s:g} s", file=err)
         return replies.exit_code()
     if not replies.last:

@@ -37,8 +37,16 @@ from diemcau.protocol import (
 )
 from diemcau_centre.cli import main
 from diemcau_centre.keys import load_signing_key
-from diemcau_centre.send import Replies, UsageError, build_args, check_command, parse_target
+from diemcau_centre.send import (
+    Replies,
+    UsageError,
+    build_args,
+    check_command,
+    group_members,
+    parse_target,
+)
 from tests.harness.broker import Broker, free_port
+from tests.provisioning.conftest import centre_dir_for
 
 T0 = 1_700_000_000.0
 
@@ -265,6 +273,22 @@ def test_replies_from_a_group_add_up() -> None:
     replies.take(device_topic("c", "reply"), reply("j1", "rejected", 409, "busy"), 0.1)
     assert replies.exit_code() == 1
     assert replies.summary() == "group:p01: 3 box(es) answered: 2 succeeded, 1 rejected"
+
+
+def test_replies_from_a_group_are_counted_against_the_manifest() -> None:
+    """2,000 boxes in the group, 1,023 answers: not a clean success."""
+    expected = {f"c{i:05d}-r1" for i in range(2000)}
+    replies = Replies("j1", parse_target("group:all"), 0.0, expected)
+    for i in range(1023):
+        replies.take(f"diemcau/v1/dev/c{i:05d}-r1/reply", reply("j1", "succeeded"), 0.1)
+    assert not replies.finished and len(replies.missing) == 977
+    assert replies.exit_code() == 1
+    assert replies.summary() == ("group:all: 1023 of 2000 box(es) in the manifest answered: "
+                                 "1023 succeeded; 977 did not answer")
+    for i in range(1023, 2000):
+        replies.take(f"diemcau/v1/dev/c{i:05d}-r1/reply", reply("j1", "succeeded"), 0.1)
+    assert replies.finished and replies.exit_code() == 0
+    assert group_members([("a", ["p01", "all"]), ("b", ["p02", "all"])], "p01") == {"a"}
 
 
 # ---------------------------------------------------------------- against a real Mosquitto
@@ -596,6 +620,59 @@ def test_send_to_a_group_sums_up_the_replies(broker: Broker, centre: Path) -> No
 
     result = cli("send", "group:d999", "audio.mute", "--timeout", "0.5", "--config", str(centre))
     assert result.returncode == 1 and "no replies from group:d999" in result.stderr
+
+
+@pytest.fixture
+def fleet_centre(tmp_path: Path, broker: Broker) -> Path:
+    """A console whose fleet_dir holds a manifest: p01 has c00001-r1, c00001-r2, c00004-r1."""
+    directory = centre_dir_for(tmp_path / "fleet")
+    run("keys", "init", "--dir", str(tmp_path / "centre"))
+    return write_config(tmp_path / "centre" / "centre.toml", broker.port,
+                        Path("centre-signing.key"), extra=f'fleet_dir = "{directory}"')
+
+
+@pytest.mark.e2e
+def test_send_to_a_group_says_who_in_the_manifest_did_not_answer(broker: Broker,
+                                                                 fleet_centre: Path) -> None:
+    box = StandInBox(broker, fleet_centre, ["c00001-r1", "c00004-r1"],
+                     lambda dev, c: [("succeeded", 200, "muted")])
+    try:
+        result = cli("send", "group:p01", "audio.mute", "--timeout", "1.5", "--config",
+                     str(fleet_centre))
+    finally:
+        box.close()
+    assert result.stdout.splitlines()[-1] == (
+        "group:p01: 2 of 3 box(es) in the manifest answered: 2 succeeded; 1 did not answer")
+    assert ("no reply within 1.5 s from 1 of the 3 box(es) of group:p01 in the manifest: "
+            "c00001-r2") in result.stderr
+    assert result.returncode == 1
+
+    # Every box of the group answers: done at once, without waiting out --timeout.
+    box = StandInBox(broker, fleet_centre, ["c00001-r1", "c00001-r2", "c00004-r1"],
+                     lambda dev, c: [("succeeded", 200, "muted")])
+    try:
+        result = cli("send", "group:p01", "audio.mute", "--timeout", "600", "--config",
+                     str(fleet_centre), timeout_s=60)
+    finally:
+        box.close()
+    assert result.stdout.splitlines()[-1] == (
+        "group:p01: 3 of 3 box(es) in the manifest answered: 3 succeeded")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.e2e
+def test_devices_and_watch_say_which_boxes_of_the_manifest_are_missing(
+        broker: Broker, fleet_centre: Path) -> None:
+    publish(broker, fleet_messages()[:3])  # c00001-r1 only
+    for argv in (["devices"], ["watch", "--once"]):
+        result = cli(*argv, "--config", str(fleet_centre))
+        assert "c00001-r1" in result.stdout
+        assert ("listed 1 of the 4 box(es) in the manifest; the broker gave nothing of 3 "
+                "(never connected, or their messages were lost): c00001-r2, c00004-r1, "
+                "c00688-r1") in result.stderr
+        assert result.returncode == 1
+    result = cli("devices", "--match", "c00001-r1", "--config", str(fleet_centre))
+    assert result.returncode == 0 and result.stderr == ""
 
 
 def test_keys_init_needs_no_configuration(tmp_path: Path) -> None:

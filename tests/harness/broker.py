@@ -1,13 +1,16 @@
 """A real Mosquitto on loopback, for the tests, the demo and the benchmarks.
 
-Started on a free port with a generated configuration: persistence on (so a
-restart keeps sessions and retained messages), anonymous clients allowed,
-optionally a TLS listener with a throwaway CA.
+Started on a free port with a generated configuration: anonymous clients
+allowed, optionally a TLS listener with a throwaway CA, and production's own
+persistence and queue settings (``durability_lines`` of ``diemcau-centre
+broker-config``, for a fleet of ``boxes``), so what a test sees lost or kept
+is what the fleet's broker would lose or keep.
 
     broker = Broker(tmp_path / "broker", tls=True)
     broker.start()
     ...
     broker.restart()   # SIGTERM, then start again on the same port
+    broker.crash()     # SIGKILL: no save on the way out
     broker.stop()
 
 ``config_text`` runs a configuration made elsewhere (``diemcau-centre
@@ -19,10 +22,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from diemcau_centre.broker_config import durability_lines
 
 from .process import stop_process
 
@@ -113,12 +119,13 @@ class Broker:
     """One Mosquitto process with its own directory, port and log."""
 
     def __init__(self, workdir: Path, *, tls: bool = False, port: int | None = None,
-                 config_text: str | None = None) -> None:
+                 config_text: str | None = None, boxes: int = 1) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls = tls
+        self.boxes = boxes
         self.ca_file: Path | None = None
         self.log_file = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -132,9 +139,8 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "allow_anonymous true",
-            "persistence true",
             f"persistence_location {self.workdir}/",
-            "autosave_interval 1",
+            *durability_lines(self.boxes),
             f"log_dest file {self.log_file}",
             "log_type error",
             "log_type warning",
@@ -144,7 +150,6 @@ class Broker:
             # Whoever runs the tests owns the files: never drop privileges
             # (as root, Mosquitto would become `mosquitto` and lose its keys).
             f"user {_current_user()}",
-            "max_queued_messages 5000",
             "set_tcp_nodelay true",
         ]
         if self.tls:
@@ -152,6 +157,10 @@ class Broker:
             self.ca_file = ca
             lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
         self._conf.write_text("\n".join(lines) + "\n")
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc else None
 
     @property
     def running(self) -> bool:
@@ -180,8 +189,21 @@ class Broker:
             self._proc.stderr.close()
         self._proc = None
 
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
+    def crash(self) -> None:
+        """SIGKILL, as a power cut or the kernel's OOM killer: Mosquitto saves nothing."""
+        if self._proc is None:
+            return
+        stop_process(self._proc, signal.SIGKILL)
+        if self._proc.stderr:
+            self._proc.stderr.close()
+        self._proc = None
+
+    def restart(self, down_s: float = 0.0, *, crash: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with ``crash``), wait ``down_s``, start again."""
+        if crash:
+            self.crash()
+        else:
+            self.stop()
         if down_s:
             time.sleep(down_s)
         self.start()

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.harness.broker import Broker
 
@@ -32,8 +34,9 @@ class MtlsClient:
 
     def __init__(self, broker: Broker, ca_file: Path | None, cert: Path | None = None,
                  key: Path | None = None, *, client_id: str = "", username: str | None = None,
-                 tls: bool = True) -> None:
+                 tls: bool = True, session_expiry_s: int = 0) -> None:
         self.broker = broker
+        self.session_expiry_s = session_expiry_s  # > 0: a persistent session, kept that long
         self._cond = threading.Condition()
         self.messages: list[Got] = []
         self.connack: Any = None
@@ -94,8 +97,13 @@ class MtlsClient:
 
     def connect(self, timeout_s: float = 5.0) -> bool:
         """True when the broker accepted us (CONNACK success) within ``timeout_s``."""
+        props = None
+        if self.session_expiry_s:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
         try:
-            self._client.connect(self.broker.host, self.broker.port, keepalive=30)
+            self._client.connect(self.broker.host, self.broker.port, keepalive=30,
+                                 clean_start=not self.session_expiry_s, properties=props)
         except (OSError, ssl.SSLError) as exc:
             self.error = str(exc)
             return False
@@ -121,6 +129,23 @@ class MtlsClient:
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         assert self._wait(lambda: info.mid in self.puback, timeout_s), f"no PUBACK for {topic}"
         return self.puback[info.mid]
+
+    def publish_all(self, messages: list[tuple[str, bytes]], timeout_s: float = 30.0
+                    ) -> list[int]:
+        """Publish each (QoS 1) at once, then wait for every PUBACK; their reason codes."""
+        mids = [self._client.publish(topic, payload, qos=1).mid for topic, payload in messages]
+        assert self._wait(lambda: all(mid in self.puback for mid in mids), timeout_s), (
+            f"{sum(mid not in self.puback for mid in mids)} PUBACK(s) missing")
+        return [self.puback[mid] for mid in mids]
+
+    def wait_count(self, topic_filter: str, count: int, timeout_s: float = 10.0) -> int:
+        """Wait until ``count`` messages on topics matching ``topic_filter`` came; how many did."""
+        def matching() -> int:
+            return sum(paho.topic_matches_sub(topic_filter, m.topic) for m in self.messages)
+
+        self._wait(lambda: matching() >= count, timeout_s)
+        with self._cond:
+            return matching()
 
     def wait_for(self, topic: str, timeout_s: float = 5.0) -> Got:
         def found() -> bool:

@@ -29,6 +29,8 @@ from diemcau_centre.broker_config import (
     BrokerSettings,
     acl_text,
     conf_text,
+    durability,
+    durability_lines,
     write_broker_config,
 )
 from diemcau_centre.ca import CaError, load_ca, write_crl
@@ -79,7 +81,7 @@ def test_the_acl_gives_boxes_patterns_and_each_box_its_groups(centre_dir: Path) 
 
 
 def test_the_listener_forces_identity_and_client_id() -> None:
-    lines = conf_text(BrokerSettings(port=8883), Path("/etc/mosquitto/diemcau")).splitlines()
+    lines = conf_text(BrokerSettings(port=8883), Path("/etc/mosquitto/diemcau"), 4).splitlines()
     for line in ("listener 8883", "require_certificate true", "use_identity_as_username true",
                  "use_username_as_clientid true", "allow_anonymous false", "persistence true",
                  "crlfile /etc/mosquitto/diemcau/crl.pem",
@@ -87,6 +89,21 @@ def test_the_listener_forces_identity_and_client_id() -> None:
         assert line in lines
     # One listener only: a second one without these settings would undo them.
     assert sum(1 for line in lines if line.startswith("listener")) == 1
+
+
+def test_queues_are_sized_for_the_fleet_and_the_broker_saves_every_change() -> None:
+    """The centre can hold 20 messages from every box; never below Mosquitto's 1,000."""
+    assert durability(0).max_queued_messages == 1000
+    assert durability(2000).max_queued_messages == 40_000
+    assert durability(10_000).max_queued_messages == 200_000
+    assert durability(10_000).max_queued_bytes == 200_000 * 1024
+    lines = conf_text(BrokerSettings(), Path("/etc/mosquitto/diemcau"), 10_000).splitlines()
+    for line in ("max_queued_messages 200000", "max_queued_bytes 204800000",
+                 "max_inflight_messages 100", "autosave_on_changes true", "autosave_interval 1",
+                 "persistence true"):
+        assert line in lines
+    # The test broker runs the same lines (tests/harness/broker.py).
+    assert set(durability_lines(10_000)) <= set(lines)
 
 
 def test_broker_config_needs_a_server_certificate_and_a_centre_identity(tmp_path: Path,
