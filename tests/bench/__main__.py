@@ -148,8 +148,28 @@ def box_rss(pid: int) -> tuple[float, str]:
         with contextlib.suppress(psutil.Error):
             parts.append(process.memory_info().rss / 1e6)
     split = " + ".join(f"{mb:.1f}" for mb in parts)
-    return sum(parts), (f"control plane + media: {split} MB" if len(parts) > 1
-                        else "one process")
+    pss = box_pss(pid)
+    return sum(parts), ((f"processes: {split} MB" if len(parts) > 1 else "one process")
+                        + f"; PSS {sum(pss):.1f} MB")
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size, MB (/proc/PID/smaps_rollup): shared pages split between
+    the processes that map them, so a sum over processes counts each page once."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
+
+
+def box_pss(pid: int) -> list[float]:
+    """PSS of each of the box's processes, MB."""
+    parts = []
+    for process in box_processes(pid):
+        with contextlib.suppress(OSError, psutil.Error):
+            parts.append(pss_mb(process.pid))
+    return parts
 
 
 def box_cpu_percent(pid: int, seconds: float) -> float:
