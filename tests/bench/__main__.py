@@ -31,6 +31,7 @@ from tests.harness.srt_listener import SrtListener
 
 DEV = "c00001-r1"
 COMMANDS = 1000
+SETTLE_S = 3.0  # after birth: the box starts its spare media process 2 s after its start
 
 
 def pct(values: list[float], q: float) -> float:
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         box.start()
         observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
                           and b"ready" in m.payload, after=box.started_at, timeout=15)
-        time.sleep(1.0)
+        time.sleep(SETTLE_S)
         assert box.pid is not None
         idle_mb, split = box_rss(box.pid)
         row("resident memory, idle before a meeting", f"{idle_mb:.1f} MB", "≤ 60 MB", split)

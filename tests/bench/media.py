@@ -90,6 +90,7 @@ CPU_ROUNDS = 3
 LATENCY_WINDOW_S = 15.0
 FLOOR_PACKETS = 150  # the SRT-only reference: 5 s at 30 packets a second
 JOINS = 3  # box processes; each gives one cold and one warm join
+SETTLE_S = 3.0  # after birth: the box starts its spare media process 2 s after its start
 MEMORY_SAMPLE_S = 5.0
 REPO = Path(__file__).resolve().parents[2]
 
@@ -631,7 +632,7 @@ def bench_box(mic: SimulatedMicrophone, work: Path, soak_s: float) -> tuple[list
                     observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
                                       and b"ready" in m.payload, after=box.started_at,
                                       timeout=15)
-                    time.sleep(1.0)
+                    time.sleep(SETTLE_S)
                     assert box.pid is not None
                     soak.idle_mb = box_rss(box.pid)[0]
                     seconds, receiver = join(observer, f"bench-cold-{i}")
