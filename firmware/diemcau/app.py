@@ -30,6 +30,9 @@ from .supervisor import EXIT_FACTORY_RESET, Adapters, Supervisor
 
 if TYPE_CHECKING:
     from .adapters.enroll import Identity
+    from .media.process import Spare
+
+SPARE_AFTER_S = 2.0  # after start: the spare media process starts once the box is online
 
 log = logging.getLogger("diemcau")
 
@@ -65,8 +68,11 @@ def obtain_identity(state_dir: Path, enrollment: Enrollment) -> Identity | None:
     return identity
 
 
-def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
-    """The supervisor and its adapters; ``pin_factory`` (gpiozero) replaces the configured one."""
+def build(cfg: Config, *, pin_factory: object = None, spare: Spare | None = None) -> Supervisor:
+    """The supervisor and its adapters; ``pin_factory`` (gpiozero) replaces the configured one.
+
+    ``spare``: a media process started ahead, taken by the next join.
+    """
     state = Path(cfg.device.state_dir)
     state.mkdir(parents=True, exist_ok=True)
     strays = remove_stray_temp_files(state)
@@ -86,7 +92,7 @@ def build(cfg: Config, *, pin_factory: object = None) -> Supervisor:
         from .media.process import MediaProcess
 
         return MediaProcess(cfg.media, request, post, device_id=cfg.device.id,
-                            log_level=cfg.log.level)
+                            log_level=cfg.log.level, spare=spare)
 
     panel = build_panel(cfg.panel, pin_factory) if cfg.panel else {}
     posted: list[Supervisor] = []  # the voice reports to the supervisor made below
@@ -183,7 +189,10 @@ def _press_on_sigusr1(factory: object, cfg: Panel) -> None:
 
 
 def run(cfg: Config, identity: Identity | None = None) -> int:
-    supervisor = build(cfg)
+    from .media.process import Spare  # the pipe's messages only; no PyAV
+
+    spare = Spare(cfg.log.level)
+    supervisor = build(cfg, spare=spare)
     renewer = None
     if identity is not None:
         from .adapters.enroll import Renewer
@@ -202,9 +211,13 @@ def run(cfg: Config, identity: Identity | None = None) -> int:
     log.info("diemcau %s starting as %s (%s)", _version(), cfg.device.id, cfg.site.name)
     if renewer is not None:
         renewer.start()
+    # The next meeting's media process, started once the box is online (not to slow its
+    # start); each join takes it and a new one starts once that meeting's media has ended.
+    spare.fill_later(SPARE_AFTER_S)
     try:
         supervisor.run()
     finally:
+        spare.close()
         if renewer is not None:
             renewer.stop()
     if supervisor.factory_reset:

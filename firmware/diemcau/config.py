@@ -20,8 +20,12 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import msgspec
 
-from .protocol import check_name, public_keys_from_text
-from .protocol.commands import DEFAULT_TTL_S, MAX_TOKEN_LIFETIME_S
+from .protocol import check_name
+from .protocol.messages import DEFAULT_TTL_S, MAX_TOKEN_LIFETIME_S
+
+# Not here: diemcau.protocol.commands (PyJWT, cryptography), loaded only to
+# check the keys (_public_key_problems), so that the media process, which
+# imports the [media] section's struct, does not load them.
 
 
 class ConfigError(Exception):
@@ -330,7 +334,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems.append("mqtt.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
     if not cfg.commands.centre_keys:
         problems.append("commands.centre_keys: at least one centre key is needed")
-    problems += public_keys_from_text(cfg.commands.centre_keys, "commands.centre_keys")[1]
+    problems += _public_key_problems(cfg.commands.centre_keys, "commands.centre_keys")
     for scheme in cfg.commands.allowed_schemes:
         if scheme not in ("srt", "rtsp", "rtsps"):
             problems.append(f"commands.allowed_schemes: {scheme!r} is not a supported transport")
@@ -375,6 +379,12 @@ def _semantic_problems(cfg: Config) -> list[str]:
 # commands for an offline box by default (mqtt.session_expiry_s).
 LONGEST_TOKEN_LIFETIME_S = 7 * 24 * 3600
 MAX_LEEWAY_S = 300
+
+
+def _public_key_problems(keys: dict[str, str], path: str) -> list[str]:
+    from .protocol.commands import public_keys_from_text  # PyJWT, cryptography: see above
+
+    return public_keys_from_text(keys, path)[1]
 
 
 def _command_time_problems(commands: Commands) -> list[str]:
@@ -431,7 +441,7 @@ def _camera_problems(media: Media) -> list[str]:
 
 
 def _update_problems(updates: Updates) -> list[str]:
-    problems = public_keys_from_text(updates.release_keys, "updates.release_keys")[1]
+    problems = _public_key_problems(updates.release_keys, "updates.release_keys")
     if not updates.health_deadline_s >= 5:
         problems.append("updates.health_deadline_s: must be at least 5")
     if not 1 <= updates.max_trial_starts <= 10:

@@ -90,6 +90,7 @@ CPU_ROUNDS = 3
 LATENCY_WINDOW_S = 15.0
 FLOOR_PACKETS = 150  # the SRT-only reference: 5 s at 30 packets a second
 JOINS = 3  # box processes; each gives one cold and one warm join
+SETTLE_S = 3.0  # after birth: the box starts its spare media process 2 s after its start
 MEMORY_SAMPLE_S = 5.0
 REPO = Path(__file__).resolve().parents[2]
 
@@ -588,6 +589,7 @@ def bench_latency(mic: SimulatedMicrophone, work: Path, row: Row) -> float:
 class Soak:
     idle_mb: float = 0.0
     samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds live, MB)
+    split: str = ""  # how the first live sample splits, with its PSS
 
 
 def join(observer: Observer, meeting_id: str) -> tuple[float, Receiver]:
@@ -613,6 +615,8 @@ def leave(observer: Observer, receiver: Receiver) -> None:
 
 def bench_box(mic: SimulatedMicrophone, work: Path, soak_s: float) -> tuple[list, list, Soak]:
     """Joins through the real box process (cold and warm), then the soak on the last one."""
+    from tests.bench.__main__ import box_rss
+
     colds: list[float] = []
     warms: list[float] = []
     soak = Soak()
@@ -628,16 +632,16 @@ def bench_box(mic: SimulatedMicrophone, work: Path, soak_s: float) -> tuple[list
                     observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
                                       and b"ready" in m.payload, after=box.started_at,
                                       timeout=15)
-                    time.sleep(1.0)
+                    time.sleep(SETTLE_S)
                     assert box.pid is not None
-                    soak.idle_mb = psutil.Process(box.pid).memory_info().rss / 1e6
+                    soak.idle_mb = box_rss(box.pid)[0]
                     seconds, receiver = join(observer, f"bench-cold-{i}")
                     colds.append(seconds)
                     leave(observer, receiver)
                     seconds, receiver = join(observer, f"bench-warm-{i}")
                     warms.append(seconds)
                     if i == JOINS - 1:
-                        soak.samples = memory_over(box.pid, soak_s)
+                        soak.samples, soak.split = memory_over(box.pid, soak_s)
                     leave(observer, receiver)
                 finally:
                     box.stop()
@@ -646,8 +650,9 @@ def bench_box(mic: SimulatedMicrophone, work: Path, soak_s: float) -> tuple[list
     return colds, warms, soak
 
 
-def memory_over(pid: int, seconds: float) -> list[tuple[float, float]]:
-    """RSS every few seconds for ``seconds``, from WARMUP_S after going live.
+def memory_over(pid: int, seconds: float) -> tuple[list[tuple[float, float]], str]:
+    """RSS every few seconds for ``seconds``, from WARMUP_S after going live; and how
+    the first sample splits.
 
     Encoders and buffers settle in the first seconds; counted from there, a
     change over the soak is growth, not start-up.
@@ -657,11 +662,14 @@ def memory_over(pid: int, seconds: float) -> list[tuple[float, float]]:
     time.sleep(WARMUP_S)
     began = time.monotonic()
     samples = []
+    split = ""
     while True:
         now = time.monotonic() - began
-        samples.append((now, box_rss(pid)[0]))
+        mb, text = box_rss(pid)
+        samples.append((now, mb))
+        split = split or text
         if now >= seconds:
-            return samples
+            return samples, split
         time.sleep(min(MEMORY_SAMPLE_S, seconds - now))
 
 
@@ -687,7 +695,7 @@ def run(work: Path, options: argparse.Namespace, row: Row) -> None:
     (_, first), (last_s, last) = soak.samples[0], soak.samples[-1]
     peak = max(mb for _, mb in soak.samples)
     row(f"resident memory, live 720p30, {WARMUP_S:g} s in", f"{first:.1f} MB", "≤ 120 MB",
-        f"box idle {soak.idle_mb:.1f} MB"
+        f"{soak.split}; box idle {soak.idle_mb:.1f} MB"
         + (f"; ffmpeg CLI {ffmpeg.rss_mb:.1f} MB" if ffmpeg else ""))
     row(f"  {last_s / 60:.1f} min later (--soak-minutes)",
         f"{last:.1f} MB ({last - first:+.1f}), peak {peak:.1f} MB", "flat over 1 h",

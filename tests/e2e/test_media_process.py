@@ -139,10 +139,14 @@ def test_after_leave_the_media_process_is_gone_and_ffmpeg_is_not_in_the_box(
         for meeting in ("m-first", "m-second"):
             join(observer, listener, meeting)
             frames_received(listener, 10)
-            assert len(media_children(box)) == 1
+            [child] = media_children(box)  # the spare, if there was one, was taken
             leave(observer)
             # "left" is only said once the child has exited: nothing to wait for.
-            assert media_children(box) == []
+            # What is left is the next meeting's spare: no FFmpeg in it until its Start.
+            spares = media_children(box)
+            assert child.pid not in [spare.pid for spare in spares]
+            assert len(spares) == 1
+            assert not mapped_media_libraries(spares[0].pid), "FFmpeg loaded in the spare"
             listener.restart()
     assert not mapped_media_libraries(box.pid), "FFmpeg stayed loaded in the control plane"
     after_mb = psutil.Process(box.pid).memory_info().rss / 1e6
@@ -161,3 +165,20 @@ def test_the_media_process_ends_when_the_box_is_killed(
         # Its pipe from the box closed: it stops its session and exits by itself.
         gone, alive = psutil.wait_procs([child], timeout=20)
         assert gone and not alive, "the media process outlived the box"
+
+
+def test_the_spare_media_process_waits_small_and_ends_with_the_box(
+        make_box, observer: Observer, tmp_path: Path) -> None:
+    box = start_box(make_box, observer, tmp_path)
+    deadline = time.monotonic() + 20
+    while not media_children(box) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the box starts its spare a moment after it is online
+    [spare] = media_children(box)
+    time.sleep(1.0)  # its imports done: it waits for its Start
+    assert not mapped_media_libraries(spare.pid), "FFmpeg loaded in the spare"
+    maps = Path(f"/proc/{spare.pid}/maps").read_text()
+    assert "cryptography" not in maps, "the media process loaded cryptography"
+    box.kill()
+    # Its pipe from the box closed before any Start: it exits by itself.
+    gone, alive = psutil.wait_procs([spare], timeout=20)
+    assert gone and not alive, "the spare media process outlived the box"

@@ -25,14 +25,14 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..adapters.logs import log_to_stderr, scrub_log_handlers
-from ..adapters.process import settle
 from ..core.events import StreamChanged
-from ..core.meeting import StreamRequest
 from .pipe import Channel, Down, Keyframe, Mute, PipeClosed, Profile, Start, Stop, to_wire
-from .session import MediaSession  # PyAV loads when the session starts, in this process only
+
+if TYPE_CHECKING:
+    from .session import MediaSession
 
 log = logging.getLogger("diemcau.media.process")
 
@@ -49,8 +49,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Wait for the Start, then import the media code and run the session.
+
+    Until its Start this process is small (the pipe's messages only): it may
+    be started long before the meeting, as the control plane's spare
+    (:class:`~diemcau.media.process.Spare`). The rest is imported after it.
+    """
     args = _parser().parse_args(argv)
-    settle()  # before any thread starts, as `diemcau run` does
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log_to_stderr(args.log_level)
@@ -64,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("the media process expected Start first, got %s", type(start).__name__)
         return 2
     scrub_log_handlers(known=(start.media.srt_passphrase,))
+    from ..adapters.process import settle
+
+    settle()  # before any thread starts, as `diemcau run` does
     return _serve(channel, start, pending)
 
 
@@ -77,6 +85,9 @@ def _serve(channel: Channel, start: Start, pending: list[Any]) -> int:
             channel.send(message)  # False: the control plane has gone; the pipe says so below
         if isinstance(event, StreamChanged) and event.state == "off":
             ended.set()
+
+    from ..core.meeting import StreamRequest
+    from .session import MediaSession  # PyAV loads when the session starts, in this process only
 
     request = StreamRequest(start.meeting_id, start.publish_url, start.profile,  # type: ignore[arg-type]
                             start.muted, start.play_url)

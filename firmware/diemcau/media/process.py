@@ -76,12 +76,15 @@ class MediaProcess:
 
     ``post`` receives StreamChanged, StreamFiguresUpdated and MediaStepped
     (from the reader thread; it must never block). ``log_level``: the
-    child's, as the box's ``log.level``.
+    child's, as the box's ``log.level``. ``spare``: the first child is taken from
+    it if it has one waiting, and it is filled again once this meeting's media
+    has ended (before ``off``).
     """
 
     def __init__(self, cfg: Media, request: StreamRequest, post: Callable[[object], None], *,
-                 device_id: str, log_level: str = "info") -> None:
+                 device_id: str, log_level: str = "info", spare: Spare | None = None) -> None:
         self._cfg = cfg
+        self._spare = spare
         self._request = request
         self._post_raw = post
         self._device_id = device_id
@@ -186,6 +189,8 @@ class MediaProcess:
             self._post(StreamChanged("reconnecting", f"the media process ended ({outcome}); "
                                                      f"starting it again in {delay:.1f} s"))
             self._stopping.wait(delay)
+        if self._spare is not None:
+            self._spare.fill()  # the next meeting's, now that this one's memory is back
         self._off_posted = True
         self._post(StreamChanged("off", off_detail))
 
@@ -229,27 +234,16 @@ class MediaProcess:
         return _how(code), "", live_at
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], Channel]:
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", CHILD_MODULE, "--down-fd", str(down_r),
-                 "--up-fd", str(up_w), "--log-level", self._log_level],
-                stdin=subprocess.DEVNULL, pass_fds=(down_r, up_w), close_fds=True)
-        except BaseException:
-            for fd in (down_r, down_w, up_r, up_w):
-                os.close(fd)
-            raise
-        os.close(down_r)
-        os.close(up_w)
-        channel = Channel(up_r, down_w)
+        spare = self._spare.take() if self._spare is not None and not self.restarts else None
+        process, channel = spare or spawn_child(self._log_level)
         request = self._request
         channel.send(Start(media=self._cfg, device_id=self._device_id,
                            meeting_id=request.meeting_id, publish_url=request.publish_url,
                            profile=self._profile, muted=self._muted, play_url=request.play_url))
         with self._lock:
             self._process, self._channel = process, channel
-        log.info("media process %d started for %s", process.pid, request.meeting_id)
+        log.info("media process %d %s for %s", process.pid,
+                 "(the spare) taken" if spare else "started", request.meeting_id)
         if self._stopping.is_set():
             channel.send(Stop())  # stop() came while the child was being started
         return process, channel
@@ -285,6 +279,103 @@ class MediaProcess:
             if isinstance(figures.get(key), int):
                 figures[key] += base
         return Figures(figures)
+
+
+def spawn_child(log_level: str) -> tuple[subprocess.Popen[bytes], Channel]:
+    """Start ``python -m diemcau.media.child`` with its two pipes; it waits for a Start."""
+    down_r, down_w = os.pipe()
+    up_r, up_w = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", CHILD_MODULE, "--down-fd", str(down_r),
+             "--up-fd", str(up_w), "--log-level", log_level],
+            stdin=subprocess.DEVNULL, pass_fds=(down_r, up_w), close_fds=True)
+    except BaseException:
+        for fd in (down_r, down_w, up_r, up_w):
+            os.close(fd)
+        raise
+    os.close(down_r)
+    os.close(up_w)
+    return process, Channel(up_r, down_w)
+
+
+class Spare:
+    """One media process started ahead of the next meeting, waiting for its Start.
+
+    A join then skips starting Python and importing the media code (what a
+    child does before it reads its Start); PyAV is imported only after the
+    Start, so the spare stays small (it is part of the idle box's memory).
+    ``fill`` starts one if there is none (returns at once; the child imports
+    by itself); ``take`` hands it over (None if there is none, or it died);
+    ``close`` ends it (its pipe closes; it exits without a word).
+    """
+
+    def __init__(self, log_level: str = "info") -> None:
+        self._log_level = log_level
+        self._lock = threading.Lock()
+        self._waiting: tuple[subprocess.Popen[bytes], Channel] | None = None
+        self._closed = False
+        self._busy = False  # a meeting's media process is running: no spare until it ends
+        self._timer: threading.Timer | None = None
+
+    @property
+    def pid(self) -> int | None:
+        waiting = self._waiting
+        return waiting[0].pid if waiting is not None else None
+
+    def fill(self) -> None:
+        """Start a spare if there is none; a meeting's media has ended (or none began)."""
+        with self._lock:
+            self._busy = False
+        self._fill()
+
+    def _fill(self) -> None:
+        with self._lock:
+            if self._closed or self._busy or (self._waiting is not None and self._waiting[0].poll() is None):
+                return
+            if self._waiting is not None:
+                self._discard(self._waiting)
+            try:
+                self._waiting = spawn_child(self._log_level)
+            except OSError as exc:
+                self._waiting = None
+                log.warning("cannot start a spare media process: %s", exc)
+
+    def fill_later(self, delay_s: float) -> None:
+        """``fill`` after ``delay_s`` (at the box's start: after it is online)."""
+        self._timer = threading.Timer(delay_s, self._fill)  # not while a meeting runs
+        self._timer.daemon = True
+        self._timer.start()
+
+    def take(self) -> tuple[subprocess.Popen[bytes], Channel] | None:
+        with self._lock:
+            waiting, self._waiting = self._waiting, None
+            self._busy = True
+        if waiting is not None and waiting[0].poll() is not None:
+            log.warning("the spare media process had ended (%s): starting a new one",
+                        _how(waiting[0].returncode))
+            self._discard(waiting)
+            return None
+        return waiting
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiting, self._waiting = self._waiting, None
+        if self._timer is not None:
+            self._timer.cancel()
+        if waiting is not None:
+            self._discard(waiting)
+
+    @staticmethod
+    def _discard(waiting: tuple[subprocess.Popen[bytes], Channel]) -> None:
+        process, channel = waiting
+        channel.close()  # the child reads EOF instead of a Start and exits
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _how(code: int) -> str:

@@ -29,14 +29,10 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .messages import CommandClaims
+from .messages import DEFAULT_TTL_S, MAX_TOKEN_LIFETIME_S, CommandClaims
 
 # A command is small: anything much larger is hostile or broken.
 MAX_COMMAND_BYTES = 16 * 1024
-DEFAULT_TTL_S = 120
-# The longest a command may be valid (exp - iat) unless the box's config says
-# otherwise (commands.max_token_lifetime_s); sign_command makes none longer.
-MAX_TOKEN_LIFETIME_S = 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)

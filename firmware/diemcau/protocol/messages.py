@@ -206,6 +206,14 @@ class Reply(_Msg, kw_only=True):
     first_status: ReplyStatus | None = None  # set on status "duplicate"
 
 
+# A command's lifetime (exp - iat): the centre's default, and the longest a box
+# accepts unless its config says otherwise (commands.max_token_lifetime_s);
+# sign_command makes none longer. Here, not in commands.py, so that the box's
+# configuration can name them without loading PyJWT and cryptography.
+DEFAULT_TTL_S = 120
+MAX_TOKEN_LIFETIME_S = 24 * 3600
+
+
 class CommandClaims(_Msg, kw_only=True):
     """The claims of a signed command (a compact JWS, EdDSA)."""
 
