@@ -237,7 +237,7 @@ def _detect_camera_later(cfg: Config, supervisor: Supervisor) -> None:
     import threading
 
     def detect() -> None:
-        from .adapters.camera import detect_backend
+        from .media.camera import detect_backend
         from .core.events import CameraDetected
 
         try:

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import queue
+import signal
 import stat
 import subprocess
 import sys
@@ -447,10 +448,17 @@ class Output:
 
 
 @pytest.mark.e2e
+def ctrl_c_works() -> None:
+    """In the child before it runs: a suite started in the background (``make test &``)
+    hands its children SIGINT ignored, and Python then never turns Ctrl-C into an exit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_watch_ignores_a_late_will_from_an_older_session(broker: Broker, centre: Path) -> None:
     publish(broker, fleet_messages())
     proc = subprocess.Popen([sys.executable, "-m", "diemcau_centre", "watch", "--interval", "0.2",
-                             "--config", str(centre)], stdout=subprocess.PIPE, text=True)
+                             "--config", str(centre)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_works)
     try:
         output = Output(proc)
         output.wait_for(lambda t: "c00001-r1" in t)
@@ -474,7 +482,8 @@ def test_watch_ignores_a_late_will_from_an_older_session(broker: Broker, centre:
 def test_watch_carries_on_after_the_broker_restarts(broker: Broker, centre: Path) -> None:
     publish(broker, fleet_messages())
     proc = subprocess.Popen([sys.executable, "-m", "diemcau_centre", "watch", "--interval", "0.2",
-                             "--config", str(centre)], stdout=subprocess.PIPE, text=True)
+                             "--config", str(centre)], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_works)
     try:
         output = Output(proc)
         output.wait_for(lambda t: "c00001-r1" in t)
