@@ -237,8 +237,8 @@ def _detect_camera_later(cfg: Config, supervisor: Supervisor) -> None:
     import threading
 
     def detect() -> None:
-        from .media.camera import detect_backend
         from .core.events import CameraDetected
+        from .media.camera import detect_backend
 
         try:
             supervisor.post(CameraDetected(detect_backend(cfg.media)))
