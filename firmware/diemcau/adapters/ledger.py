@@ -80,16 +80,17 @@ class Ledger:
     def bump(self, name: str) -> int:
         """The counter's next value, written in the caller's transaction."""
         value = self.get(name) + 1
-        self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?)"
-                        " ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
+        self._set(name, value)
         return value
 
     def raise_to(self, name: str, value: int) -> None:
         """At least ``value`` from now on (a counter kept elsewhere by an older release)."""
         if value > self.get(name):
-            self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?)"
-                            " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                            (name, value))
+            self._set(name, value)
+
+    def _set(self, name: str, value: int) -> None:
+        self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = excluded.value", (name, value))
 
     # ------------------------------------------------------------ the room's settings
 
