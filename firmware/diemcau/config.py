@@ -191,6 +191,34 @@ class Updates(_Section, kw_only=True, forbid_unknown_fields=True):
     ca_file: str = ""  # for an https download from a private CA; empty: the system's
 
 
+class Screen(_Section, kw_only=True, forbid_unknown_fields=True):
+    """The far end: the programme feed on the room's TV and speaker, the idle screen between
+    meetings (docs/farend.md). Off by default: a box without a TV has nothing to drive."""
+
+    enabled: bool = False
+    vo: str = "gpu"  # mpv video output: gpu (with gpu_context), drm, null; image in a lab
+    gpu_context: str = "drm"  # with vo = "gpu": drm on a Pi without a desktop
+    drm_connector: str = ""  # e.g. "HDMI-A-1"; empty: the first connected one
+    drm_mode: str = ""  # e.g. "1280x720@50"; empty: the TV's preferred mode
+    hwdec: str = "no"  # "v4l2m2m-copy" on a Pi 4 with Raspberry Pi OS; "no" on a Pi 5
+    speaker: str = "default"  # ALSA playback PCM for the programme and the prompts
+    sample_rate_hz: int = 48000  # what the speaker is driven at (stereo S16_LE)
+    audio_buffer_ms: int = 40  # the speaker's ALSA buffer (4 periods)
+    # The lag rule: behind the live edge by more than lag_bound_ms, play faster until
+    # back under lag_target_ms; more than lag_reload_ms behind, reload the feed.
+    lag_bound_ms: int = 800
+    lag_target_ms: int = 300
+    lag_reload_ms: int = 4000
+    catchup_speed: float = 1.5
+    stall_s: float = 2.0  # no new picture (or sound) this long while live: reconnect
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    duck_db: float = -18.0  # the programme's level while a prompt speaks
+    srt_latency_ms: int = 120  # added to an SRT play URL that does not say its own
+    record_dir: str = ""  # a lab's: log each picture shown (and the sound played) there
+    options: dict[str, str] = msgspec.field(default_factory=dict)  # more mpv options, as named by mpv
+
+
 class Log(_Section, kw_only=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -206,6 +234,7 @@ class Config(_Section, kw_only=True, forbid_unknown_fields=True):
     health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     panel: Panel | None = None
     voice: VoiceConfig = msgspec.field(default_factory=VoiceConfig)
+    screen: Screen = msgspec.field(default_factory=Screen)
     enrollment: Enrollment = msgspec.field(default_factory=Enrollment)
     updates: Updates = msgspec.field(default_factory=Updates)
     log: Log = msgspec.field(default_factory=Log)
@@ -360,6 +389,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
         problems += _panel_problems(cfg.panel)
     if not 0 <= cfg.voice.volume_percent <= 100:
         problems.append("voice.volume_percent: must be 0-100")
+    problems += _screen_problems(cfg.screen)
     if not 80 <= cfg.voice.words_per_minute <= 450:
         problems.append("voice.words_per_minute: must be 80-450")
     e = cfg.enrollment
@@ -437,6 +467,26 @@ def _camera_problems(media: Media) -> list[str]:
         problems.append(f"media.camera_device: only for a USB camera, not {media.camera!r}")
     if media.camera_fallback != "none" and media.camera != "auto":
         problems.append("media.camera_fallback: only applies when media.camera = \"auto\"")
+    return problems
+
+
+def _screen_problems(screen: Screen) -> list[str]:
+    problems = []
+    if not 0 < screen.lag_target_ms < screen.lag_bound_ms < screen.lag_reload_ms:
+        problems.append("screen.lag_target_ms/lag_bound_ms/lag_reload_ms: need 0 < target < "
+                        "bound < reload")
+    if not 1.0 < screen.catchup_speed <= 2.0:
+        problems.append("screen.catchup_speed: more than 1 and at most 2")
+    if screen.reconnect_min_s <= 0 or screen.reconnect_max_s < screen.reconnect_min_s:
+        problems.append("screen.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
+    if not 10 <= screen.audio_buffer_ms <= 500:
+        problems.append("screen.audio_buffer_ms: 10-500")
+    if screen.sample_rate_hz not in (44100, 48000):
+        problems.append("screen.sample_rate_hz: 44100 or 48000")
+    if screen.stall_s < 0.5:
+        problems.append("screen.stall_s: at least 0.5")
+    if screen.duck_db > 0:
+        problems.append("screen.duck_db: 0 or less (a prompt lowers the programme)")
     return problems
 
 

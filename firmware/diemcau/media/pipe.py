@@ -9,6 +9,12 @@ length (4 bytes, big-endian):
     down (parent → child): Start, Stop, Mute, Keyframe, Profile
     up   (child → parent): Changed, Figures, Stepped
 
+The screen process (:mod:`diemcau.media.screen`, :mod:`diemcau.media.screen_child`),
+owner of the TV and the speaker, has its own pair:
+
+    down: Setup, Show, Play, StopPlay, Volume, Prompt, Stop
+    up:   Programme, PlayFigures
+
 The up messages are the media session's events
 (:mod:`diemcau.core.events`) as they cross the pipe: :func:`to_wire` and
 :func:`from_wire` turn one into the other.
@@ -32,8 +38,14 @@ from typing import Any, Literal
 
 import msgspec
 
-from ..config import Media
-from ..core.events import MediaStepped, StreamChanged, StreamFiguresUpdated
+from ..config import Media, Screen
+from ..core.events import (
+    MediaStepped,
+    ProgrammeChanged,
+    ProgrammeFigures,
+    StreamChanged,
+    StreamFiguresUpdated,
+)
 
 MAX_MESSAGE = 1 << 20  # a message is a few hundred bytes; anything near this is a broken pipe
 _LENGTH = struct.Struct(">I")
@@ -93,6 +105,61 @@ class Stepped(msgspec.Struct, tag=True, frozen=True):
 Down = Start | Stop | Mute | Keyframe | Profile
 Up = Changed | Figures | Stepped
 
+
+class Setup(msgspec.Struct, tag=True, frozen=True):
+    """The screen process's first message: the ``[screen]`` section."""
+
+    screen: Screen
+
+
+class Show(msgspec.Struct, tag=True, frozen=True):
+    """The idle screen: an ``IdleView`` as plain data (None: a plain screen)."""
+
+    view: dict[str, Any] | None = None
+
+
+class Play(msgspec.Struct, tag=True, frozen=True):
+    """The programme feed full screen (the meeting's ``play`` URL)."""
+
+    meeting_id: str
+    url: str
+
+
+class StopPlay(msgspec.Struct, tag=True, frozen=True):
+    """Back to the idle screen; a Programme "off" follows once the feed is closed."""
+
+
+class Volume(msgspec.Struct, tag=True, frozen=True):
+    percent: int
+
+
+class Prompt(msgspec.Struct, tag=True, frozen=True):
+    """S16_LE PCM for the speaker, mixed over the programme (which it ducks).
+
+    A long prompt comes as several messages, played one after the other.
+    """
+
+    samples: bytes
+    rate_hz: int
+    channels: int
+
+
+class Programme(msgspec.Struct, tag=True, frozen=True):
+    """ProgrammeChanged."""
+
+    state: Literal["off", "starting", "live", "reconnecting", "error"]
+    detail: str = ""
+
+
+class PlayFigures(msgspec.Struct, tag=True, frozen=True):
+    """ProgrammeFigures."""
+
+    figures: dict[str, Any]
+
+
+ScreenDown = Setup | Show | Play | StopPlay | Volume | Prompt | Stop
+ScreenUp = Programme | PlayFigures
+
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -102,7 +169,7 @@ def encode(message: msgspec.Struct) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-def to_wire(event: object) -> Up | None:
+def to_wire(event: object) -> Up | ScreenUp | None:
     """A media session's event as it goes up the pipe (None: not one that crosses)."""
     match event:
         case StreamChanged(state=state, detail=detail, fatal=fatal):
@@ -111,10 +178,14 @@ def to_wire(event: object) -> Up | None:
             return Figures(figures)
         case MediaStepped(profile=profile, kbps=kbps, direction=direction, reason=reason):
             return Stepped(profile, kbps, direction, reason)
+        case ProgrammeChanged(state=state, detail=detail):
+            return Programme(state, detail)
+        case ProgrammeFigures(figures=figures):
+            return PlayFigures(figures)
     return None
 
 
-def from_wire(message: Up) -> object:
+def from_wire(message: Up | ScreenUp) -> object:
     """The event the supervisor gets for a message that came up the pipe."""
     match message:
         case Changed(state=state, detail=detail, fatal=fatal):
@@ -123,6 +194,10 @@ def from_wire(message: Up) -> object:
             return StreamFiguresUpdated(figures)
         case Stepped(profile=profile, kbps=kbps, direction=direction, reason=reason):
             return MediaStepped(profile, kbps, direction, reason)
+        case Programme(state=state, detail=detail):
+            return ProgrammeChanged(state, detail)
+        case PlayFigures(figures=figures):
+            return ProgrammeFigures(figures)
     raise TypeError(f"not an up message: {message!r}")
 
 
@@ -156,7 +231,7 @@ class Channel:
     def receive(self, kind: Any, timeout_s: float | None = None) -> list[Any]:
         """The whole messages that arrived within ``timeout_s`` (None: wait for one).
 
-        ``kind``: :data:`Down` or :data:`Up`. Raises PipeClosed at EOF.
+        ``kind``: :data:`Down`, :data:`Up`, :data:`ScreenDown` or :data:`ScreenUp`. Raises PipeClosed at EOF.
         """
         while True:
             messages = self._messages(kind)

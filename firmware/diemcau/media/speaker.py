@@ -1,0 +1,239 @@
+"""The room's speaker, one owner: the programme's sound and the box's prompts, mixed.
+
+HDMI audio on a Pi takes one client and has no software mixing (no dmix), so
+the screen process owns the speaker and nothing else opens it. The player
+(mpv, ``ao=alsa``) plays the programme into an ALSA PCM of the screen
+process's own, ALSA's ``file`` plugin writing S16_LE stereo into a FIFO
+(:func:`programme_pcm_config`). :class:`Speaker`'s thread reads that FIFO a
+period at a time, applies the programme volume, mixes in the prompt waiting
+(ducking the programme under it) and writes the real speaker with
+pyalsaaudio.
+
+The speaker's pace is the player's clock: mpv's writes block while the small
+FIFO (``F_SETPIPE_SZ``) is full, and the FIFO empties only as fast as the
+speaker plays. So the player's audio clock, which its pictures follow, runs
+at the speaker's clock: no drift between picture and sound, whatever the
+HDMI clock does. What sits between mpv and the ear (the FIFO, this thread,
+the speaker's buffer) is measured as ``delay_s``; the screen process gives it
+to mpv as a negative ``audio-delay``, so the pictures wait for the sound. On a
+device that takes samples faster than real time (ALSA's ``null``/``file``
+plugins in a lab) this thread keeps real time itself.
+
+``on_played(samples, heard_at)`` is the tap for an echo canceller: it gets
+every period exactly as written to the speaker, with the wall-clock time it
+is expected to be heard.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import logging
+import os
+import select
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("diemcau.media.speaker")
+
+CHANNELS = 2
+BYTES_PER_FRAME = 2 * CHANNELS
+PERIOD_S = 0.010
+PIPE_BYTES = 4096  # the smallest a pipe gets: ~21 ms at 48 kHz stereo
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not named by Python 3.11
+def player_sound_env(fifo: str) -> dict[str, str]:
+    """The environment that makes the player's sound (mpv ``ao=sdl``) go into ``fifo``.
+
+    SDL's ``disk`` audio driver writes what the player's callback gives it into a
+    file; with no delay of its own it is paced by the FIFO's blocking writes, that
+    is by the speaker.
+    """
+    return {"SDL_AUDIODRIVER": "disk", "SDL_DISKAUDIOFILE": fifo, "SDL_DISKAUDIODELAY": "0"}
+
+
+def make_fifo(path: str) -> None:
+    """A FIFO at ``path`` (an existing one is reused)."""
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            raise
+
+
+class Speaker:
+    """Reads the programme from ``fifo``, mixes prompts in, writes the ALSA PCM ``device``."""
+
+    def __init__(self, device: str, fifo: str, *, rate_hz: int = 48000, buffer_ms: int = 40,
+                 duck_db: float = -18.0,
+                 on_played: Callable[[bytes, float], None] | None = None) -> None:
+        self.device = device
+        self.rate_hz = rate_hz
+        self.period_frames = int(rate_hz * PERIOD_S)
+        self.period_bytes = self.period_frames * BYTES_PER_FRAME
+        self.periods = max(2, buffer_ms // int(PERIOD_S * 1000))
+        self.duck = 10 ** (duck_db / 20)
+        self.on_played = on_played
+        self.volume = 1.0
+        self.error = ""
+        self.underruns = 0
+        self.delay_s = 0.0  # what the speaker held after the last write
+        self._fifo_fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # RDWR: never an EOF
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._fifo_fd, F_SETPIPE_SZ, PIPE_BYTES)
+        self._prompts: collections.deque[bytes] = collections.deque()
+        self._prompt_left = bytearray()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="speaker")
+        self._pcm: Any = None
+        self._buffer = bytearray()
+        self._anchor = 0.0
+        self._written = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(2)
+        with contextlib.suppress(OSError):
+            os.close(self._fifo_fd)
+
+    def set_volume(self, percent: int) -> None:
+        self.volume = max(0, min(100, percent)) / 100
+
+    def prompt(self, samples: bytes, rate_hz: int, channels: int) -> None:
+        """Queue S16_LE PCM (any rate, 1 or 2 channels), converted to the speaker's format."""
+        converted = _to_speaker(samples, rate_hz, channels, self.rate_hz)
+        with self._lock:
+            self._prompts.append(converted)
+
+    @property
+    def prompting(self) -> bool:
+        with self._lock:
+            return bool(self._prompt_left or self._prompts)
+
+    # -- the thread
+
+    def _open(self) -> Any:
+        import alsaaudio
+
+        try:
+            return alsaaudio.PCM(type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL,
+                                 device=self.device, rate=self.rate_hz, channels=CHANNELS,
+                                 format=alsaaudio.PCM_FORMAT_S16_LE,
+                                 periodsize=self.period_frames, periods=self.periods)
+        except alsaaudio.ALSAAudioError as exc:
+            self.error = f"cannot open the speaker {self.device!r}: {exc}"
+            log.error("%s", self.error)
+            return None
+
+    def _run(self) -> None:
+        self._pcm = self._open()
+        self._anchor = time.monotonic()
+        self._written = 0  # frames since the anchor
+        quiet_since = time.monotonic()
+        while not self._stopping.is_set():
+            if len(self._buffer) < self.period_bytes:
+                ready, _, _ = select.select([self._fifo_fd], [], [], PERIOD_S)
+                if ready:
+                    with contextlib.suppress(BlockingIOError):
+                        self._buffer += os.read(self._fifo_fd, PIPE_BYTES)
+            if len(self._buffer) >= self.period_bytes:
+                chunk = bytes(self._buffer[:self.period_bytes])
+                del self._buffer[:self.period_bytes]
+                self._play(chunk, programme=True)
+                quiet_since = time.monotonic()
+            elif self.prompting and time.monotonic() - quiet_since > 2 * PERIOD_S:
+                self._play(bytes(self.period_bytes), programme=False)  # a prompt on its own
+            else:
+                self._anchor, self._written = time.monotonic(), 0  # silence: start afresh
+
+    def _play(self, samples: bytes, *, programme: bool) -> None:
+        self._write(self._mix(samples, programme))
+
+    def _mix(self, programme: bytes, has_programme: bool) -> bytes:
+        import numpy as np
+
+        pcm = np.frombuffer(programme, dtype="<i2").astype(np.float32)
+        prompt = self._take_prompt(len(programme))
+        gain = self.volume if has_programme else 0.0
+        if prompt is not None:
+            gain *= self.duck
+            pcm = pcm * gain + np.frombuffer(prompt, dtype="<i2").astype(np.float32)
+        elif gain != 1.0:
+            pcm = pcm * gain
+        return np.clip(pcm, -32768, 32767).astype("<i2").tobytes()
+
+    def _take_prompt(self, size: int) -> bytes | None:
+        with self._lock:
+            if not self._prompt_left and not self._prompts:
+                return None
+            while len(self._prompt_left) < size and self._prompts:
+                self._prompt_left += self._prompts.popleft()
+            piece = bytes(self._prompt_left[:size])
+            del self._prompt_left[:size]
+        return piece + bytes(size - len(piece))
+
+    def _write(self, period: bytes) -> None:
+        if self._pcm is None:
+            return
+        began = time.monotonic()
+        try:
+            written = self._pcm.write(period)
+        except Exception as exc:  # noqa: BLE001 - an unplugged speaker must not end the mixer
+            self.error = f"the speaker {self.device!r} failed: {exc}"
+            log.error("%s", self.error)
+            self._pcm = None
+            return
+        if written < 0:
+            self.underruns += 1
+        now = time.monotonic()
+        buffer_s = self.periods * PERIOD_S
+        if now - began > PERIOD_S / 4:
+            # The device blocked: it is full and sets the pace; keep the clock out of it.
+            self._anchor, self._written = now + buffer_s, 0
+        self._written += len(period) // BYTES_PER_FRAME
+        ahead = self._written / self.rate_hz - (now - self._anchor)
+        if ahead > buffer_s:  # a device that never blocks: real time is kept here
+            time.sleep(ahead - buffer_s)
+            ahead = buffer_s
+        held = max(self._held_s(), ahead, 0.0)
+        waiting = len(self._buffer) / BYTES_PER_FRAME / self.rate_hz
+        self.delay_s = held + waiting + PIPE_BYTES / BYTES_PER_FRAME / self.rate_hz
+        if self.on_played is not None:
+            try:
+                self.on_played(period, time.time() + held)
+            except Exception:  # noqa: BLE001
+                log.exception("the speaker's tap failed")
+
+    def _held_s(self) -> float:
+        """What the speaker still holds to play, in seconds (0 when it cannot say)."""
+        try:
+            free = self._pcm.avail()
+        except Exception:  # noqa: BLE001
+            return 0.0
+        held = self.period_frames * self.periods - free
+        return max(0.0, held / self.rate_hz)
+
+
+def _to_speaker(samples: bytes, rate_hz: int, channels: int, out_rate_hz: int) -> bytes:
+    """S16_LE at ``rate_hz`` with ``channels`` → stereo S16_LE at ``out_rate_hz`` (linear)."""
+    import numpy as np
+
+    if channels not in (1, 2):
+        raise ValueError(f"a prompt has 1 or 2 channels, not {channels}")
+    usable = len(samples) // (2 * channels) * 2 * channels
+    frames = np.frombuffer(samples[:usable], dtype="<i2").reshape(-1, channels).astype(np.float32)
+    if rate_hz != out_rate_hz and len(frames):
+        count = int(round(len(frames) * out_rate_hz / rate_hz))
+        at = np.arange(count) * rate_hz / out_rate_hz
+        frames = np.stack([np.interp(at, np.arange(len(frames)), frames[:, c])
+                           for c in range(channels)], axis=1)
+    if channels == 1:
+        frames = np.repeat(frames, 2, axis=1)
+    return np.clip(np.round(frames), -32768, 32767).astype("<i2").tobytes()

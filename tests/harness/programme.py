@@ -1,0 +1,290 @@
+"""A programme feed as a centre sends it: stamped pictures and a tone, encoded by ffmpeg, served
+by ``srt-live-transmit`` (Debian's ``srt-tools``) as an SRT listener that the box calls.
+
+    python frames ──raw──▶ ffmpeg (x264 + AAC, MPEG-TS) ──UDP──▶ [hold] ──UDP──▶
+        srt-live-transmit (SRT listener) ◀── the box's player calls ``feed.url``
+
+The pictures are a grey test card with the frame number stamped in
+(:mod:`diemcau.media.framestamp`); ``captured[n]`` is the wall-clock time
+frame ``n`` was handed to the encoder, so a receiver that knows when it
+showed frame ``n`` knows the latency. The sound, written by the same loop through a
+FIFO, is a steady tone (-12 dBFS) with a 40 ms beep (``beep_factor`` × the
+tone) at each whole second of the stream: beep ``k`` belongs with frame
+``k * fps``.
+
+The sender (frames + ffmpeg) can be killed and started again while
+``srt-live-transmit`` keeps listening, as a media server stays up when its
+source drops. ``hold()`` keeps what the encoder sends in a UDP relay and
+``release()`` sends it on in one burst: the backlog a media server's GOP
+cache gives a player at connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diemcau.media import framestamp
+
+from .process import stop_process
+from .srt_listener import free_udp_port
+
+LOCALHOST = "127.0.0.1"
+RATE = 48000
+BEEP_S = 0.04
+TONE_LEVEL = 10 ** (-12 / 20)  # -12 dBFS
+
+
+@dataclass
+class FeedShape:
+    width: int = 640
+    height: int = 360
+    fps: int = 25
+    video: bool = True
+    audio: bool = True
+    tone_hz: int = 1000
+    beep_factor: int = 4
+    gop: int = 10  # frames between keyframes: a player joining waits at most this long
+    bitrate_kbps: int = 600
+
+
+@dataclass
+class ProgrammeFeed:
+    directory: Path
+    shape: FeedShape = field(default_factory=FeedShape)
+    srt_latency_ms: int = 120
+    passphrase: str = ""
+    streamid: str = "#!::r=live/programme,m=request,s=sess-9f3e1c"
+    captured: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.srt_port = free_udp_port()
+        self._relay_port = free_udp_port()  # srt-live-transmit reads here
+        self._ffmpeg: subprocess.Popen[bytes] | None = None
+        self._transmit: subprocess.Popen[bytes] | None = None
+        self._frames: threading.Thread | None = None
+        self._stop_frames = threading.Event()
+        self._hold = _HoldingRelay(self._relay_port)
+        self._next_frame = 0
+        self.size = (self.shape.width, self.shape.height)
+
+    # -- the URL the box is given
+
+    @property
+    def url(self) -> str:
+        query = f"streamid={self.streamid}&latency={self.srt_latency_ms * 1000}"
+        if self.passphrase:
+            query += f"&passphrase={self.passphrase}"
+        return f"srt://{LOCALHOST}:{self.srt_port}?{query}"
+
+    # -- the server side
+
+    def start(self) -> ProgrammeFeed:
+        self.start_server()
+        self.start_sender()
+        return self
+
+    def start_server(self) -> None:
+        options = f"mode=listener&latency={self.srt_latency_ms}"
+        if self.passphrase:
+            options += f"&passphrase={self.passphrase}"
+        log = (self.directory / "srt-live-transmit.log").open("ab")
+        self._transmit = subprocess.Popen(
+            ["srt-live-transmit", "-a:yes", "-q", f"udp://{LOCALHOST}:{self._relay_port}",
+             f"srt://{LOCALHOST}:{self.srt_port}?{options}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._hold.start()
+
+    def start_sender(self, shape: FeedShape | None = None) -> None:
+        """Start (or start again) the encoder and the frames; ``shape``: a new picture size etc."""
+        if shape is not None:
+            self.shape = shape
+            self.size = (shape.width, shape.height)
+        s = self.shape
+        args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin"]
+        if s.video:
+            # Raw inputs need no probing; probing one would wait for data the other holds up.
+            args += ["-probesize", "32", "-analyzeduration", "0",
+                     "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{s.width}x{s.height}",
+                     "-framerate", str(s.fps), "-i", "pipe:0"]
+        if s.audio:
+            # The sound comes from the same loop as the pictures, through a FIFO: beep k
+            # is written with frame k * fps, so the stream carries them together.
+            self._audio_fifo = self.directory / f"audio-{time.monotonic_ns()}.fifo"
+            os.mkfifo(self._audio_fifo)
+            args += ["-probesize", "32", "-analyzeduration", "0", "-f", "s16le", "-ar", str(RATE), "-ac", "2", "-i", str(self._audio_fifo)]
+        if s.video:
+            args += ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+                     "-g", str(s.gop), "-bf", "0", "-b:v", f"{s.bitrate_kbps}k",
+                     "-pix_fmt", "yuv420p"]
+        if s.audio:
+            args += ["-c:a", "aac", "-b:a", "96k", "-ac", "2"]
+        args += ["-f", "mpegts", "-flush_packets", "1",
+                 f"udp://{LOCALHOST}:{self._hold.port}?pkt_size=1316"]
+        log = (self.directory / "ffmpeg-sender.log").open("ab")
+        self._ffmpeg = subprocess.Popen(args, stdin=subprocess.PIPE if s.video else subprocess.DEVNULL,
+                                        stdout=log, stderr=log)
+        self._stop_frames.clear()
+        self._frames = threading.Thread(target=self._send_frames, daemon=True,
+                                        name="programme-frames")
+        self._frames.start()
+
+    def kill_sender(self) -> None:
+        """The source dies (SIGKILL); the SRT server keeps listening."""
+        self._stop_frames.set()
+        if self._ffmpeg is not None:
+            self._ffmpeg.kill()
+            self._ffmpeg.wait()
+        if self._frames is not None:
+            self._frames.join(5)
+
+    def hold(self) -> None:
+        self._hold.holding = True
+
+    def release(self) -> None:
+        self._hold.holding = False
+
+    def stop(self) -> None:
+        self.kill_sender()
+        self._hold.stop()
+        if self._transmit is not None:
+            stop_process(self._transmit, timeout_s=3)
+
+    def __enter__(self) -> ProgrammeFeed:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the pictures
+
+    def _send_frames(self) -> None:
+        s = self.shape
+        process = self._ffmpeg
+        assert process is not None
+        # Opened read-write: an open for writing only would wait for ffmpeg, which waits
+        # for the pictures first.
+        audio = os.fdopen(os.open(self._audio_fifo, os.O_RDWR), "wb") if s.audio else None
+        # Written from a thread of its own: ffmpeg reads its two inputs in its own order, and
+        # one pipe full must not hold the other back.
+        sound: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        writer = threading.Thread(target=_drain, args=(sound, audio), daemon=True)
+        if audio is not None:
+            writer.start()
+        try:
+            self._pace(process, sound if audio is not None else None)
+        finally:
+            sound.put(None)
+
+    def _pace(self, process: subprocess.Popen[bytes], audio: Any) -> None:
+        s = self.shape
+        ys = s.width * s.height
+        card = np.full(ys * 3 // 2, 128, np.uint8)
+        # A gradient under the stamp so the picture is not flat (the encoder has work to do).
+        card[:ys] = (np.arange(ys) % s.width * 200 // s.width + 30).astype(np.uint8)
+        period = 1 / s.fps
+        start = time.monotonic()
+        sent = 0
+        while not self._stop_frames.is_set():
+            number = self._next_frame
+            frame = card.copy()
+            framestamp.stamp(number, frame[:ys], width=s.width, height=s.height)
+            # Grey chroma under the strip keeps the blocks black and white.
+            cw, crows = s.width // 2, framestamp.strip_height(s.height) // 2
+            frame[ys:ys + cw * crows] = 128
+            frame[ys + ys // 4:ys + ys // 4 + cw * crows] = 128
+            self.captured[number] = time.time()
+            try:
+                if s.video:
+                    assert process.stdin is not None
+                    process.stdin.write(frame.tobytes())
+                    process.stdin.flush()
+                if audio is not None:
+                    audio.put(self._sound(number))
+            except (BrokenPipeError, ValueError, OSError):
+                return
+            self._next_frame += 1
+            sent += 1
+            delay = start + sent * period - time.monotonic()
+            if delay > 0:
+                self._stop_frames.wait(delay)
+
+
+    def _sound(self, number: int) -> bytes:
+        """The samples that go with frame ``number``: the tone, and a beep in each second's first
+        ``BEEP_S``."""
+        s = self.shape
+        per_frame = RATE // s.fps
+        first = number * per_frame
+        t = np.arange(first, first + per_frame) / RATE
+        beeping = (t % 1.0) < BEEP_S
+        frequency = np.where(beeping, s.tone_hz * s.beep_factor, s.tone_hz)
+        # The phase of each frequency runs from t = 0, so the tone is the same sine throughout.
+        mono = np.round(TONE_LEVEL * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
+        return np.repeat(mono, 2).tobytes()
+
+
+def _drain(sound: queue.SimpleQueue[bytes | None], out: Any) -> None:
+    try:
+        while (chunk := sound.get()) is not None:
+            out.write(chunk)
+            out.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            out.close()
+
+
+class _HoldingRelay:
+    """UDP from the encoder to srt-live-transmit; while ``holding``, keeps the packets."""
+
+    def __init__(self, to_port: int) -> None:
+        self._to = (LOCALHOST, to_port)
+        self._in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._in.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._in.bind((LOCALHOST, 0))
+        self.port = self._in.getsockname()[1]
+        self._out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._out.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.holding = False
+        self._kept: list[bytes] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="programme-relay")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(2)
+        self._in.close()
+        self._out.close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([self._in], [], [], 0.05)
+            if ready:
+                data = self._in.recv(65536)
+                if self.holding:
+                    self._kept.append(data)
+                    continue
+            if self._kept and not self.holding:
+                kept, self._kept = self._kept, []
+                for packet in kept:
+                    self._out.sendto(packet, self._to)
+                    time.sleep(0.0002)  # a burst, but not faster than the loopback takes it
+            if ready:
+                self._out.sendto(data, self._to)
