@@ -84,6 +84,8 @@ def test_programme_in_order_with_its_tone_in_sync(room: Room, tmp_path: Path) ->
     figures = room.watch.figures()[-1]
     assert figures["decoder"].startswith("sw:h264"), figures
     assert (figures["width"], figures["height"]) == (640, 360)
+    # The figures are from the second before the stop: a second's frames fewer at most.
+    assert len(numbers) - 40 <= figures["frames_shown"] <= len(numbers) + 5, figures
 
     # The last seconds, caught up: latency steady, sound in time with the pictures.
     end = pictures[-1].at

@@ -40,11 +40,11 @@ from ..core.backoff import backoff_delay
 from ..core.events import ProgrammeChanged
 from .pipe import (
     Channel,
+    PipeClosed,
     Play,
     PlayFigures,
     Programme,
     Prompt,
-    PipeClosed,
     ScreenUp,
     Setup,
     Show,

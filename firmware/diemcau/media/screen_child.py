@@ -49,9 +49,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from ..adapters.logs import log_to_stderr, scrub_log_handlers
+from ..adapters.process import settle
 from ..config import Screen
 from ..core.backoff import backoff_delay
 from ..core.scrub import scrub
+from . import framestamp
 from .pipe import (
     Channel,
     PipeClosed,
@@ -66,6 +68,12 @@ from .pipe import (
     StopPlay,
     Volume,
 )
+from .speaker import Speaker, make_fifo, player_sound_env
+
+try:  # the idle screen's renderer (Pillow): a plain screen until it is there
+    from . import idle  # type: ignore[attr-defined]
+except ImportError:
+    idle = None
 
 log = logging.getLogger("diemcau.media.screen")
 
@@ -103,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("the screen process expected Setup first, got %s", type(setup).__name__)
         return 2
     scrub_log_handlers(known=())
-    from ..adapters.process import settle
-
     settle()
     screen = ScreenPlayer(setup.screen, channel)
     try:
@@ -196,8 +202,6 @@ class ScreenPlayer:
     """The state of the TV; every method runs on the serving thread."""
 
     def __init__(self, cfg: Screen, channel: Channel) -> None:
-        from .speaker import Speaker, make_fifo, player_sound_env
-
         self.cfg = cfg
         self.channel = channel
         self._runtime = Path(tempfile.mkdtemp(prefix="diemcau-screen-"))
@@ -217,6 +221,9 @@ class ScreenPlayer:
         self.mpv = mpv.MPV(log_handler=self._mpv_log, loglevel="error",
                            **mpv_options(cfg))
         self.mpv.register_event_callback(self._on_event)
+        self._positions = 0  # new playback positions seen: one per picture shown
+        self._position: float | None = None
+        self.mpv.observe_property("time-pos", self._on_position)
         if self._recorder is not None:
             self._recorder.start(self.mpv)
         # What is wanted, and what the player is doing about it.
@@ -236,8 +243,7 @@ class ScreenPlayer:
         self._idle_minute = -1
         self._audio_delay = 0.0
         self._cached: collections.deque[tuple[float, float]] = collections.deque()
-        self.counters = {"reconnects": 0, "catchups": 0, "frames_shown": 0}
-        self._shown_exact = 0.0
+        self.counters = {"reconnects": 0, "catchups": 0}
 
     # -- the loop
 
@@ -300,9 +306,7 @@ class ScreenPlayer:
         plain = f"av://lavfi:color=c=0x10202c:s={width}x{height}:r=1"
         if self.view is None:
             return plain
-        try:
-            from . import idle  # type: ignore[attr-defined]  # the idle screen's renderer
-        except ImportError:
+        if idle is None:
             return plain
         import msgspec
 
@@ -380,6 +384,12 @@ class ScreenPlayer:
                         for k, v in event.as_dict().items()}
         self._events.put((name, data))
 
+    def _on_position(self, _name: str, value: Any) -> None:
+        """mpv's event thread: the position moves with each picture handed to the output."""
+        if isinstance(value, float) and (self._position is None or value > self._position):
+            self._positions += 1
+        self._position = value if isinstance(value, float) else None
+
     def _mpv_log(self, level: str, prefix: str, text: str) -> None:
         log.warning("mpv %s: %s", prefix, scrub(text.rstrip()))
 
@@ -448,9 +458,6 @@ class ScreenPlayer:
             return
         pos = self._get("time-pos")
         if isinstance(pos, (int, float)) and pos != self._last_pos:
-            if self._last_pos is not None and pos > self._last_pos:
-                fps = self._get("estimated-vf-fps") or self._get("container-fps") or 0
-                self._shown_exact += (pos - self._last_pos) * float(fps or 0)
             self._last_pos = pos
             self._progress_at = now
         elif now - self._progress_at > self.cfg.stall_s:
@@ -513,7 +520,7 @@ class ScreenPlayer:
         decoder = f"hw:{hwdec}" if hwdec and hwdec != "no" else (f"sw:{codec}" if codec else "")
         return {
             "state": self.state,
-            "frames_shown": int(self._shown_exact),
+            "frames_shown": self._positions if params else 0,
             "frames_dropped": int((self._get("frame-drop-count") or 0)
                                   + (self._get("decoder-frame-drop-count") or 0)),
             "lag_ms": round(lag_s * 1000) if lag_s is not None else None,
@@ -569,8 +576,6 @@ class Recorder:
 
     def _run(self, player: Any) -> None:
         import numpy as np
-
-        from . import framestamp
 
         last: Any = None
         last_number: int | None = None
