@@ -84,8 +84,11 @@ def test_programme_in_order_with_its_tone_in_sync(room: Room, tmp_path: Path) ->
     figures = room.watch.figures()[-1]
     assert figures["decoder"].startswith("sw:h264"), figures
     assert (figures["width"], figures["height"]) == (640, 360)
-    # The figures are from the second before the stop: a second's frames fewer at most.
-    assert len(numbers) - 40 <= figures["frames_shown"] <= len(numbers) + 5, figures
+    # The figures are from the second before the stop (a second's frames fewer); the
+    # record polls the player and may miss a picture under load.
+    assert abs(figures["frames_shown"] - len(numbers)) <= 0.1 * len(numbers) + 30, figures
+    span = numbers[-1] - numbers[0] + 1
+    assert len(numbers) >= 0.9 * span, f"{span - len(numbers)} of {span} pictures not seen"
 
     # The last seconds, caught up: latency steady, sound in time with the pictures.
     end = pictures[-1].at

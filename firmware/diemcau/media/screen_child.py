@@ -170,7 +170,8 @@ def mpv_options(cfg: Screen) -> dict[str, str]:
         "input-vo-keyboard": "no",
         "terminal": "no",
         "image-display-duration": "inf",
-        "audio-pitch-correction": "yes",
+        # Only while catching up (see _catch_up): scaletempo, once in, keeps ~130 ms of sound.
+        "audio-pitch-correction": "no",
         # Into the FIFO the speaker's mixer reads: SDL's "disk" audio driver (see speaker.py).
         "ao": "sdl",
         "sdl-buflen": "0.04",  # with the speaker's delay followed: A/V within 10 ms (farend.md),
@@ -342,6 +343,7 @@ class ScreenPlayer:
         self._last_pos = None
         self._cached.clear()
         self.mpv.speed = 1.0
+        self._pitch_correction(False)
         self.mpv.command("loadfile", self.url, "replace")
         self._set_state(state, detail)
 
@@ -496,11 +498,20 @@ class ScreenPlayer:
             self.counters["catchups"] += 1
             log.info("programme %.2f s behind: playing at %.2fx to catch up", lag_s,
                      self.cfg.catchup_speed)
+            self._pitch_correction(True)
             self.mpv.speed = self.cfg.catchup_speed
             self._cached.clear()  # judge the lag afresh at the new speed
         elif lag_s * 1000 < self.cfg.lag_target_ms and speed > 1.0:
             self.mpv.speed = 1.0
+            self._pitch_correction(False)
             self._cached.clear()
+
+    def _pitch_correction(self, on: bool) -> None:
+        """Voices at their pitch while faster; off again after, or its buffer stays as lag."""
+        try:
+            self.mpv.audio_pitch_correction = on
+        except Exception as exc:  # noqa: BLE001 - only the pitch suffers
+            log.warning("cannot switch pitch correction: %s", exc)
 
     def _follow_speaker(self) -> None:
         """mpv feeds the FIFO as the pictures go; what the speaker holds is late: say so."""
