@@ -37,7 +37,7 @@ Row = Callable[..., None]
 SRT_LATENCY_MS = 120
 SETTLE_S = 8.0
 WINDOW_S = 8.0
-ROUNDS = int(os.environ.get("XR", "2"))
+ROUNDS = 2
 SHAPE = FeedShape(width=1280, height=720, fps=25, bitrate_kbps=2500, gop=25)
 
 
