@@ -131,7 +131,9 @@ class ProgrammeFeed:
                      "-pix_fmt", "yuv420p"]
         if s.audio:
             args += ["-c:a", "aac", "-b:a", "96k", "-ac", "2"]
-        args += ["-f", "mpegts", "-flush_packets", "1",
+        # Each audio frame its own PES, as live encoders send it (FFmpeg's default packs
+        # ~250 ms of audio per PES, which a player must wait for).
+        args += ["-f", "mpegts", "-flush_packets", "1", "-pes_payload_size", "0", "-muxdelay", "0",
                  f"udp://{LOCALHOST}:{self._hold.port}?pkt_size=1316"]
         log = (self.directory / "ffmpeg-sender.log").open("ab")
         self._ffmpeg = subprocess.Popen(args, stdin=subprocess.PIPE if s.video else subprocess.DEVNULL,

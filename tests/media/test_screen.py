@@ -113,7 +113,8 @@ def test_programme_in_order_with_its_tone_in_sync(room: Room, tmp_path: Path) ->
         heard_at = float(np.interp(sample, frames, heard))
         # Beep k of the stream starts with frame 25 k: find k from the pictures around then.
         near = min(by_number, key=lambda n: abs(by_number[n] - heard_at) if n % 25 == 0 else 1e9)
-        offsets.append(heard_at - by_number[near])
+        if abs(by_number[near] - heard_at) < 0.5:  # else its picture was not seen
+            offsets.append(heard_at - by_number[near])
     print(f"A/V offsets (sound - picture), ms: {[round(o * 1000) for o in offsets]}; "
           f"latency {np.median(steady) * 1000:.0f} ms")
     assert len(offsets) >= 2
@@ -251,6 +252,8 @@ def test_child_killed_comes_back_playing(room: Room, tmp_path: Path) -> None:
         _, detail = room.watch.wait_state("reconnecting", 5, after=killed)
         assert "screen process ended" in detail
         room.watch.wait_state("live", 15, after=killed)
-        time.sleep(1.5)
-    assert any(s.at > killed and s.number >= 0 for s in shown(room.record))
+        deadline = time.monotonic() + 5
+        while not any(s.at > killed and s.number >= 0 for s in shown(room.record)):
+            assert time.monotonic() < deadline, "no picture from the new screen process"
+            time.sleep(0.2)
     assert room.screen.restarts == 1

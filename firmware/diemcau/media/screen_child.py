@@ -79,6 +79,7 @@ log = logging.getLogger("diemcau.media.screen")
 
 TICK_S = 0.1
 LAG_WINDOW_S = 1.0
+EDGE_S = 2.0  # catching up and the lag no smaller for this long: at the live edge
 FIGURES_S = 1.0
 START_TIMEOUT_S = 8.0  # connected (or not) but no picture yet: load again
 SCHEMES = ("srt", "rtsp", "rtsps")
@@ -244,6 +245,8 @@ class ScreenPlayer:
         self._idle_minute = -1
         self._audio_delay = 0.0
         self._cached: collections.deque[tuple[float, float]] = collections.deque()
+        self._catchup_best = 0.0
+        self._catchup_best_at = 0.0
         self.counters = {"reconnects": 0, "catchups": 0}
 
     # -- the loop
@@ -467,7 +470,7 @@ class ScreenPlayer:
             return
         lag_s = self._lag_s(now)
         if lag_s is not None:
-            self._catch_up(lag_s)
+            self._catch_up(lag_s, now)
         self._follow_speaker()
         if now - self._figures_at >= FIGURES_S:
             self._figures_at = now
@@ -488,7 +491,7 @@ class ScreenPlayer:
             self._cached.popleft()
         return min(value for _, value in self._cached)
 
-    def _catch_up(self, lag_s: float) -> None:
+    def _catch_up(self, lag_s: float, now: float) -> None:
         speed = self._get("speed") or 1.0
         if lag_s * 1000 > self.cfg.lag_reload_ms:
             self.counters["catchups"] += 1
@@ -501,10 +504,16 @@ class ScreenPlayer:
             self._pitch_correction(True)
             self.mpv.speed = self.cfg.catchup_speed
             self._cached.clear()  # judge the lag afresh at the new speed
-        elif lag_s * 1000 < self.cfg.lag_target_ms and speed > 1.0:
-            self.mpv.speed = 1.0
-            self._pitch_correction(False)
-            self._cached.clear()
+            self._catchup_best, self._catchup_best_at = lag_s, now
+        elif speed > 1.0:
+            if lag_s < self._catchup_best - 0.02:
+                self._catchup_best, self._catchup_best_at = lag_s, now
+            # Under the target, or no nearer for a while: the live edge of this feed (whose
+            # packets may come in chunks longer than the target) is reached.
+            if lag_s * 1000 < self.cfg.lag_target_ms or now - self._catchup_best_at > EDGE_S:
+                self.mpv.speed = 1.0
+                self._pitch_correction(False)
+                self._cached.clear()
 
     def _pitch_correction(self, on: bool) -> None:
         """Voices at their pitch while faster; off again after, or its buffer stays as lag."""
