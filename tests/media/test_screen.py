@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from diemcau.config import Screen
 from diemcau.media.screen import ScreenProcess
 from tests.harness.alsa import SimulatedSpeaker, make_speaker
+from tests.harness.process import stop_process
 from tests.harness.programme import FeedShape, ProgrammeFeed
 from tests.harness.screen import (
     RATE,
@@ -30,7 +33,7 @@ from tests.harness.screen import (
     stereo,
     tone_level,
 )
-from tests.harness.srt_listener import free_udp_port
+from tests.harness.srt_listener import free_tcp_port, free_udp_port, port_bound
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -257,3 +260,30 @@ def test_child_killed_comes_back_playing(room: Room, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "no picture from the new screen process"
             time.sleep(0.2)
     assert room.screen.restarts == 1
+
+
+def test_an_rtsp_feed_from_gstreamers_server(room: Room, tmp_path: Path) -> None:
+    pytest.importorskip("gi", reason="GStreamer's RTSP server needs python3-gi")
+    port = free_tcp_port()
+    log = (tmp_path / "rtsp-server.log").open("wb")
+    server = subprocess.Popen([sys.executable, "-m", "tests.harness.rtsp_server", "--port",
+                               str(port)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_bound(port, "tcp"):
+            assert time.monotonic() < deadline and server.poll() is None, "no RTSP server"
+            time.sleep(0.1)
+        room.screen.play("m-8", f"rtsp://127.0.0.1:{port}/programme")
+        live_at, detail = room.watch.wait_state("live", 15)
+        time.sleep(3)
+    finally:
+        stop_process(server, timeout_s=5)
+    assert room.watch.states()[-1] == ("live", "")  # both tracks, once they are known
+    figures = room.watch.figures()[-1]
+    assert figures["frames_shown"] > 40 and (figures["width"], figures["height"]) == (640, 360)
+    assert figures["decoder"].startswith("sw:h264")
+    pictures = [s for s in shown(room.record) if s.at > live_at and (s.width, s.height) == (640, 360)]
+    assert len(pictures) > 40
+    tail = stereo(room.speaker.played())[-RATE:, 0]
+    frequency, level = tone_level(tail, 1000)  # Opus, from GStreamer's audiotestsrc
+    assert abs(frequency - 1000) < 5 and abs(level - 20 * np.log10(0.25)) < 1.5, level

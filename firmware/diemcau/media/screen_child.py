@@ -416,11 +416,15 @@ class ScreenPlayer:
     def _went_live(self) -> None:
         self._attempt = 0
         self._progress_at = time.monotonic()
+        self._set_state("live", self._missing())
+
+    def _missing(self) -> str:
+        """What the programme lacks ("": nothing); its tracks may show up after it starts."""
         tracks = self._get("track-list") or []
         kinds = {t.get("type") for t in tracks if isinstance(t, dict) and t.get("selected")}
         missing = [what for what, kind in (("no pictures", "video"), ("no sound", "audio"))
                    if kind not in kinds]
-        self._set_state("live", "the programme has " + " and ".join(missing) if missing else "")
+        return "the programme has " + " and ".join(missing) if missing else ""
 
     def _ended(self, data: dict[str, Any]) -> None:
         reason = str(data.get("reason", ""))
@@ -474,6 +478,7 @@ class ScreenPlayer:
         self._follow_speaker()
         if now - self._figures_at >= FIGURES_S:
             self._figures_at = now
+            self._set_state("live", self._missing())  # says so only if it changed
             self.channel.send(PlayFigures(self.figures(lag_s)))
 
     def _lag_s(self, now: float) -> float | None:
