@@ -125,6 +125,7 @@ class HealthConfig(_Section, kw_only=True, forbid_unknown_fields=True):
     microphone_silent_dbfs: float = -60.0
     microphone_silent_s: float = 60.0
     stream_failing_s: float = 30.0
+    programme_lost_s: float = 10.0
 
 
 class PanelButton(_Section, kw_only=True, forbid_unknown_fields=True):

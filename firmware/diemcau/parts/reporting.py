@@ -28,6 +28,7 @@ from ..ports import HealthProbe, Ledger, Link, Outbox
 from ..protocol import (
     Event,
     Meta,
+    ProgrammeFigures,
     Site,
     Status,
     StreamFigures,
@@ -164,8 +165,9 @@ class Reporting:
 
     # ------------------------------------------------------------ health and alerts
 
-    def health(self, room: Room, stream: StreamFigures,
-               stream_failing_since: float | None) -> Reading:
+    def health(self, room: Room, stream: StreamFigures, stream_failing_since: float | None,
+               programme: ProgrammeFigures | None = None,
+               programme_lost_since: float | None = None) -> Reading:
         """Measure, raise or clear alerts, publish ``health`` and ``status``; the reading."""
         now = self._clock()
         reading = self._health.measure()
@@ -174,6 +176,7 @@ class Reporting:
             reading, meeting_state=room.state, muted=room.muted, stream=stream,
             stream_failing_since=stream_failing_since,
             camera_missing=room.state == "error" and "camera" in room.last_error,
+            programme=programme, programme_lost_since=programme_lost_since,
         )
         if self.certificate is not None:
             cert = self.certificate
@@ -194,7 +197,7 @@ class Reporting:
             self.send_reliable(alert_topic(self._dev, code), b"", retain=True)
         self._health_seq += 1
         message = health_message(reading, seq=self._health_seq, stream=stream,
-                                 alerts=self.alerts.codes)
+                                 programme=programme, alerts=self.alerts.codes)
         if self._link.connected:
             self.publish(device_topic(self._dev, "health"), encode(message), qos=0)
         self.publish_status()

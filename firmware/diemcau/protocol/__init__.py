@@ -19,6 +19,7 @@ from .messages import (
     Health,
     Interface,
     Meta,
+    ProgrammeFigures,
     Reply,
     Site,
     State,
@@ -61,7 +62,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALERT_CODES", "COMMAND_NAMES", "EVENT_KINDS", "FINAL_STATUSES", "PROTOCOL_VERSION", "ROOT",
     "Alert", "Command", "CommandClaims", "CommandRejected", "Event", "Health", "Interface",
-    "Meta", "ParsedTopic", "ReplayCache", "Reply", "Site", "State", "Status", "StreamFigures",
+    "Meta", "ParsedTopic", "ProgrammeFigures", "ReplayCache", "Reply", "Site", "State", "Status",
+    "StreamFigures",
     "alert_topic", "check_name", "decode", "device_filter", "device_topic", "encode",
     "generate_signing_key", "group_cmd_topic", "key_id", "now_ts", "parse_topic",
     "public_key_from_text", "public_key_to_text", "public_keys_from_text", "sign_command",
