@@ -109,3 +109,24 @@ def test_a_programme_that_never_came_is_no_lost_event(box: StandinBox) -> None:
     box.handle()
     assert "programme_lost" not in [e.kind for e in box.link.events()]
     assert box.link.statuses()[-1].programme.state == "reconnecting"
+
+
+def test_the_idle_screen_is_told_what_changed_and_nothing_more(box: StandinBox) -> None:
+    box.supervisor._start_screen()  # noqa: SLF001 - the start list's step, without run()
+    first = box.screen.called("show_idle")
+    assert [v.connection for v in first] == ["connecting"]
+    assert first[0].site_name == box.supervisor.cfg.site.name and first[0].device_id == "c00001-r1"
+
+    box.handle(box.link.up())
+    for _ in range(3):
+        box.handle(HealthDue())  # events that change nothing on the screen send nothing
+    box.handle(box.command("meeting.invite", {"meeting_id": "m2", "title": "Giao ban tỉnh",
+                                              "publish": JOIN["publish"],
+                                              "starts_at": box.now[0] + 60}, jti="i1"))
+    views = box.screen.called("show_idle")
+    assert [(v.connection, v.state, v.invited) for v in views] == [
+        ("connecting", "idle", False), ("online", "idle", False), ("online", "invited", True)]
+    assert views[-1].meeting_title == "Giao ban tỉnh"
+
+    box.handle(box.link.down())  # the link is lost: the screen says it is connecting again
+    assert box.screen.called("show_idle")[-1].connection == "connecting"

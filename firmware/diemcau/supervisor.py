@@ -61,6 +61,7 @@ from .core.events import (
     UpdateInstalled,
     UpdateProgress,
 )
+from .core.idlescreen import IdleScreen, idle_screen
 from .core.light import LightView, offline_phase
 from .core.prompts import prompt_for_event
 from .parts.commands import Commands
@@ -153,6 +154,7 @@ class Supervisor:
         self._programme_lost_since: float | None = None
         self._programme_lost_told = False
         self._programme_seen = False  # live at least once this meeting
+        self._idle_shown: IdleScreen | None = None  # what the screen was last told to show
         self._buttons: Sequence[Button] = []
         self.exit_code = 0  # EXIT_RESTART after installing an update: the service restarts us
         # One durable step at a time: what it sends and acknowledges waits for its commit.
@@ -254,6 +256,7 @@ class Supervisor:
     def _start_screen(self) -> None:
         if self.screen is not None:
             self.screen.set_volume(self.room.volume_percent)
+            self._show_idle()
             self.screen.start()
 
     def _stop_screen(self) -> None:
@@ -613,6 +616,17 @@ class Supervisor:
 
     def _show_light(self) -> None:
         self.panel.show(self.room, updating=self.updates.under_way is not None)
+        self._show_idle()
+
+    def _show_idle(self) -> None:
+        """The idle screen's facts to the screen, when they changed (the child draws the clock)."""
+        if self.screen is None:
+            return
+        facts = idle_screen(self.cfg.site, self._dev, self.panel.phase, self.room,
+                            now=self._clock(), join_early_s=self.panel.join_early_s)
+        if facts != self._idle_shown:
+            self._idle_shown = facts
+            self.screen.show_idle(facts)
 
     def _restore_room(self) -> None:
         """The room's settings as the last run left them: the volume, the invitation."""
