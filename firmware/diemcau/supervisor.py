@@ -86,7 +86,16 @@ from .ports import (
     ServiceManager,
     Voice,
 )
-from .protocol import Command, ProgrammeFigures, State, Status, StreamFigures, decode, now_ts
+from .protocol import (
+    Command,
+    ProgrammeFigures,
+    RoomSound,
+    State,
+    Status,
+    StreamFigures,
+    decode,
+    now_ts,
+)
 
 log = logging.getLogger("diemcau.supervisor")
 
@@ -122,6 +131,7 @@ class Adapters:
     voice: Voice | None = None
     releases: Releases | None = None  # None: no firmware updates
     make_screen: ScreenFactory | None = None  # the room's TV and speaker; None: no far end
+    sound: RoomSound | None = None  # the room's sound kit, for meta
 
 
 class Step(NamedTuple):
@@ -165,7 +175,8 @@ class Supervisor:
         self.reporting = Reporting(
             cfg, link=self.link, outbox=adapters.outbox, ledger=adapters.ledger,
             health=adapters.health, model=adapters.model, serial=adapters.serial,
-            durably=self._durably, status=self.status_message, clock=clock)
+            durably=self._durably, status=self.status_message, clock=clock,
+            sound=adapters.sound)
         self.emit = self.reporting.emit  # an event for the centre, with the next seq
         self.commands = Commands(
             cfg, replay=adapters.replay, send_reliable=self.reporting.send_reliable,

@@ -29,6 +29,7 @@ from ..protocol import (
     Event,
     Meta,
     ProgrammeFigures,
+    RoomSound,
     Site,
     Status,
     StreamFigures,
@@ -52,8 +53,10 @@ class Reporting:
     def __init__(self, cfg: Config, *, link: Link, outbox: Outbox, ledger: Ledger,
                  health: HealthProbe, model: str, serial: str,
                  durably: Callable[[], AbstractContextManager[None]],
-                 status: Callable[[], Status], clock: Callable[[], float]) -> None:
+                 status: Callable[[], Status], clock: Callable[[], float],
+                 sound: RoomSound | None = None) -> None:
         self._cfg = cfg
+        self._sound = sound
         self._dev = cfg.device.id
         self._link = link
         self._outbox = outbox
@@ -151,7 +154,8 @@ class Reporting:
             capabilities=["srt", "h264", cfg.media.audio_codec, self.camera_capability],
             site=Site(name=site.name, province=site.province, district=site.district,
                       commune=site.commune, room=site.room),
-            groups=cfg.groups, config_version=cfg.config_version, ts=now_ts(),
+            groups=cfg.groups, config_version=cfg.config_version, sound=self._sound,
+            ts=now_ts(),
         )
         self.publish(device_topic(self._dev, "meta"), encode(meta), retain=True)
 

@@ -21,6 +21,7 @@ from .messages import (
     Meta,
     ProgrammeFigures,
     Reply,
+    RoomSound,
     Site,
     State,
     Status,
@@ -62,7 +63,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALERT_CODES", "COMMAND_NAMES", "EVENT_KINDS", "FINAL_STATUSES", "PROTOCOL_VERSION", "ROOT",
     "Alert", "Command", "CommandClaims", "CommandRejected", "Event", "Health", "Interface",
-    "Meta", "ParsedTopic", "ProgrammeFigures", "ReplayCache", "Reply", "Site", "State", "Status",
+    "Meta", "ParsedTopic", "ProgrammeFigures", "ReplayCache", "Reply", "RoomSound", "Site", "State", "Status",
     "StreamFigures",
     "alert_topic", "check_name", "decode", "device_filter", "device_topic", "encode",
     "generate_signing_key", "group_cmd_topic", "key_id", "now_ts", "parse_topic",

@@ -102,6 +102,15 @@ class Site(_Msg, kw_only=True):
     room: str = ""
 
 
+class RoomSound(_Msg, kw_only=True):
+    """The room's sound kit and who cancels the echo of the programme (docs/audio.md)."""
+
+    kit: Literal["speakerphone", "separate", "none"]
+    # "device": the speakerphone's own canceller; "webrtc"/"speex": the box's; "none".
+    echo_canceller: Literal["device", "webrtc", "speex", "none"]
+    device: str = ""  # the sound card in use, as ALSA names it
+
+
 class Meta(_Msg, kw_only=True):
     """``dev/{dev}/meta`` (retained): what the box is."""
 
@@ -113,6 +122,7 @@ class Meta(_Msg, kw_only=True):
     site: Site
     groups: list[str]
     config_version: str
+    sound: RoomSound | None = None  # None: not known yet (an older box says nothing)
     ts: float
 
 
