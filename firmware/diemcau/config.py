@@ -106,7 +106,7 @@ class Media(_Section, kw_only=True, forbid_unknown_fields=True):
     # Who cancels the centre's sound (docs/audio.md): auto (a USB speakerphone does it,
     # else the box's canceller), speakerphone, software, off.
     audio_kit: Literal["auto", "speakerphone", "software", "off"] = "auto"
-    echo_canceller: Literal["webrtc", "speex"] = "webrtc"
+    echo_canceller: Literal["webrtc", "speex"] = "speex"
     audio_codec: Literal["aac", "opus"] = "aac"
     audio_bitrate_kbps: int = 64
     video_bitrate_kbps: int = 0  # 0: the profile's own

@@ -78,9 +78,9 @@ def test_hdmi_and_a_usb_microphone_need_the_software_canceller(tmp_path: Path) -
     assert kit.kit == "separate"
     assert kit.speaker is not None and kit.speaker.driver == "vc4-hdmi"
     assert audio_meta(Media(), root) == {"audio_kit": "separate",
-                                         "echo_canceller": "webrtc",
+                                         "echo_canceller": "speex",
                                          "device": "C922 Pro Stream Webcam"}
-    assert audio_meta(Media(echo_canceller="speex"), root)["echo_canceller"] == "speex"
+    assert audio_meta(Media(echo_canceller="webrtc"), root)["echo_canceller"] == "webrtc"
 
 
 def test_no_microphone(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_the_setting_forces_the_kit(tmp_path: Path) -> None:
                               ("Webcam", "C922 Pro Stream Webcam", "046d:085c", False, True)])
     kit = detect(root)
     assert kit.kit == "speakerphone"  # a USB card with both directions, the first
-    assert echo_plan(kit, "software")["echo_canceller"] == "webrtc"
+    assert echo_plan(kit, "software")["echo_canceller"] == "speex"
     assert echo_plan(kit, "off")["echo_canceller"] == "none"
     separate = detect(lay_out(tmp_path / "b", [("Webcam", "C922", "", False, True)]))
     assert echo_plan(separate, "speakerphone")["echo_canceller"] == "device"

@@ -39,7 +39,7 @@ def bench(row: Callable[..., None]) -> None:
     room = make_room(RATE, SECONDS, near_from_s=SECONDS / 2)
     print(f"\nEcho canceller, {SECONDS} s of 48 kHz mono in a simulated room "
           f"(CPU per second of audio; memory added to a fresh process)")
-    for name in ("webrtc", "speex", "speex-linear"):
+    for name in ("speex", "webrtc", "speex-linear"):
         canceller = SpeexCanceller(RATE, suppress=False) if name == "speex-linear" \
             else open_canceller(name, RATE)
         start = time.process_time()
@@ -48,19 +48,19 @@ def bench(row: Callable[..., None]) -> None:
         canceller.close()
         memory = "" if name == "speex-linear" else f"+{_memory_mb(name):.0f} MB resident"
         row(f"echo canceller {name}", f"{cpu * 1000:.1f} ms CPU / s of audio", memory)
-    # The clock tracking's own cost: the aligner alone, a 10 ms far period per pull.
+    # The clock tracking's own cost: the aligner alone, a 10 ms far period per pull, each
+    # stamped as the box stamps them.
     aligner = ReferenceAligner(RATE)
     period, frame = bytes(960), 480
-    aligner.push(bytes(2 * 4096))  # ahead, as the speaker's buffer is
+    aligner.push(bytes(2 * 4096), 0.0)  # ahead, as the speaker's buffer is
     start = time.process_time()
-    for _ in range(SECONDS * 100):
-        aligner.push(period)
-        aligner.pull()
+    for k in range(SECONDS * 100):
+        aligner.push(period, k / 100)
+        aligner.pull(k / 100 + 0.001)
     cpu = (time.process_time() - start) / SECONDS
     aligner.close()
     row("far end onto the mic's clock (aligner)", f"{cpu * 1000:.1f} ms CPU / s of audio",
         f"{frame} samples a pull")
-
 
 if __name__ == "__main__":
     def _row(what: str, figure: str, budget: str = "", reference: str = "") -> None:

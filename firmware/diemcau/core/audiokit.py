@@ -81,7 +81,7 @@ def classify(cards: list[Card]) -> Kit:
     return Kit("separate", microphones[0], speakers[0] if speakers else None)
 
 
-def echo_plan(kit: Kit, forced: str = "auto", canceller: str = "webrtc") -> dict[str, str]:
+def echo_plan(kit: Kit, forced: str = "auto", canceller: str = "speex") -> dict[str, str]:
     """What ``meta`` says of the room's sound: the kit, who cancels the echo, the device.
 
     ``forced`` is ``media.audio_kit``: ``speakerphone`` trusts the device to cancel,

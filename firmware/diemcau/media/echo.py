@@ -13,26 +13,31 @@ returns the near frame without the echo:
 
 Two libraries, compared in tests/media/test_echo.py and ``make bench``:
 
+- ``speex``: speexdsp's MDF canceller and its residual echo suppressor, through
+  ctypes over Debian's ``libspeexdsp1``. The default: it keeps the room's talker
+  whole while the centre speaks, costs under 1 MB, and with the reference on the
+  microphone's clock (below) cancels as deeply as WebRTC; it needs that clock
+  ratio right within ~2 ppm.
 - ``webrtc``: WebRTC's audio processing module (AEC3: linear filter, delay
   estimator, residual echo suppressor), through the ``livekit`` wheel's
   ``AudioProcessingModule`` (its prebuilt library, also for aarch64; no
-  network is used). The default: it reaches far more cancellation.
-- ``speex``: speexdsp's MDF canceller and its residual echo suppressor, through
-  ctypes over Debian's ``libspeexdsp1``. Cheaper in CPU and memory; a linear
-  canceller that needs the reference on the microphone's clock.
+  network is used). It holds its lock through any drift, but its suppressor
+  ducks the room's talker by ~4 dB in double talk, and it costs ~33 MB.
 
 The speaker (HDMI) and a USB microphone run on different clocks: 100 ppm apart,
 the echo slides by ~5 samples a second and a linear canceller loses its lock.
 :class:`ReferenceAligner` puts the reference on the microphone's clock: it
 receives the far periods as they are played, hands out exactly one 10 ms far
-frame per microphone frame, and resamples (speexdsp's resampler, whose ratio
-can change on the fly) by the ratio of the two clocks, measured from the
-sample counts of the two streams.
+frame per microphone frame, and resamples (libsamplerate, whose ratio can
+change on the fly) by the ratio of the two clocks, measured from the two
+streams' sample counts against the box's monotonic clock.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
+import time
 from array import array
 from typing import Any
 
@@ -40,7 +45,7 @@ from .defs import MediaFault
 
 FRAME_S = 0.010  # both libraries work on 10 ms frames
 CANCELLERS = ("webrtc", "speex")
-DEFAULT_CANCELLER = "webrtc"
+DEFAULT_CANCELLER = "speex"
 # The echo tail a room leaves: an office's RT60 is 0.3-0.5 s, and the part of
 # it above the noise is shorter; the reference also arrives some tens of ms
 # before its echo (the aligner's fill).
@@ -209,24 +214,67 @@ def open_canceller(name: str, rate_hz: int) -> EchoCanceller:
     raise MediaFault(f"no echo canceller called {name!r}: {', '.join(CANCELLERS)}")
 
 
+class ClockFit:
+    """The rate of one stream of samples against the monotonic clock: a least-squares line
+    through its (time, samples so far) pairs, with exponential forgetting over ``window_s``
+    (clocks drift with temperature over hours, not seconds).
+
+    A pair's time is when the samples were written or read, late by the scheduler's jitter
+    (a few ms); the slope over tens of seconds is exact to a few ppm all the same, while
+    the pairs' count itself saws by a whole period as the periods come."""
+
+    def __init__(self, window_s: float = 600.0) -> None:
+        self.window_s = window_s
+        self._t0: float | None = None
+        self._last = 0.0
+        self._sums = [0.0] * 5  # weights, t, n, tt, tn (t from the first pair, for precision)
+
+    def add(self, at: float, samples: int) -> None:
+        if self._t0 is None:
+            self._t0 = self._last = at
+        t = at - self._t0
+        forget = 0.5 ** (max(0.0, t - self._last) / self.window_s)
+        self._last = t
+        w, st, sn, stt, stn = self._sums
+        n = float(samples)
+        self._sums = [w * forget + 1, st * forget + t, sn * forget + n,
+                      stt * forget + t * t, stn * forget + t * n]
+
+    @property
+    def span_s(self) -> float:
+        return self._last
+
+    def rate(self) -> float | None:
+        """Samples per second of the monotonic clock; None before two distinct times."""
+        w, st, sn, stt, stn = self._sums
+        if w < 2:
+            return None
+        var = stt / w - (st / w) ** 2
+        if var <= 1e-12:
+            return None
+        return (stn / w - st / w * sn / w) / var
+
+
 class ReferenceAligner:
     """The far end on the microphone's clock: far periods pushed as played, 10 ms frames pulled
     once per microphone frame, resampled by the measured ratio of the two clocks.
 
-    The ratio is the slope of far samples received against microphone samples
-    consumed, fitted by least squares with exponential forgetting (``window_s``):
-    the periods' arrival jitters by tens of ms, the slope over tens of seconds
-    does not. A weak pull towards the starting fill keeps the delay between the
-    reference and its echo where the canceller found it. Until ``settle_s`` of
-    data, and with ``track_drift`` False, the ratio is 1.
+    Both sides give the monotonic time of their samples (the speaker mixer the time it
+    wrote the period, the microphone reader the time it read the frame); each side's
+    rate is a least-squares line through its (time, samples) pairs (:class:`ClockFit`),
+    and the ratio is the quotient of the two slopes. Over a minute of pairs jittered by a
+    few ms the ratio is right within ~2 ppm, which speexdsp needs (docs/audio.md). Until
+    ``settle_s`` of pairs, and with ``track_drift`` False, the ratio is 1. A weak pull
+    towards the starting fill keeps the delay between the reference and its echo from
+    wandering off over hours.
 
         aligner = ReferenceAligner(48000)
-        aligner.push(period)          # whatever size, as the speaker mixer plays it
-        far = aligner.pull()          # 10 ms; silence if nothing is being played
+        aligner.push(period, at)      # whatever size, as the speaker mixer plays it
+        far = aligner.pull(at)        # 10 ms; silence if nothing is being played
     """
 
-    def __init__(self, rate_hz: int, *, track_drift: bool = True, window_s: float = 60.0,
-                 settle_s: float = 5.0, prebuffer_s: float = 0.03,
+    def __init__(self, rate_hz: int, *, track_drift: bool = True, window_s: float = 600.0,
+                 settle_s: float = 10.0, prebuffer_s: float = 0.03,
                  max_fill_s: float = 1.0) -> None:
         self.rate_hz = rate_hz
         self.frame_samples = frame_samples(rate_hz)
@@ -245,17 +293,18 @@ class ReferenceAligner:
         self._in = (ctypes.c_float * _PIECE)()
         self._outf = (ctypes.c_float * self.frame_samples)()
         self._fifo = array("h")
-        self._forget = 1.0 - FRAME_S / window_s
-        self._settle = settle_s / FRAME_S
+        self._window_s = window_s
+        self._settle_s = settle_s
         self._max_fill = round(max_fill_s * rate_hz)
         # Far periods come in bursts (the mixer's period, the scheduler): after a
         # start or a pause, wait for this much more than a frame before taking any.
         self._prebuffer = round(prebuffer_s * rate_hz)
         self._playing = False
-        self._received = 0  # far samples pushed, ever
-        self._consumed = 0  # microphone samples pulled for, ever
-        self._sums = [0.0] * 5  # weights, x, y, xx, xy: x microphone, y far samples
-        self._fits = 0
+        self._received = 0  # far samples pushed in this stretch of playing
+        self._consumed = 0  # microphone samples pulled for in it
+        self._far_fit = ClockFit(window_s)
+        self._mic_fit = ClockFit(window_s)
+        self._period = 0  # the largest far period seen
         self._fill0: float | None = None
         self._fill_avg = 0.0
         self.ratio = 1.0  # far samples taken per microphone sample
@@ -272,10 +321,13 @@ class ReferenceAligner:
         where[0] = self._in
         return count
 
-    def push(self, period: bytes) -> None:
-        """Far samples (mono S16_LE) just handed to the speaker."""
+    def push(self, period: bytes, at: float | None = None) -> None:
+        """Far samples (mono S16_LE) handed to the speaker at monotonic time ``at`` (now if
+        not given)."""
         self._fifo.frombytes(period)
         self._received += len(period) // 2
+        self._period = max(self._period, len(period) // 2)
+        self._far_fit.add(time.monotonic() if at is None else at, self._received)
         if len(self._fifo) > self._max_fill:
             # The microphone stopped pulling (or the player ran ahead): keep the newest.
             del self._fifo[:len(self._fifo) - self._max_fill]
@@ -285,22 +337,25 @@ class ReferenceAligner:
         """Far samples waiting: the delay the reference is ahead of the microphone."""
         return len(self._fifo)
 
-    def pull(self) -> bytes:
-        """The next 10 ms of far signal, for the microphone frame just read."""
+    def pull(self, at: float | None = None) -> bytes:
+        """The next 10 ms of far signal, for the microphone frame read at monotonic time ``at``
+        (now if not given)."""
         n = self.frame_samples
-        self._consumed += n
         fifo = self._fifo
         need = round(n * self.ratio) + _PIECE + 16  # and the resampler's look-ahead
         if not self._playing and len(fifo) >= need + self._prebuffer:
             self._playing = True
             # A new stretch of playing: the clocks are measured afresh over it.
-            self._sums, self._fits, self._fill0 = [0.0] * 5, 0, None
+            self._far_fit, self._mic_fit = ClockFit(self._window_s), ClockFit(self._window_s)
+            self._received, self._consumed, self._fill0 = len(fifo), 0, None
         elif self._playing and len(fifo) < need:
             # The speaker fell silent (or its periods stopped coming): start again.
             self._playing = False
             self.underruns += 1
+        self._consumed += n
         if not self._playing:
             return bytes(2 * n)
+        self._mic_fit.add(time.monotonic() if at is None else at, self._consumed)
         if self.track_drift:
             self._track()
         lib = self._lib
@@ -312,26 +367,24 @@ class ReferenceAligner:
         return self._out.raw[:2 * made].ljust(2 * n, b"\0")
 
     def _track(self) -> None:
-        w, sx, sy, sxx, sxy = self._sums
-        # Far samples received against microphone samples read, since this stretch began.
-        x, y, f = float(self._consumed), float(self._received), self._forget
-        self._sums = [w * f + 1, sx * f + x, sy * f + y, sxx * f + x * x, sxy * f + x * y]
-        self._fits += 1
-        if self._fits < self._settle:
+        if min(self._far_fit.span_s, self._mic_fit.span_s) < self._settle_s:
             return
-        w, sx, sy, sxx, sxy = self._sums
-        var = sxx / w - (sx / w) ** 2
-        if var <= 0:
+        far_rate, mic_rate = self._far_fit.rate(), self._mic_fit.rate()
+        if not far_rate or not mic_rate:
             return
-        slope = (sxy / w - sx / w * sy / w) / var
         # The fill saws by a far period as periods come: its average over seconds.
         fill = float(len(self._fifo))
-        self._fill_avg += (fill - self._fill_avg) * FRAME_S / 5.0 if self._fill0 else 0.0
         if self._fill0 is None:
             self._fill0 = self._fill_avg = fill
-        # Back to the starting fill within minutes: the slope's error is a few ppm.
-        correction = (self._fill_avg - self._fill0) / (300.0 * self.rate_hz)
-        ppm = (slope - 1.0 + correction) * 1e6
+        self._fill_avg += (fill - self._fill_avg) * FRAME_S / 5.0
+        # Only a fill gone a period and 20 ms away from where the canceller found its
+        # echo is pulled back (within ~an hour): a pull on every wobble of the fill would
+        # cost more ppm than the fit's error.
+        off = self._fill_avg - self._fill0
+        slack = _PIECE + 0.02 * self.rate_hz + self._period
+        pull = 0.0 if abs(off) < slack else (off - math.copysign(slack, off)) / (
+            3600.0 * self.rate_hz)
+        ppm = (far_rate / mic_rate - 1.0 + pull) * 1e6
         ppm = max(-1000, min(1000, ppm))  # beyond 1000 ppm it is not a clock: a stall
         self._ratio_ppm = ppm
         self.ratio = 1.0 + ppm / 1e6
