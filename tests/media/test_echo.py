@@ -107,7 +107,7 @@ def test_100_ppm_of_drift(drifting, name: str) -> None:
 
 def test_a_clock_fit_finds_the_rate_through_jitter() -> None:
     rng = np.random.default_rng(7)
-    fit = ClockFit()
+    fit = ClockFit(48000)
     assert fit.rate() is None
     rate = 48000 * (1 + 37e-6)
     for k in range(6000):  # a minute of 10 ms frames read up to 4 ms late

@@ -220,23 +220,37 @@ class ClockFit:
     (clocks drift with temperature over hours, not seconds).
 
     A pair's time is when the samples were written or read, late by the scheduler's jitter
-    (a few ms); the slope over tens of seconds is exact to a few ppm all the same, while
-    the pairs' count itself saws by a whole period as the periods come."""
+    (a few ms), never early: of each ``block_s`` of pairs only the earliest (against
+    ``nominal_hz``) enters the fit, the one the scheduler delayed least. That lower edge
+    is steadier than the pairs' mean, and a rare late wake-up does not tilt the line."""
 
-    def __init__(self, window_s: float = 600.0) -> None:
+    def __init__(self, nominal_hz: float, window_s: float = 600.0, block_s: float = 1.0) -> None:
+        self.nominal_hz = nominal_hz
         self.window_s = window_s
+        self.block_s = block_s
         self._t0: float | None = None
         self._last = 0.0
+        self._block: tuple[float, float, float] | None = None  # lateness, t, samples
+        self._block_end = 0.0
         self._sums = [0.0] * 5  # weights, t, n, tt, tn (t from the first pair, for precision)
 
     def add(self, at: float, samples: int) -> None:
         if self._t0 is None:
-            self._t0 = self._last = at
+            self._t0 = at
+            self._block_end = self.block_s
         t = at - self._t0
+        if t >= self._block_end and self._block is not None:
+            self._enter(*self._block[1:])
+            self._block = None
+            self._block_end = t + self.block_s
+        lateness = t - samples / self.nominal_hz
+        if self._block is None or lateness < self._block[0]:
+            self._block = (lateness, t, float(samples))
+
+    def _enter(self, t: float, n: float) -> None:
         forget = 0.5 ** (max(0.0, t - self._last) / self.window_s)
         self._last = t
         w, st, sn, stt, stn = self._sums
-        n = float(samples)
         self._sums = [w * forget + 1, st * forget + t, sn * forget + n,
                       stt * forget + t * t, stn * forget + t * n]
 
@@ -261,7 +275,8 @@ class ReferenceAligner:
 
     Both sides give the monotonic time of their samples (the speaker mixer the time it
     wrote the period, the microphone reader the time it read the frame); each side's
-    rate is a least-squares line through its (time, samples) pairs (:class:`ClockFit`),
+    rate is a least-squares line through the earliest of its (time, samples) pairs in
+    each second (:class:`ClockFit`),
     and the ratio is the quotient of the two slopes. Over a minute of pairs jittered by a
     few ms the ratio is right within ~2 ppm, which speexdsp needs (docs/audio.md). Until
     ``settle_s`` of pairs, and with ``track_drift`` False, the ratio is 1. A weak pull
@@ -302,8 +317,8 @@ class ReferenceAligner:
         self._playing = False
         self._received = 0  # far samples pushed in this stretch of playing
         self._consumed = 0  # microphone samples pulled for in it
-        self._far_fit = ClockFit(window_s)
-        self._mic_fit = ClockFit(window_s)
+        self._far_fit = ClockFit(rate_hz, window_s)
+        self._mic_fit = ClockFit(rate_hz, window_s)
         self._period = 0  # the largest far period seen
         self._fill0: float | None = None
         self._fill_avg = 0.0
@@ -346,7 +361,8 @@ class ReferenceAligner:
         if not self._playing and len(fifo) >= need + self._prebuffer:
             self._playing = True
             # A new stretch of playing: the clocks are measured afresh over it.
-            self._far_fit, self._mic_fit = ClockFit(self._window_s), ClockFit(self._window_s)
+            self._far_fit = ClockFit(self.rate_hz, self._window_s)
+            self._mic_fit = ClockFit(self.rate_hz, self._window_s)
             self._received, self._consumed, self._fill0 = len(fifo), 0, None
         elif self._playing and len(fifo) < need:
             # The speaker fell silent (or its periods stopped coming): start again.
