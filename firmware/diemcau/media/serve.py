@@ -65,7 +65,8 @@ def _serve(channel: Channel, start: Start, pending: list[Any]) -> int:
 
     request = StreamRequest(start.meeting_id, start.publish_url, start.profile,  # type: ignore[arg-type]
                             start.muted, start.play_url)
-    session = MediaSession(start.media, request, post, device_id=start.device_id)
+    session = MediaSession(start.media, request, post, device_id=start.device_id,
+                           echo_canceller=start.echo_canceller, reference=start.reference_socket)
     session.start()
     try:
         while not ended.is_set():
