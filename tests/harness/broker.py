@@ -23,6 +23,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import random
 import socket
 import subprocess
 import time
@@ -35,10 +36,25 @@ from .process import stop_process
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port the kernel
+# hands out for outgoing connections could be taken, while a server of ours is
+# stopped, by some other process's client, and the server could not start again
+# on it (seen: "Address already in use" restarting Mosquitto).
+SERVER_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, outside the range outgoing connections take theirs from."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(SERVER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS}")
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:
