@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import shutil
 import signal
-import random
 import socket
 import subprocess
 import time
@@ -43,12 +43,13 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 SERVER_PORTS = range(20000, 32768)
 
 
-def free_port() -> int:
-    """A port nothing listens on now, outside the range outgoing connections take theirs from."""
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port (TCP, or UDP with ``socket.SOCK_DGRAM``) nobody is bound to now, outside the
+    range outgoing connections take theirs from."""
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.choice(SERVER_PORTS)
-        with socket.socket() as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
