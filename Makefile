@@ -19,7 +19,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-numpy python3-systemd ffmpeg \
 	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core espeak-ng \
-	shellcheck zbar-tools iproute2 libmpv2 python3-mpv mpv srt-tools \
+	shellcheck zbar-tools iproute2 libspeexdsp1 libsamplerate0 ejabberd erlang-base \
+	libmpv2 python3-mpv mpv srt-tools \
 	gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-ugly
 # Only for `make image` and `make image-test`.

@@ -42,6 +42,7 @@ PACKAGES=(
     cloud-guest-utils dosfstools e2fsprogs fdisk
     python3 python3-venv python3-av python3-numpy python3-systemd
     libasound2 alsa-utils
+    fonts-dejavu-core
 )
 # Only while building the release (pyalsaaudio has no arm64 wheel on PyPI);
 # purged before the image is written.

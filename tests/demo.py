@@ -16,11 +16,13 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import jwt
 
 from diemcau.core.prompts import PROMPTS
+from diemcau.media.idle import VIETNAM_TIME, IdleView, render
 from diemcau.protocol import Event, Reply, State, Status, decode, device_topic
 from tests.harness.alsa import make_microphone, make_speaker
 from tests.harness.box import Box, CentreKey
@@ -62,6 +64,12 @@ def light_shows(box: Box, state: str, timeout: float = 10.0) -> str:
         if time.time() > deadline:
             return "(not seen)"
         time.sleep(0.1)
+
+
+def save_idle_screen(path: Path, view: IdleView, now: datetime | None = None) -> Path:
+    """The TV's idle screen as the room would see it at ``now`` (default: the present), as a PNG."""
+    render(view, now or datetime.now(VIETNAM_TIME)).save(path)
+    return path
 
 
 def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step

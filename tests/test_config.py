@@ -535,3 +535,22 @@ def test_any_nested_data_gives_a_config_or_a_config_error(data: dict[str, Any]) 
         assert exc.problems
         for problem in exc.problems:
             assert ": " in problem, problem  # "key.path: what is wrong"
+
+
+# ---------------------------------------------------------------- several brokers
+
+
+def test_fallback_hosts_come_after_host_in_order() -> None:
+    cfg = parse_config(edit(MINIMAL, "mqtt", "port = 1883",
+                            'fallback_hosts = ["b.example", "c.example:8884", "[2001:db8::3]:1884"]'),
+                       "endpoint.toml")
+    assert cfg.mqtt.addresses() == [("mqtt.diemcau.gov.vn", 1883), ("b.example", 1883),
+                                     ("c.example", 8884), ("2001:db8::3", 1884)]
+    assert parse_config(MINIMAL, "x").mqtt.addresses() == [("mqtt.diemcau.gov.vn", 8883)]
+
+
+@pytest.mark.parametrize("address", ["b.example:0", "b.example:http", "b example", "", "b.example:",
+                                     "[2001:db8::3"])
+def test_a_bad_fallback_host_is_named(address: str) -> None:
+    problems = problems_of(edit(MINIMAL, "mqtt", f"fallback_hosts = [{toml_string(address)}]"))
+    assert len(problems) == 1 and problems[0].startswith("mqtt.fallback_hosts: "), problems

@@ -72,6 +72,9 @@ class Tls(_Section, kw_only=True, forbid_unknown_fields=True):
 class Mqtt(_Section, kw_only=True, forbid_unknown_fields=True):
     host: str
     port: int = 8883
+    # More brokers of the same cluster, tried in turn after `host` fails:
+    # "name" (on `port`), "name:port" or "[v6 address]:port".
+    fallback_hosts: list[str] = msgspec.field(default_factory=list)
     username: str = ""
     password: str = ""
     keepalive_s: int = 30
@@ -80,6 +83,41 @@ class Mqtt(_Section, kw_only=True, forbid_unknown_fields=True):
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 120.0
     tls: Tls = msgspec.field(default_factory=Tls)
+
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every broker address, `host` first, then each of `fallback_hosts`, in order."""
+        return [(self.host, self.port)] + [broker_address(a, self.port)
+                                           for a in self.fallback_hosts]
+
+
+def broker_address(text: str, default_port: int) -> tuple[str, int]:
+    """``"name"``, ``"name:port"`` or ``"[2001:db8::1]:port"`` -> (host, port).
+
+    Raises ValueError for anything else.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or text.endswith("]") or (":" in host and not host.startswith("[")):
+        host, port = text, ""  # no port: a name, or an IPv6 address, bracketed or not
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or text.endswith(":") or any(c in host for c in " /[]"):
+        raise ValueError(f"{text!r} is not a host or host:port")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r}: {port!r} is not a TCP port")
+    return host, int(port)
+
+
+def fallback_host_problems(mqtt: Mqtt) -> list[str]:
+    """What is wrong with ``mqtt.fallback_hosts`` (the box's and the centre's)."""
+    problems = []
+    for address in mqtt.fallback_hosts:
+        try:
+            broker_address(address, mqtt.port)
+        except ValueError as exc:
+            problems.append(f"mqtt.fallback_hosts: {exc}")
+    return problems
 
 
 class Commands(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -103,6 +141,10 @@ class Media(_Section, kw_only=True, forbid_unknown_fields=True):
     microphone: str = "default"  # ALSA PCM name
     sample_rate_hz: int = 48000
     channels: int = 1
+    # Who cancels the centre's sound (docs/audio.md): auto (a USB speakerphone does it,
+    # else the box's canceller), speakerphone, software, off.
+    audio_kit: Literal["auto", "speakerphone", "software", "off"] = "auto"
+    echo_canceller: Literal["webrtc", "speex"] = "speex"
     audio_codec: Literal["aac", "opus"] = "aac"
     audio_bitrate_kbps: int = 64
     video_bitrate_kbps: int = 0  # 0: the profile's own
@@ -125,6 +167,7 @@ class HealthConfig(_Section, kw_only=True, forbid_unknown_fields=True):
     microphone_silent_dbfs: float = -60.0
     microphone_silent_s: float = 60.0
     stream_failing_s: float = 30.0
+    programme_lost_s: float = 10.0
 
 
 class PanelButton(_Section, kw_only=True, forbid_unknown_fields=True):
@@ -359,6 +402,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
             problems.append(f"{key}: {exc}")
     if not 0 < cfg.mqtt.port < 65536:
         problems.append(f"mqtt.port: {cfg.mqtt.port} is not a TCP port")
+    problems += fallback_host_problems(cfg.mqtt)
     if cfg.mqtt.reconnect_min_s <= 0 or cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
         problems.append("mqtt.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
     if not cfg.commands.centre_keys:

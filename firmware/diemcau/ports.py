@@ -76,6 +76,28 @@ class Media(Protocol):
 MediaFactory = Callable[["StreamRequest", Post], Media]
 
 
+class Screen(Protocol):
+    """The room's TV and speaker (:class:`diemcau.media.screen.ScreenProcess`): the idle
+    screen, the meeting's programme, and the voice's prompts mixed into it.
+
+    Posts ``ProgrammeChanged`` (``"off"`` once a programme has stopped) and
+    ``ProgrammeFiguresUpdated``. Every method returns at once.
+    """
+
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+    def show_idle(self, view: Any) -> None:
+        """What the idle screen shows (:class:`diemcau.core.idlescreen.IdleScreen`); the clock is its own."""
+        ...
+    def play(self, meeting_id: str, url: str) -> None: ...
+    def stop_playing(self) -> None: ...
+    def set_volume(self, percent: int) -> None: ...
+    def prompt(self, samples: bytes, rate_hz: int, channels: int = ...) -> None: ...
+
+
+ScreenFactory = Callable[[Post], Screen]
+
+
 class HealthProbe(Protocol):
     """Measures the box (:class:`diemcau.adapters.health.HealthProbe`); never raises."""
 

@@ -50,6 +50,8 @@ from .core.events import (
     LinkUp,
     MediaStepped,
     OwnStateSeen,
+    ProgrammeChanged,
+    ProgrammeFiguresUpdated,
     PromptSpoken,
     StopRequested,
     StreamChanged,
@@ -59,6 +61,7 @@ from .core.events import (
     UpdateInstalled,
     UpdateProgress,
 )
+from .core.idlescreen import IdleScreen, idle_screen
 from .core.light import LightView, offline_phase
 from .core.prompts import prompt_for_event
 from .parts.commands import Commands
@@ -78,10 +81,21 @@ from .ports import (
     Outbox,
     Releases,
     Replay,
+    Screen,
+    ScreenFactory,
     ServiceManager,
     Voice,
 )
-from .protocol import Command, State, Status, StreamFigures, decode, now_ts
+from .protocol import (
+    Command,
+    ProgrammeFigures,
+    RoomSound,
+    State,
+    Status,
+    StreamFigures,
+    decode,
+    now_ts,
+)
 
 log = logging.getLogger("diemcau.supervisor")
 
@@ -116,6 +130,8 @@ class Adapters:
     make_buttons: ButtonsFactory | None = None
     voice: Voice | None = None
     releases: Releases | None = None  # None: no firmware updates
+    make_screen: ScreenFactory | None = None  # the room's TV and speaker; None: no far end
+    sound: RoomSound | None = None  # the room's sound kit, for meta
 
 
 class Step(NamedTuple):
@@ -141,6 +157,14 @@ class Supervisor:
         self._media: Media | None = None
         self._media_generation = 0
         self._stream_failing_since: float | None = None
+        # The far end: the programme on the room's TV, and when it was last lost.
+        self.screen: Screen | None = (adapters.make_screen(self.post)
+                                      if adapters.make_screen is not None else None)
+        self.programme = ProgrammeFigures()
+        self._programme_lost_since: float | None = None
+        self._programme_lost_told = False
+        self._programme_seen = False  # live at least once this meeting
+        self._idle_shown: IdleScreen | None = None  # what the screen was last told to show
         self._buttons: Sequence[Button] = []
         self.exit_code = 0  # EXIT_RESTART after installing an update: the service restarts us
         # One durable step at a time: what it sends and acknowledges waits for its commit.
@@ -151,7 +175,8 @@ class Supervisor:
         self.reporting = Reporting(
             cfg, link=self.link, outbox=adapters.outbox, ledger=adapters.ledger,
             health=adapters.health, model=adapters.model, serial=adapters.serial,
-            durably=self._durably, status=self.status_message, clock=clock)
+            durably=self._durably, status=self.status_message, clock=clock,
+            sound=adapters.sound)
         self.emit = self.reporting.emit  # an event for the centre, with the next seq
         self.commands = Commands(
             cfg, replay=adapters.replay, send_reliable=self.reporting.send_reliable,
@@ -205,6 +230,8 @@ class Supervisor:
         return [
             Step("light", self._show_light, self.panel.close_light),
             Step("ledger", self._finish_owed_replies, self._close_ledger),
+            # Before the voice: with a screen, the prompts go to the speaker through it.
+            Step("screen", self._start_screen, self._stop_screen),
             Step("voice", lambda: self.panel.start_voice(self.room.volume_percent),
                  self.panel.stop_voice),
             # From here the reset window runs: a press held now counts for nothing.
@@ -237,6 +264,16 @@ class Supervisor:
         self.a.ledger.close()
         self.panel.erase_if_reset()  # everything under the state directory, the ledger too
 
+    def _start_screen(self) -> None:
+        if self.screen is not None:
+            self.screen.set_volume(self.room.volume_percent)
+            self._show_idle()
+            self.screen.start()
+
+    def _stop_screen(self) -> None:
+        if self.screen is not None:
+            self.screen.close()
+
     def _start_buttons(self) -> None:
         if self.a.make_buttons is not None:
             self._buttons = self.a.make_buttons(self.post)
@@ -261,7 +298,10 @@ class Supervisor:
             self._media.stop()
             self._media.join(timeout=5.0)
             self._media = None
+        if self.screen is not None and self.programme.state != "off":
+            self.screen.stop_playing()
         self.stream = StreamFigures()
+        self.programme = ProgrammeFigures()
         if self.room.state != "idle":
             self.room = core.Room(volume_percent=self.room.volume_percent)
 
@@ -378,6 +418,14 @@ class Supervisor:
                 self.reporting.certificate = event
                 if event.renewed:
                     self.link.reload_certificate()
+            case ProgrammeChanged(state=state, detail=detail):
+                self._on_programme(state, detail)
+            case ProgrammeFiguresUpdated(figures=figures):
+                try:
+                    merged = msgspec.structs.asdict(self.programme) | figures
+                    self.programme = msgspec.convert(merged, ProgrammeFigures)
+                except (msgspec.ValidationError, TypeError) as exc:
+                    log.error("the player reported bad figures %r: %s", figures, exc)
             case CameraDetected(backend=backend):
                 self.reporting.camera_detected(backend)
             case UpdateProgress() | UpdateInstalled() | UpdateFailed():
@@ -431,6 +479,8 @@ class Supervisor:
                 log.info("speaker volume %d%%", percent)
                 self.a.ledger.put_setting("volume_percent", percent)  # with the command's reply
                 self.panel.set_volume(percent)
+                if self.screen is not None:
+                    self.screen.set_volume(percent)
             case core.PublishHealth():
                 self._health_tick()
             case core.Identify(duration_s=duration):
@@ -457,8 +507,16 @@ class Supervisor:
         self.stream = StreamFigures(state="starting", profile=request.profile)
         self._stream_failing_since = None
         self._media.start()
+        # The far end goes with the uplink: the programme plays while the meeting lasts.
+        if self.screen is not None and request.play_url:
+            self.programme = ProgrammeFigures(state="starting")
+            self._programme_lost_since = None
+            self._programme_lost_told = self._programme_seen = False
+            self.screen.play(request.meeting_id, request.play_url)
 
     def _stop_media(self) -> None:
+        if self.screen is not None and self.programme.state != "off":
+            self.screen.stop_playing()  # back to the idle screen; "off" follows
         if self._media is None:
             self.post(FromMedia(self._media_generation, StreamChanged("off")))
             return
@@ -490,6 +548,32 @@ class Supervisor:
                 except (msgspec.ValidationError, TypeError) as exc:
                     log.error("media reported bad figures %r: %s", figures, exc)
 
+    def _on_programme(self, state: str, detail: str) -> None:
+        """The programme on the TV changed: status, and the centre told when it is lost and back."""
+        log.info("programme %s %s", state, detail)
+        if state == "off":
+            self.programme = ProgrammeFigures()
+            self._programme_lost_since = None
+            self._programme_lost_told = False
+            self.reporting.publish_status()
+            return
+        self.programme = msgspec.structs.replace(self.programme, state=state, detail=detail)
+        in_meeting = self.room.state in core.IN_MEETING
+        if state in ("reconnecting", "error"):
+            if self._programme_lost_since is None:
+                self._programme_lost_since = self._clock()
+            if in_meeting and not self._programme_lost_told and self._programme_seen:
+                # Only a programme that was seen can be lost; one that never came is an alert's.
+                self._programme_lost_told = True
+                self.emit("programme_lost", meeting_id=self.room.meeting_id, detail=detail)
+        elif state == "live":
+            self._programme_seen = True
+            self._programme_lost_since = None
+            if self._programme_lost_told:
+                self._programme_lost_told = False
+                self.emit("programme_back", meeting_id=self.room.meeting_id)
+        self.reporting.publish_status()
+
     def _on_media_step(self, profile: str, kbps: int, direction: str, reason: str) -> None:
         """Adaptive bitrate moved the stream: an event, and ``status`` shows the new profile."""
         log.info("media stepped %s to %s at %d kb/s: %s", direction, profile, kbps, reason)
@@ -519,7 +603,8 @@ class Supervisor:
             self.link.publish_birth()
 
     def _health_tick(self) -> None:
-        reading = self.reporting.health(self.room, self.stream, self._stream_failing_since)
+        reading = self.reporting.health(self.room, self.stream, self._stream_failing_since,
+                                        self.programme, self._programme_lost_since)
         if not self.link.connected:
             # Without a network, the broker is not the problem: the light says which it is.
             self.panel.phase = offline_phase(reading.interfaces)
@@ -531,7 +616,7 @@ class Supervisor:
             invited_meeting_id=room.invitation.meeting_id if room.invitation else None,
             muted=room.muted, floor=room.floor, hand_raised=room.hand_raised,
             volume_percent=room.volume_percent,
-            stream=self.stream, ts=now_ts(),
+            stream=self.stream, programme=self.programme, ts=now_ts(),
         )
 
     # ------------------------------------------------------------ the light and the room's settings
@@ -542,6 +627,17 @@ class Supervisor:
 
     def _show_light(self) -> None:
         self.panel.show(self.room, updating=self.updates.under_way is not None)
+        self._show_idle()
+
+    def _show_idle(self) -> None:
+        """The idle screen's facts to the screen, when they changed (the child draws the clock)."""
+        if self.screen is None:
+            return
+        facts = idle_screen(self.cfg.site, self._dev, self.panel.phase, self.room,
+                            now=self._clock(), join_early_s=self.panel.join_early_s)
+        if facts != self._idle_shown:
+            self._idle_shown = facts
+            self.screen.show_idle(facts)
 
     def _restore_room(self) -> None:
         """The room's settings as the last run left them: the volume, the invitation."""

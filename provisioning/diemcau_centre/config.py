@@ -31,7 +31,7 @@ from pathlib import Path
 import msgspec
 
 # The box's own checks, so that both configs report problems the same way.
-from diemcau.config import ConfigError, Mqtt, read_toml
+from diemcau.config import ConfigError, Mqtt, fallback_host_problems, read_toml
 from diemcau.protocol.arguments import KID_RE
 
 from .manifest import MANIFEST_FILE
@@ -84,6 +84,7 @@ def _semantic_problems(cfg: CentreConfig) -> list[str]:
         problems.append("mqtt.host: empty")
     if not 0 < m.port < 65536:
         problems.append(f"mqtt.port: {m.port} is not a TCP port")
+    problems += fallback_host_problems(m)
     if m.reconnect_min_s <= 0 or m.reconnect_max_s < m.reconnect_min_s:
         problems.append("mqtt.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
     if m.keepalive_s < 5:

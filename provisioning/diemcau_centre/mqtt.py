@@ -107,10 +107,12 @@ class Session:
         self._client.on_message = self._on_message
         self._client.on_socket_open = self._on_socket_open
         self._started = False
+        self._where = f"{cfg.host}:{cfg.port}"
 
     @property
     def where(self) -> str:
-        return f"{self._cfg.host}:{self._cfg.port}"
+        """The broker connected to (or tried last)."""
+        return self._where
 
     # ------------------------------------------------------------ paho's thread
 
@@ -145,14 +147,24 @@ class Session:
     # ------------------------------------------------------------ the console's thread
 
     def open(self, timeout_s: float = 10.0) -> None:
-        """Connect (clean start, no session kept) and wait for the broker's answer."""
+        """Connect (clean start, no session kept) and wait for the broker's answer.
+
+        With ``mqtt.fallback_hosts``, the first broker that takes the TCP
+        connection is used (paho's own reconnects stay on it).
+        """
         self._client.connect_timeout = min(timeout_s, 10.0)
-        log.debug("connecting to %s as %s", self.where, self.client_id)
-        try:
-            self._client.connect(self._cfg.host, self._cfg.port, keepalive=self._cfg.keepalive_s,
-                                 clean_start=True)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise MqttError(f"cannot reach the broker at {self.where}: {exc}") from None
+        failures = []
+        for host, port in self._cfg.addresses():
+            self._where = f"{host}:{port}"
+            log.debug("connecting to %s as %s", self.where, self.client_id)
+            try:
+                self._client.connect(host, port, keepalive=self._cfg.keepalive_s,
+                                     clean_start=True)
+                break
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                failures.append(f"{self.where}: {exc}")
+        else:
+            raise MqttError(f"cannot reach the broker at {'; '.join(failures)}")
         self._client.loop_start()
         self._started = True
         got = self._wait_for(lambda h: isinstance(h, Connected | Disconnected), timeout_s)

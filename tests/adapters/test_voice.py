@@ -153,3 +153,15 @@ def test_a_missing_espeak_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(VoiceError, match="espeak-ng is not installed"):
         render("xin chào")
+
+
+def test_with_a_sink_the_prompt_goes_to_the_speakers_owner_not_to_alsa(
+        speaker: SimulatedSpeaker) -> None:
+    """A box with a screen: the screen process owns the speaker; the voice hands it the samples."""
+    handed: list[tuple[bytes, int]] = []
+    voice = Voice(pcm=speaker.pcm, volume_percent=60,
+                  sink=lambda samples, rate: handed.append((samples, rate)))
+    assert speak(voice, ("joined", PROMPTS["joined"])) == ["joined"]
+    expected = render(PROMPTS["joined"])
+    assert handed == [(scaled(expected.pcm, 60), expected.rate_hz)]
+    assert speaker.played() == b""  # nothing opened the ALSA device

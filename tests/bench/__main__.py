@@ -22,8 +22,8 @@ import psutil
 
 from diemcau.protocol import Reply, decode, device_topic
 from diemcau.shared import no_delay
+from tests.bench import before, echo, media
 from tests.bench import broker as broker_bench
-from tests.bench import media
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
@@ -41,7 +41,16 @@ def pct(values: list[float], q: float) -> float:
 
 
 def row(what: str, figure: str, budget: str = "", reference: str = "") -> None:
-    print(f"  {what:<44} {figure:<30} {budget:<14} {reference}")
+    """One figure: what, measured now, before the architecture step (if recorded), budget,
+    and the reference measured in this run."""
+    print(f"  {what:<44} {figure:<30} {before.FIGURES.get(what.strip(), ''):<30} {budget:<14} "
+          f"{reference}")
+
+
+def header() -> None:
+    print(f"  {'what':<44} {'measured (now)':<30} {'before the step':<30} {'budget':<14} "
+          "reference (same run)")
+    print(f"  {'':<44} {'':<30} {before.LABEL:<30}")
 
 
 class Pinger:
@@ -139,39 +148,29 @@ def box_processes(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def box_rss(pid: int) -> tuple[float, str]:
-    """Resident memory of all the box's processes, MB; and how it splits, as text.
+def box_memory(pid: int) -> tuple[list[float], list[float]]:
+    """RSS and PSS of each of the box's processes (control plane first), MB.
 
     A sum of RSS counts the pages the processes share (the interpreter, libc)
-    twice: an upper bound of what the box holds.
+    once per process: the conservative reading, which the budget is held
+    against. PSS splits a shared page between the processes that map it, so
+    its sum counts each page once.
     """
-    parts = []
+    rss, pss = [], []
     for process in box_processes(pid):
         with contextlib.suppress(psutil.Error):
-            parts.append(process.memory_info().rss / 1e6)
-    split = " + ".join(f"{mb:.1f}" for mb in parts)
-    pss = box_pss(pid)
-    return sum(parts), ((f"processes: {split} MB" if len(parts) > 1 else "one process")
-                        + f"; PSS {sum(pss):.1f} MB")
+            full = process.memory_full_info()
+            rss.append(full.rss / 1e6)
+            pss.append(full.pss / 1e6)
+    return rss, pss
 
 
-def pss_mb(pid: int) -> float:
-    """Proportional set size, MB (/proc/PID/smaps_rollup): shared pages split between
-    the processes that map them, so a sum over processes counts each page once."""
-    with open(f"/proc/{pid}/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
-
-
-def box_pss(pid: int) -> list[float]:
-    """PSS of each of the box's processes, MB."""
-    parts = []
-    for process in box_processes(pid):
-        with contextlib.suppress(OSError, psutil.Error):
-            parts.append(pss_mb(process.pid))
-    return parts
+def box_rss(pid: int) -> tuple[float, str]:
+    """Summed RSS of all the box's processes, MB; and how it splits, with the PSS, as text."""
+    rss, pss = box_memory(pid)
+    split = " + ".join(f"{mb:.1f}" for mb in rss)
+    return sum(rss), ((f"processes: {split} MB" if len(rss) > 1 else "one process")
+                      + f"; PSS {sum(pss):.1f} MB")
 
 
 def box_cpu_percent(pid: int, seconds: float) -> float:
@@ -205,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     options = media.parse_args(argv)  # --soak-minutes, for the media benchmarks
     work = Path(tempfile.mkdtemp(prefix="diemcau-bench-"))
     centre = CentreKey()
-    print(f"diemcau benchmarks on {psutil.cpu_count()} cores; loopback; work files in {work}\n")
-    print(f"  {'what':<44} {'measured':<30} {'budget':<14} reference (same run)")
+    print(f"diemcau benchmarks on {psutil.cpu_count()} cores; loopback; work files in {work}")
+    print(f"Memory: the sum of RSS over all the box's processes (the budget's reading), PSS beside"
+          f" it.\n{before.ABOUT}\n")
+    header()
     with Broker(work / "broker") as broker:
         observer = Observer(broker, centre)
         mic = make_microphone(work / "mic", seconds=120)
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         box.stop()
         observer.close()
     media.run(work / "media", options, row)
+    echo.bench(row)
     broker_bench.main([])
     print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
           " live at 720p30 (--soak-minutes N for longer).")

@@ -153,6 +153,36 @@ def test_a_failing_stream_outside_a_meeting_is_no_alert() -> None:
     assert all(u.raised == () for u in updates)
 
 
+def _programme(state: str, since: float | None, meeting: str = "live") -> Observation:
+    return replace(LIVE, meeting_state=meeting, programme_state=state,
+                   programme_lost_since=since, programme_detail="no data from the feed for 3 s")
+
+
+def test_programme_lost_after_its_delay_and_back_when_it_plays() -> None:
+    updates = run([(0.0, _programme("live", None)),
+                   (5.0, _programme("reconnecting", 5.0)),
+                   (14.0, _programme("starting", 5.0)),  # between attempts: not yet, not cleared
+                   (15.0, _programme("reconnecting", 5.0)),
+                   (16.0, _programme("starting", 5.0)),
+                   (20.0, _programme("live", None))])
+    assert [codes(u) for u in updates] == [[], [], [], ["programme_lost"], [], []]
+    assert [list(u.cleared) for u in updates] == [[], [], [], [], [], ["programme_lost"]]
+    alert = updates[3].raised[0]
+    assert alert.severity == "critical"
+    assert alert.detail == ("programme on the TV reconnecting for 10 s (limit 10 s):"
+                            " no data from the feed for 3 s")
+
+
+def test_no_programme_alert_without_a_programme_or_outside_a_meeting() -> None:
+    off = run([(0.0, _programme("off", None)), (100.0, _programme("off", None))])
+    idle = run([(0.0, _programme("error", 0.0, "idle")), (100.0, _programme("error", 0.0, "idle"))])
+    assert all(u.raised == () for u in off + idle)
+    ended = run([(0.0, _programme("error", 0.0)), (11.0, _programme("error", 0.0)),
+                 (12.0, _programme("error", 0.0, "idle"))])
+    assert [codes(u) for u in ended] == [[], ["programme_lost"], []]
+    assert ended[2].cleared == ("programme_lost",)
+
+
 def _mic(level: float | None, meeting: str = "live", muted: bool = False) -> Observation:
     return replace(LIVE, meeting_state=meeting, audio_level_dbfs=level, muted=muted)
 

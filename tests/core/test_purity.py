@@ -29,8 +29,8 @@ IO_MODULES = ["sqlite3", "socket", "ssl", "threading", "subprocess"]
 CLOCK_MODULES = {"time", "datetime"}
 CLOCK_READS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter",
                "perf_counter_ns", "process_time", "now", "utcnow", "today", "localtime", "gmtime"}
-# What makes the box slow to come online; loaded only when a meeting starts.
-MEDIA_STACK = ["av", "numpy", "alsaaudio", "picamera2"]
+# What makes the box slow to come online; loaded only in the media and screen children.
+MEDIA_STACK = ["av", "numpy", "alsaaudio", "picamera2", "PIL", "segno"]
 
 
 def modules_after_import(*names: str) -> dict[str, list[str]]:

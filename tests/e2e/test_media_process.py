@@ -178,6 +178,8 @@ def test_the_spare_media_process_waits_small_and_ends_with_the_box(
     assert not mapped_media_libraries(spare.pid), "FFmpeg loaded in the spare"
     maps = Path(f"/proc/{spare.pid}/maps").read_text()
     assert "cryptography" not in maps, "the media process loaded cryptography"
+    # Not even the pipe's messages until its Start: a spare is part of the idle box's memory.
+    assert "msgspec" not in maps, "the spare loaded msgspec before its Start"
     box.kill()
     # Its pipe from the box closed before any Start: it exits by itself.
     gone, alive = psutil.wait_procs([spare], timeout=20)

@@ -96,13 +96,17 @@ def box_config(
     mqtt_address: tuple[str, int] | None = None,
     allowed_schemes: tuple[str, ...] = ("srt",),
     srt_passphrase: str = "",
+    fallback_hosts: tuple[str, ...] = (),
+    mqtt_password: str = "",
 ) -> str:
+    # fallback_hosts: more brokers of a cluster ("host:port"), tried after the first.
     # mqtt_address: where the box finds the broker when that is not where the
     # tests do (a box in a virtual machine reaches it through a forwarded port).
     host, port = mqtt_address or ("127.0.0.1", broker.port)
     tls = (f'enabled = true\nca_file = "{broker.ca_file}"' if broker.tls else "enabled = false")
     key_lines = "\n".join(f'"{kid}" = "{text}"' for kid, text in keys.items())
     schemes = ", ".join(f'"{scheme}"' for scheme in allowed_schemes)
+    fallbacks = ", ".join(f'"{address}"' for address in fallback_hosts)
     return f"""\
 config_version = "test-1"
 
@@ -120,6 +124,8 @@ room = "Phòng họp 1"
 [mqtt]
 host = "{host}"
 port = {port}
+fallback_hosts = [{fallbacks}]
+password = "{mqtt_password}"
 keepalive_s = 5
 will_delay_s = {will_delay_s}
 reconnect_min_s = 0.2

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,10 +36,26 @@ from .process import stop_process
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Below the kernel's ephemeral range (32768-60999 by default): a port the kernel
+# hands out for outgoing connections could be taken, while a server of ours is
+# stopped, by some other process's client, and the server could not start again
+# on it (seen: "Address already in use" restarting Mosquitto).
+SERVER_PORTS = range(20000, 32768)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port (TCP, or UDP with ``socket.SOCK_DGRAM``) nobody is bound to now, outside the
+    range outgoing connections take theirs from."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(SERVER_PORTS)
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS}")
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -> None:

@@ -31,23 +31,20 @@ import numpy as np
 
 from diemcau.media import framestamp
 
+from .broker import free_port
 from .process import stop_process
 
 _LOCALHOST = "127.0.0.1"
 
 
 def free_udp_port() -> int:
-    """A UDP port on loopback that nobody is bound to right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((_LOCALHOST, 0))
-        return sock.getsockname()[1]
+    """A UDP port on loopback that nobody is bound to right now (below the ephemeral range)."""
+    return free_port(socket.SOCK_DGRAM)
 
 
 def free_tcp_port() -> int:
-    """A TCP port on loopback that nobody is bound to right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((_LOCALHOST, 0))
-        return sock.getsockname()[1]
+    """A TCP port on loopback that nobody is bound to right now (below the ephemeral range)."""
+    return free_port(socket.SOCK_STREAM)
 
 
 def udp_port_bound(port: int) -> bool:

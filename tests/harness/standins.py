@@ -30,6 +30,7 @@ from diemcau.core.events import (
     CommandArrived,
     LinkDown,
     LinkUp,
+    ProgrammeChanged,
     PromptSpoken,
     StopRequested,
     StreamChanged,
@@ -163,6 +164,46 @@ class Media:
 
     def stream(self, state: str, detail: str = "", fatal: bool = False) -> None:
         self.post(StreamChanged(state, detail, fatal))  # type: ignore[arg-type]
+
+
+class Screen:
+    """The room's TV and speaker: calls recorded; :meth:`programme` posts a change as the player would."""
+
+    def __init__(self, post: Post) -> None:
+        self.post = post
+        self.calls: list[tuple[str, Any]] = []
+        self.playing: tuple[str, str] | None = None
+
+    def start(self) -> None:
+        self.calls.append(("start", None))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+    def show_idle(self, view: Any) -> None:
+        self.calls.append(("show_idle", view))
+
+    def play(self, meeting_id: str, url: str) -> None:
+        self.calls.append(("play", (meeting_id, url)))
+        self.playing = (meeting_id, url)
+
+    def stop_playing(self) -> None:
+        self.calls.append(("stop_playing", None))
+        if self.playing is not None:
+            self.playing = None
+            self.post(ProgrammeChanged("off"))  # the player has stopped
+
+    def set_volume(self, percent: int) -> None:
+        self.calls.append(("set_volume", percent))
+
+    def prompt(self, samples: bytes, rate_hz: int, channels: int = 1) -> None:
+        self.calls.append(("prompt", (len(samples), rate_hz, channels)))
+
+    def programme(self, state: str, detail: str = "") -> None:
+        self.post(ProgrammeChanged(state, detail))  # type: ignore[arg-type]
+
+    def called(self, name: str) -> list[Any]:
+        return [arg for what, arg in self.calls if what == name]
 
 
 class MediaMaker:
@@ -332,6 +373,11 @@ class StandinBox:
     buttons: list[Button]
     ledger: Ledger
     now: list[float]  # the wall clock the supervisor reads: now[0]
+    screens: list[Screen] = field(default_factory=list)  # the one made, if the box has a screen
+
+    @property
+    def screen(self) -> Screen:
+        return self.screens[-1]
 
     @property
     def link(self) -> Link:
@@ -357,9 +403,12 @@ class StandinBox:
         self.ledger.close()
 
 
-def standin_box(tmp_path: Path, *, extra: str = "", releases: bool = True,
+def standin_box(tmp_path: Path, *, extra: str = "", releases: bool = True, screen: bool = False,
                 config: Callable[[Config], Config] | None = None) -> StandinBox:
-    """A supervisor on stand-ins, its state (the real ledger) under ``tmp_path``."""
+    """A supervisor on stand-ins, its state (the real ledger) under ``tmp_path``.
+
+    ``screen``: the box has a TV and speaker (a :class:`Screen`).
+    """
     centre = CentreKey()
     state = tmp_path / "state"
     state.mkdir(parents=True, exist_ok=True)
@@ -375,12 +424,19 @@ def standin_box(tmp_path: Path, *, extra: str = "", releases: bool = True,
         buttons.append(Button(post))
         return buttons
 
+    screens: list[Screen] = []
+
+    def make_screen(post: Post) -> Screen:
+        screens.append(Screen(post))
+        return screens[-1]
+
     now = [1.8e9]
     adapters = Adapters(
         make_link=Link, make_media=media, health=health,
         outbox=Outbox(ledger.db, cfg.outbox.max_messages), replay=ReplayCache(ledger.db),
         ledger=ledger, model="test board", serial="0001", service=service, light=light,
-        make_buttons=make_buttons, voice=voice, releases=store if releases else None)
+        make_buttons=make_buttons, voice=voice, releases=store if releases else None,
+        make_screen=make_screen if screen else None)
     supervisor = Supervisor(cfg, adapters, clock=lambda: now[0], monotonic=lambda: now[0])
     return StandinBox(supervisor, centre, media, health, light, voice, service, store,
-                      buttons, ledger, now)
+                      buttons, ledger, now, screens)

@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import sys
-import diemcau.media.child, diemcau.media.session
+import diemcau.media.child, diemcau.media.serve
 {extra}
 loaded = sorted({{name.split(".")[0] for name in sys.modules}} & {{"jwt", "cryptography", "av"}})
 print(" ".join(loaded))

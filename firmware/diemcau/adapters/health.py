@@ -36,7 +36,7 @@ import psutil
 
 from ..core.alerts import Observation
 from ..core.meeting import MeetingState
-from ..protocol.messages import Health, Interface, StreamFigures, now_ts
+from ..protocol.messages import Health, Interface, ProgrammeFigures, StreamFigures, now_ts
 from .clock import clock_floor
 from .platform import read_text_or_empty
 
@@ -359,8 +359,10 @@ def _figure(value: float | None, digits: int = 1) -> float:
 
 
 def health_message(reading: Reading, *, seq: int, stream: StreamFigures,
+                   programme: ProgrammeFigures | None = None,
                    alerts: Iterable[str] = ()) -> Health:
-    """The ``health`` message for one reading, the stream's figures and the active alerts."""
+    """The ``health`` message for one reading, the stream's and the programme's figures, and the
+    active alerts."""
     return Health(
         seq=seq,
         ts=reading.ts,
@@ -381,13 +383,15 @@ def health_message(reading: Reading, *, seq: int, stream: StreamFigures,
         throttled=reading.throttled,
         clock_synced=reading.clock_synced,
         stream=stream,
+        programme=programme if programme is not None else ProgrammeFigures(),
         alerts=list(alerts),
     )
 
 
 def observation_from(reading: Reading, *, meeting_state: MeetingState, muted: bool,
                      stream: StreamFigures, stream_failing_since: float | None,
-                     camera_missing: bool) -> Observation:
+                     camera_missing: bool, programme: ProgrammeFigures | None = None,
+                     programme_lost_since: float | None = None) -> Observation:
     """What the alert rules need from a reading and the room."""
     return Observation(
         cpu_temperature_c=reading.cpu_temperature_c,
@@ -402,4 +406,7 @@ def observation_from(reading: Reading, *, meeting_state: MeetingState, muted: bo
         stream_detail=stream.detail,
         camera_missing=camera_missing,
         audio_level_dbfs=stream.audio_level_dbfs,
+        programme_state=programme.state if programme is not None else "off",
+        programme_lost_since=programme_lost_since,
+        programme_detail=programme.detail if programme is not None else "",
     )

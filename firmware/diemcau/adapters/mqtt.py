@@ -14,6 +14,9 @@ number, because the will must carry it before each connection attempt.
   disk (:meth:`MqttLink.ack`), never when it merely arrived: a box that dies
   before that gets it again from the broker after its restart;
 - reconnect with exponential backoff and jitter (paho's own has no jitter);
+- several brokers of one cluster (``mqtt.host``, then ``mqtt.fallback_hosts``):
+  after a failed attempt or a dropped connection the next one is tried, with
+  the same client id, session and backoff;
 - callbacks never block and never let an exception escape.
 """
 
@@ -77,6 +80,8 @@ class MqttLink:
         self._had_connack = False  # this connection attempt got a successful CONNACK
         self._connection = 0  # bumped on each CONNACK: a PUBACK belongs to one connection
         self.session = counters.get("session")
+        self._addresses = cfg.addresses()
+        self._address = 0  # index into _addresses: the broker tried now
         self._state_topic = device_topic(device_id, "state")
         self._client = self._make_client()
 
@@ -153,26 +158,21 @@ class MqttLink:
         from paho.mqtt.properties import Properties
 
         attempt = 0
-        first = True
         while not self._stopping.is_set():
             self.session = self._counters.bump("session")
             self._set_will()
             self._had_connack = False  # set by _on_connect for this attempt only
+            host, port = self._addresses[self._address]
             try:
                 if self._cfg.tls.enabled:
                     # Certificates cannot be judged on a clock known to be wrong.
                     check_clock(self._clock_floor())
-                if first:
-                    props = Properties(PacketTypes.CONNECT)
-                    props.SessionExpiryInterval = self._cfg.session_expiry_s
-                    self._client.connect(self._cfg.host, self._cfg.port,
-                                         keepalive=self._cfg.keepalive_s,
-                                         clean_start=False, properties=props)
-                    first = False
-                else:
-                    self._client.reconnect()
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._cfg.session_expiry_s
+                self._client.connect(host, port, keepalive=self._cfg.keepalive_s,
+                                     clean_start=False, properties=props)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                log.warning("cannot reach broker %s:%d: %s", self._cfg.host, self._cfg.port, exc)
+                log.warning("cannot reach broker %s:%d: %s", host, port, exc)
             else:
                 while not self._stopping.is_set():
                     rc = self._client.loop(timeout=0.2)
@@ -188,9 +188,11 @@ class MqttLink:
                     # With TLS 1.3 a refused client certificate shows only here.
                     log.warning("broker %s:%d closed the connection before accepting us (%s): "
                                 "our certificate refused (revoked?), or the broker is busy",
-                                self._cfg.host, self._cfg.port, mqtt.error_string(rc))
+                                host, port, mqtt.error_string(rc))
             if self._stopping.is_set():
                 break
+            # Failed or dropped: the next broker of the cluster (the same one if it is alone).
+            self._address = (self._address + 1) % len(self._addresses)
             delay = backoff_delay(attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s,
                                   self._rng.random)
             attempt += 1
@@ -216,8 +218,9 @@ class MqttLink:
         client.subscribe(topics)
         self.publish_birth()
         self._connected.set()
-        log.info("connected to %s:%d, session %d (broker kept it: %s)", self._cfg.host,
-                 self._cfg.port, self.session, flags.session_present)
+        host, port = self._addresses[self._address]
+        log.info("connected to %s:%d, session %d (broker kept it: %s)", host, port,
+                 self.session, flags.session_present)
         self._post(LinkUp(self.session, bool(flags.session_present)))
 
     @_guarded

@@ -13,6 +13,12 @@ prompt costs one render per start. Run time and not recordings made at build
 time, because ``device.identify`` speaks the site's own name, which only the
 box's configuration knows; the fixed prompts then cost nothing extra.
 
+A box with a screen (``[screen]``) hands each rendered prompt to ``sink``
+instead: the screen process owns the speaker there (HDMI audio takes one
+client at a time) and mixes the prompt into the programme, ducking it
+(docs/farend.md). The voice's thread then waits the prompt's length, so
+``on_done`` still comes when it has been spoken.
+
     voice = Voice(pcm="default", on_done=lambda key: supervisor.post(PromptSpoken(key)))
     voice.start()
     voice.say("joined", "đã vào cuộc họp")
@@ -88,12 +94,16 @@ class Voice:
     ``pcm``: the ALSA playback device; ``volume_percent``: 0-100, changed at
     run time with :meth:`set_volume`; ``on_done(key)`` is called from the
     voice's thread after each prompt, spoken or not (it must not block).
+    ``sink(samples, rate_hz)``: where prompts go instead of ``pcm`` (mono
+    S16_LE, the volume applied), when another process owns the speaker.
     """
 
     def __init__(self, *, pcm: str = "default", voice: str = "vi", words_per_minute: int = 150,
                  volume_percent: int = 80, on_done: Callable[[str], None] | None = None,
-                 renderer: Callable[[str], Rendered] | None = None) -> None:
+                 renderer: Callable[[str], Rendered] | None = None,
+                 sink: Callable[[bytes, int], None] | None = None) -> None:
         self.pcm = pcm
+        self._sink = sink
         self._render = renderer or (lambda text: render(text, voice=voice,
                                                         words_per_minute=words_per_minute))
         self._volume = volume_percent
@@ -162,7 +172,13 @@ class Voice:
         rendered = self._cache.get(text)
         if rendered is None:
             rendered = self._cache[text] = self._render(text)
-        self._play(scaled(rendered.pcm, self._volume), rendered.rate_hz)
+        samples = scaled(rendered.pcm, self._volume)
+        if self._sink is None:
+            self._play(samples, rendered.rate_hz)
+            return
+        self._sink(samples, rendered.rate_hz)
+        with self._cond:  # as long as it takes the speaker to say it; a stop ends the wait
+            self._cond.wait_for(lambda: self._stopping, timeout=rendered.seconds)
 
     def _play(self, samples: bytes, rate_hz: int) -> None:
         import alsaaudio

@@ -48,6 +48,7 @@ SEVERITY: Mapping[str, Severity] = MappingProxyType({
     "camera_missing": "critical",
     "microphone_silent": "warning",
     "certificate_expiring": "warning",
+    "programme_lost": "critical",
 })
 
 _FAILING_STREAM = ("reconnecting", "error")
@@ -62,6 +63,7 @@ class Thresholds:
     microphone_silent_dbfs: float = -60.0
     microphone_silent_s: float = 60.0
     stream_failing_s: float = 30.0
+    programme_lost_s: float = 10.0
 
     @classmethod
     def from_config(cls, health: HealthConfig) -> Thresholds:
@@ -71,6 +73,7 @@ class Thresholds:
             microphone_silent_dbfs=health.microphone_silent_dbfs,
             microphone_silent_s=health.microphone_silent_s,
             stream_failing_s=health.stream_failing_s,
+            programme_lost_s=health.programme_lost_s,
         )
 
 
@@ -99,6 +102,10 @@ class Observation:
     certificate_not_before: float | None = None
     certificate_not_after: float | None = None
     renewal_error: str = ""
+    # The programme feed on the room's TV (the far end): "off" when the meeting has none.
+    programme_state: StreamState = "off"
+    programme_lost_since: float | None = None
+    programme_detail: str = ""
 
 
 def _frozen(mapping: Mapping[str, Alert] | None = None) -> Mapping[str, Alert]:
@@ -187,6 +194,21 @@ def _stream(obs: Observation, lim: Thresholds, now: float) -> Verdict:
     return f"{detail}: {obs.stream_detail}" if obs.stream_detail else detail
 
 
+def _programme(obs: Observation, lim: Thresholds, now: float) -> Verdict:
+    # The same shape as the stream's rule: only a meeting that has a programme counts.
+    if obs.meeting_state not in IN_MEETING or obs.programme_state in ("live", "off"):
+        return False
+    since = obs.programme_lost_since
+    if obs.programme_state not in _FAILING_STREAM or since is None:
+        return None
+    lost_s = now - since
+    if lost_s < lim.programme_lost_s:
+        return None
+    detail = (f"programme on the TV {obs.programme_state} for {lost_s:.0f} s"
+              f" (limit {lim.programme_lost_s:.0f} s)")
+    return f"{detail}: {obs.programme_detail}" if obs.programme_detail else detail
+
+
 def _microphone(obs: Observation, lim: Thresholds, now: float, quiet_since: float | None,
                 ) -> tuple[Verdict, float | None]:
     # Muted, the level says nothing about the microphone (and most sites sit
@@ -231,6 +253,7 @@ def evaluate(previous: AlertState, obs: Observation, limits: Thresholds, now: fl
         "camera_missing": _flag(obs.camera_missing, "no camera found"),
         "microphone_silent": mic,
         "certificate_expiring": _certificate(obs, stamp),
+        "programme_lost": _programme(obs, limits, now),
     }
     active = dict(previous.active)
     raised: list[Alert] = []

@@ -94,6 +94,21 @@ class StreamFiguresUpdated:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgrammeChanged:
+    """The meeting's programme on the room's TV and speaker (the screen process) changed state."""
+
+    state: StreamState
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgrammeFiguresUpdated:
+    """The player's figures; keys as in the protocol's ``ProgrammeFigures``."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class MediaStepped:
     """Adaptive bitrate moved the stream to another profile or bitrate (kb/s; 0 for audio)."""
 

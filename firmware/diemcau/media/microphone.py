@@ -13,13 +13,21 @@ the clock, so audio timestamps do not jitter with the thread's scheduling.
 
 The media thread measures the level of what it reads (dBFS, into the
 figures and health, where the ``microphone_silent`` rule reads it).
+
+In a room whose speaker and microphone are separate devices, a
+:class:`CancellingMicrophone` wraps the microphone: the same interface, its
+periods with the programme's echo taken out (:mod:`diemcau.media.echo`, fed
+with what the speaker played through :mod:`diemcau.media.reference`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from .defs import AUDIO_PERIOD_S, MediaFault
+from .echo import FRAME_S, ReferenceAligner, open_canceller
+from .reference import ReferenceReceiver
 
 if TYPE_CHECKING:
     from ..config import Media
@@ -65,3 +73,66 @@ class Microphone:
         if self._pcm is not None:
             self._pcm.close()
             self._pcm = None
+
+
+class CancellingMicrophone:
+    """A mono microphone with the far end's echo taken out, read as :class:`Microphone` is.
+
+    ``canceller``: ``speex`` or ``webrtc``; ``reference``: the Unix socket the
+    speaker sends what it plays to. Each period read is cut into 10 ms frames;
+    each frame goes through the canceller with the far frame the aligner puts
+    on the microphone's clock. With nothing played, the far frames are silence
+    and the canceller lets the room through unchanged.
+    """
+
+    def __init__(self, microphone: Microphone, canceller: str, reference: str) -> None:
+        if microphone.channels != 1:
+            raise MediaFault("the echo canceller needs a mono microphone (media.channels = 1)")
+        self.microphone = microphone
+        self.device = microphone.device
+        self.rate_hz = microphone.rate_hz
+        self.channels = 1
+        self.period_frames = microphone.period_frames
+        self._name = canceller
+        self._path = reference
+        self._canceller: Any = None
+        self._aligner: ReferenceAligner | None = None
+        self._receiver: ReferenceReceiver | None = None
+        self.wrong_rate = 0  # far periods at another rate than the microphone's: not used
+
+    def open(self) -> None:
+        self.microphone.open()
+        try:
+            self._canceller = open_canceller(self._name, self.rate_hz)
+            self._aligner = ReferenceAligner(self.rate_hz)
+            self._receiver = ReferenceReceiver(self._path)
+        except (MediaFault, OSError) as exc:
+            self.close()
+            raise MediaFault(f"the echo canceller ({self._name}) cannot start: {exc}") from None
+
+    def read(self) -> bytes:
+        data = self.microphone.read()
+        read_at = time.monotonic()
+        assert self._receiver is not None and self._aligner is not None
+        for played_at, rate_hz, samples in self._receiver.drain():
+            if rate_hz != self.rate_hz:
+                self.wrong_rate += 1
+                continue
+            self._aligner.push(samples, played_at)
+        if not data:
+            return data
+        size = 2 * round(self.rate_hz * FRAME_S)
+        frames = len(data) // size
+        cleaned = bytearray()
+        for i in range(frames):
+            # The i-th frame was captured (frames - 1 - i) frames before the read returned.
+            far = self._aligner.pull(read_at - (frames - 1 - i) * FRAME_S)
+            cleaned += self._canceller.process(data[i * size:(i + 1) * size], far)
+        return bytes(cleaned) + data[frames * size:]
+
+    def close(self) -> None:
+        for part in (self._receiver, self._aligner, self._canceller):
+            if part is not None:
+                part.close()
+        self._receiver = self._aligner = self._canceller = None
+        self.microphone.close()

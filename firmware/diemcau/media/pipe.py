@@ -61,6 +61,8 @@ class Start(msgspec.Struct, tag=True, frozen=True):
     profile: str
     muted: bool
     play_url: str | None = None
+    echo_canceller: str = "none"  # speex, webrtc or none: see media.session.MediaSession
+    reference_socket: str = ""
 
 
 class Stop(msgspec.Struct, tag=True, frozen=True):

@@ -78,12 +78,15 @@ class MediaProcess:
     (from the reader thread; it must never block). ``log_level``: the
     child's, as the box's ``log.level``. ``spare``: the first child is taken from
     it if it has one waiting, and it is filled again once this meeting's media
-    has ended (before ``off``).
+    has ended (before ``off``). ``echo_canceller`` and ``reference_socket``: the
+    room's software echo canceller (:class:`~diemcau.media.session.MediaSession`).
     """
 
     def __init__(self, cfg: Media, request: StreamRequest, post: Callable[[object], None], *,
-                 device_id: str, log_level: str = "info", spare: Spare | None = None) -> None:
+                 device_id: str, log_level: str = "info", spare: Spare | None = None,
+                 echo_canceller: str = "none", reference_socket: str = "") -> None:
         self._cfg = cfg
+        self._echo = (echo_canceller, reference_socket)
         self._spare = spare
         self._request = request
         self._post_raw = post
@@ -239,7 +242,8 @@ class MediaProcess:
         request = self._request
         channel.send(Start(media=self._cfg, device_id=self._device_id,
                            meeting_id=request.meeting_id, publish_url=request.publish_url,
-                           profile=self._profile, muted=self._muted, play_url=request.play_url))
+                           profile=self._profile, muted=self._muted, play_url=request.play_url,
+                           echo_canceller=self._echo[0], reference_socket=self._echo[1]))
         with self._lock:
             self._process, self._channel = process, channel
         log.info("media process %d %s for %s", process.pid,

@@ -40,7 +40,7 @@ from ..core.events import StreamChanged
 from ..core.scrub import scrub
 from ..core.sendqueue import SendQueue
 from .defs import MAX_QUEUE_PACKETS, MIN_QUEUE_BYTES, PROFILES, MediaFault, top_kbps
-from .microphone import Microphone
+from .microphone import CancellingMicrophone, Microphone
 from .pump import Pump
 from .shared import Shared
 from .urls import publish_url, redact, redact_ffmpeg_logs
@@ -57,11 +57,15 @@ class MediaSession:
 
     ``post`` receives StreamChanged, StreamFiguresUpdated and MediaStepped;
     it must never block. ``device_id`` goes into the SRT stream id.
+    ``echo_canceller`` (``speex``, ``webrtc`` or ``none``) and ``reference``
+    (the socket the speaker sends what it plays to): the room's echo
+    canceller, as the control plane chose it for the room's sound kit.
     """
 
     def __init__(self, cfg: Media, request: StreamRequest, post: Callable[[object], None], *,
-                 device_id: str) -> None:
+                 device_id: str, echo_canceller: str = "none", reference: str = "") -> None:
         self._request = request
+        self._echo = (echo_canceller, reference) if echo_canceller != "none" and reference else None
         self._device_id = device_id
         self._thread: threading.Thread | None = None
         self._writer: Writer | None = None
@@ -162,7 +166,9 @@ class MediaSession:
             raise MediaFault(f"no {cfg.audio_codec} encoder: this FFmpeg has no {audio_codec}")
 
         redact_ffmpeg_logs()
-        microphone = Microphone(cfg)
+        microphone: Microphone | CancellingMicrophone = Microphone(cfg)
+        if self._echo is not None:
+            microphone = CancellingMicrophone(microphone, *self._echo)
         writer = Writer(shared)
         pump = Pump(shared, microphone, writer)
         try:

@@ -45,7 +45,7 @@ class Panel:
         self._post = post
         self._clock = clock
         self._monotonic = monotonic
-        self._join_early_s = cfg.panel.join_early_s if cfg.panel else 900.0
+        self.join_early_s = cfg.panel.join_early_s if cfg.panel else 900.0
         self.phase: Phase = "starting"  # the link, as the light shows it
         self._identify_until: float | None = None  # monotonic seconds
         self._reset_deadline: float | None = None  # monotonic; set while a reset is confirmed
@@ -132,7 +132,7 @@ class Panel:
             self._start_factory_reset()
             return None
         return core.handle_press(room, press.button, press.kind, self._clock(),
-                                 self._join_early_s, online=online)
+                                 self.join_early_s, online=online)
 
     def identify(self, duration_s: float, site: str) -> None:
         """Show ``identify`` on the light for ``duration_s`` and say the site's name."""

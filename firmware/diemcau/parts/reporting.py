@@ -28,6 +28,8 @@ from ..ports import HealthProbe, Ledger, Link, Outbox
 from ..protocol import (
     Event,
     Meta,
+    ProgrammeFigures,
+    RoomSound,
     Site,
     Status,
     StreamFigures,
@@ -51,8 +53,10 @@ class Reporting:
     def __init__(self, cfg: Config, *, link: Link, outbox: Outbox, ledger: Ledger,
                  health: HealthProbe, model: str, serial: str,
                  durably: Callable[[], AbstractContextManager[None]],
-                 status: Callable[[], Status], clock: Callable[[], float]) -> None:
+                 status: Callable[[], Status], clock: Callable[[], float],
+                 sound: RoomSound | None = None) -> None:
         self._cfg = cfg
+        self._sound = sound
         self._dev = cfg.device.id
         self._link = link
         self._outbox = outbox
@@ -150,7 +154,8 @@ class Reporting:
             capabilities=["srt", "h264", cfg.media.audio_codec, self.camera_capability],
             site=Site(name=site.name, province=site.province, district=site.district,
                       commune=site.commune, room=site.room),
-            groups=cfg.groups, config_version=cfg.config_version, ts=now_ts(),
+            groups=cfg.groups, config_version=cfg.config_version, sound=self._sound,
+            ts=now_ts(),
         )
         self.publish(device_topic(self._dev, "meta"), encode(meta), retain=True)
 
@@ -164,8 +169,9 @@ class Reporting:
 
     # ------------------------------------------------------------ health and alerts
 
-    def health(self, room: Room, stream: StreamFigures,
-               stream_failing_since: float | None) -> Reading:
+    def health(self, room: Room, stream: StreamFigures, stream_failing_since: float | None,
+               programme: ProgrammeFigures | None = None,
+               programme_lost_since: float | None = None) -> Reading:
         """Measure, raise or clear alerts, publish ``health`` and ``status``; the reading."""
         now = self._clock()
         reading = self._health.measure()
@@ -174,6 +180,7 @@ class Reporting:
             reading, meeting_state=room.state, muted=room.muted, stream=stream,
             stream_failing_since=stream_failing_since,
             camera_missing=room.state == "error" and "camera" in room.last_error,
+            programme=programme, programme_lost_since=programme_lost_since,
         )
         if self.certificate is not None:
             cert = self.certificate
@@ -194,7 +201,7 @@ class Reporting:
             self.send_reliable(alert_topic(self._dev, code), b"", retain=True)
         self._health_seq += 1
         message = health_message(reading, seq=self._health_seq, stream=stream,
-                                 alerts=self.alerts.codes)
+                                 programme=programme, alerts=self.alerts.codes)
         if self._link.connected:
             self.publish(device_topic(self._dev, "health"), encode(message), qos=0)
         self.publish_status()

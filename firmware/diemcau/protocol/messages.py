@@ -62,6 +62,7 @@ ALERT_CODES: tuple[str, ...] = (
     "camera_missing",
     "microphone_silent",
     "certificate_expiring",
+    "programme_lost",
 )
 
 # The kinds of ``event`` a box sends (docs/protocol.md says what each means).
@@ -69,7 +70,7 @@ EVENT_KINDS: tuple[str, ...] = (
     # the meeting
     "invited", "invitation_cancelled", "invitation_expired", "joining", "joined", "leaving",
     "left", "muted", "unmuted", "floor_granted", "floor_revoked", "identify", "error",
-    "stream_reconnecting", "stream_error", "media_step",
+    "stream_reconnecting", "stream_error", "media_step", "programme_lost", "programme_back",
     # the room's panel
     "button", "call_request", "hand_raised", "hand_lowered", "join_too_early", "factory_reset",
     # the link and updates
@@ -101,6 +102,15 @@ class Site(_Msg, kw_only=True):
     room: str = ""
 
 
+class RoomSound(_Msg, kw_only=True):
+    """The room's sound kit and who cancels the echo of the programme (docs/audio.md)."""
+
+    kit: Literal["speakerphone", "separate", "none"]
+    # "device": the speakerphone's own canceller; "webrtc"/"speex": the box's; "none".
+    echo_canceller: Literal["device", "webrtc", "speex", "none"]
+    device: str = ""  # the sound card in use, as ALSA names it
+
+
 class Meta(_Msg, kw_only=True):
     """``dev/{dev}/meta`` (retained): what the box is."""
 
@@ -112,6 +122,7 @@ class Meta(_Msg, kw_only=True):
     site: Site
     groups: list[str]
     config_version: str
+    sound: RoomSound | None = None  # None: not known yet (an older box says nothing)
     ts: float
 
 
@@ -131,6 +142,22 @@ class StreamFigures(_Msg, kw_only=True):
     audio_dropped: int = 0  # audio packets the send queue had to drop
 
 
+class ProgrammeFigures(_Msg, kw_only=True):
+    """The meeting's programme feed as the room's TV and speaker play it (the far end)."""
+
+    state: StreamState = "off"
+    detail: str = ""
+    frames_shown: int = 0
+    frames_dropped: int = 0  # by the player: decoded too late to show
+    lag_ms: float | None = None  # how far behind the feed the picture is; None: unknown
+    catchups: int = 0  # times the player skipped ahead because the lag passed its bound
+    reconnects: int = 0
+    decoder: str = ""  # e.g. "h264_v4l2m2m" in hardware, "h264" in software
+    width: int = 0
+    height: int = 0
+    av_sync_ms: float | None = None  # audio minus video, as the player measures it
+
+
 class Status(_Msg, kw_only=True):
     """``dev/{dev}/status`` (retained): the meeting as the box sees it."""
 
@@ -142,6 +169,7 @@ class Status(_Msg, kw_only=True):
     hand_raised: bool = False
     volume_percent: int = 80
     stream: StreamFigures = msgspec.field(default_factory=StreamFigures)
+    programme: ProgrammeFigures = msgspec.field(default_factory=ProgrammeFigures)
     ts: float
 
 
@@ -171,6 +199,7 @@ class Health(_Msg, kw_only=True):
     throttled: bool | None = None
     clock_synced: bool | None = None
     stream: StreamFigures = msgspec.field(default_factory=StreamFigures)
+    programme: ProgrammeFigures = msgspec.field(default_factory=ProgrammeFigures)
     alerts: list[str] = []
 
 
