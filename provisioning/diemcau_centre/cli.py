@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="the command expires after S seconds (default 120)")
     send.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
                       help="wait S seconds for replies (default 10)")
+    send.add_argument("--no-wait-offline", dest="skip_offline", action="store_true",
+                      help="stop once every box has a final answer or is offline by its "
+                           "presence, without waiting out --timeout for the offline ones")
+    send.add_argument("--json-report", dest="as_json", action="store_true",
+                      help="for a group with fleet_dir: the roll-call as JSON, every box named")
 
     again = sub.add_parser("resend", parents=[common],
                            help="send a group command again to the boxes that did not answer")
@@ -135,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
                             "default: the last run)")
     again.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
                        help="wait S seconds for replies (default 10)")
+    again.add_argument("--no-wait-offline", dest="skip_offline", action="store_true",
+                      help="stop once every box has a final answer or is offline by its "
+                           "presence, without waiting out --timeout for the offline ones")
+    again.add_argument("--json-report", dest="as_json", action="store_true",
+                       help="the roll-call as JSON, every box named")
 
     dev = sub.add_parser("devices", parents=[common], help="list the boxes the broker knows")
     dev.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -239,7 +249,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if places is not None:
                 return send_to_group(session, key, kid, target, cmd, cmd_args,
                                      expected=places, ttl_s=args.ttl, timeout_s=args.timeout,
-                                     store=_runs(cfg), out=out, err=err, tty=_tty(err))
+                                     store=_runs(cfg), out=out, err=err, tty=_tty(err),
+                                     as_json=args.as_json, skip_offline=args.skip_offline)
             return send(session, key, kid, target, cmd, cmd_args, ttl_s=args.ttl,
                         timeout_s=args.timeout, out=out, err=err)
 
@@ -250,7 +261,8 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         with Session(cfg.mqtt, cfg.client_id) as session:
             session.open()
             return resend(session, key, kid, record, timeout_s=args.timeout, store=store,
-                          out=out, err=err, tty=_tty(err))
+                          out=out, err=err, tty=_tty(err), as_json=args.as_json,
+                          skip_offline=args.skip_offline)
 
     expected = _expected(cfg)
     with Session(cfg.mqtt, cfg.client_id) as session:

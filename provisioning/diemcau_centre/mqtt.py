@@ -161,10 +161,10 @@ class Session:
         if isinstance(got, Disconnected) or (isinstance(got, Connected) and got.failed):
             raise MqttError(f"the broker at {self.where} refused the connection: {got.reason}")
 
-    def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
-        """Subscribe (QoS 1) and wait for the broker to grant every filter."""
+    def subscribe(self, filters: list[str], timeout_s: float = 10.0, qos: int = 1) -> None:
+        """Subscribe (QoS 1 unless told) and wait for the broker to grant every filter."""
         log.debug("subscribing to %s", ", ".join(filters))
-        rc, mid = self._client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+        rc, mid = self._client.subscribe([(f, SubscribeOptions(qos=qos)) for f in filters])
         if rc != paho.MQTT_ERR_SUCCESS:
             raise MqttError(f"cannot subscribe: {paho.error_string(rc)}")
         got = self._wait_for(lambda h: isinstance(h, SubAck) and h.mid == mid, timeout_s)

@@ -241,6 +241,15 @@ class RollCall:
         """Every expected box gave a final answer: nothing more to wait for."""
         return self.counts().finished
 
+    def settled(self) -> bool:
+        """Nothing more is to be expected soon: every box gave a final answer or is silent
+        and offline by its presence (it may still answer if it comes back within the TTL)."""
+        c = self.counts()
+        if c.acknowledged:
+            return False
+        return all(self.why_silent(d).why == "offline" for d in self.expected
+                   if d not in self.answers)
+
     def silent_boxes(self) -> list[str]:
         return sorted(d for d in self.expected if d not in self.answers)
 
@@ -350,6 +359,28 @@ def _names(devices: Iterable[str], limit: int) -> str:
     devices = list(devices)
     shown = ", ".join(devices[:limit])
     return shown + (f" and {len(devices) - limit} more" if len(devices) > limit else "")
+
+
+def report_record(report: Report) -> dict[str, object]:
+    """The whole report as plain data (``send --json``): every box named, for scripts."""
+    c = report.counts
+    return {
+        "id": report.command_id, "cmd": report.cmd, "meeting_id": report.meeting_id,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "counts": {"expected": c.expected, "answered": c.answered, "succeeded": c.succeeded,
+                   "failed": c.failed, "acknowledged": c.acknowledged, "silent": c.silent,
+                   "unexpected": c.unexpected},
+        "buckets": {b: list(devs) for b, devs in report.buckets.items()},
+        "failures": [{"status": f.status, "code": f.code, "detail": f.detail,
+                      "devices": list(f.devices)} for f in report.failures],
+        "silent": [{"device": s.dev, "why": s.why, "state": s.state, "session": s.session,
+                    "since": s.since} for s in report.silent],
+        "provinces": [{"province": p.province, "expected": p.expected,
+                       "succeeded": p.succeeded, "failed": p.failed,
+                       "acknowledged": p.acknowledged, "silent": p.silent}
+                      for p in report.provinces],
+        "unexpected": list(report.unexpected),
+    }
 
 
 def render_report(report: Report, *, names: int = 10) -> str:

@@ -44,7 +44,7 @@ from diemcau.protocol.arguments import ARGS
 
 from .fleet import GONE_STATES, clean
 from .mqtt import Connected, Disconnected, MqttError, Received, Session
-from .rollcall import RollCall, progress_line, render_report, resend_keeps_id
+from .rollcall import RollCall, progress_line, render_report, report_record, resend_keeps_id
 from .runs import Answered, RunRecord, RunStore
 
 OK_STATUSES = frozenset({"succeeded", "accepted"})
@@ -336,6 +336,7 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
 
 PROGRESS_EVERY_S = 1.0  # on a terminal the line is redrawn in place; elsewhere a line each 5 s
 PROGRESS_EVERY_PIPED_S = 5.0
+SETTLE_CHECK_S = 0.5
 
 
 def _meeting_id(cmd: str, args: dict[str, Any]) -> str | None:
@@ -355,11 +356,13 @@ def _roll_call(record: RunRecord) -> RollCall:
 
 
 def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, err: TextIO,
-          *, tty: bool) -> None:
-    """Feed replies and presence into the roll-call until all are final or the deadline;
-    the progress line on ``err``; every reply kept in ``record``."""
+          *, tty: bool, skip_offline: bool = False) -> None:
+    """Feed replies and presence into the roll-call until all are final or the deadline
+    (with ``skip_offline``: or the only ones left are offline); the progress line on
+    ``err``; every reply kept in ``record``."""
     every = PROGRESS_EVERY_S if tty else PROGRESS_EVERY_PIPED_S
     next_line = time.monotonic() + every
+    next_settle = time.monotonic() + SETTLE_CHECK_S
 
     def line() -> None:
         text = progress_line(call.counts(), call.cmd, time.time() - call.sent_at)
@@ -371,7 +374,13 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
         if now >= next_line:
             line()
             next_line = now + every
-        got = session.receive(min(deadline, next_line) - time.monotonic())
+        if skip_offline and now >= next_settle:
+            # Checked now and then: it reads every silent box's presence.
+            if call.settled():
+                break
+            next_settle = now + SETTLE_CHECK_S
+        got = session.receive(min(deadline, next_line, next_settle if skip_offline else deadline)
+                              - time.monotonic())
         if got is None:
             if time.monotonic() >= deadline:
                 break
@@ -400,10 +409,20 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
         print(file=err)
 
 
+def _subscribe(session: Session) -> None:
+    """Replies at QoS 1; presence at QoS 0: it is retained, only says why a box is silent,
+    and at thousands of boxes each acknowledgement costs the broker a turn of its loop."""
+    session.subscribe([device_topic("+", "reply")])
+    session.subscribe([device_topic("+", "state")], qos=0)
+
+
 def _finish(call: RollCall, record: RunRecord, store: RunStore | None, out: TextIO,
-            err: TextIO) -> int:
+            err: TextIO, as_json: bool = False) -> int:
     report = call.report(time.time())
-    out.write(render_report(report))
+    if as_json:
+        out.write(json.dumps(report_record(report), ensure_ascii=False, indent=1) + "\n")
+    else:
+        out.write(render_report(report))
     out.flush()
     if store is not None:
         path = store.save(record)
@@ -417,11 +436,12 @@ def _finish(call: RollCall, record: RunRecord, store: RunStore | None, out: Text
 def send_to_group(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
                   args: dict[str, Any], *, expected: dict[str, str], ttl_s: int = 120,
                   timeout_s: float = 10.0, store: RunStore | None = None, out: TextIO,
-                  err: TextIO, tty: bool = False) -> int:
+                  err: TextIO, tty: bool = False, as_json: bool = False,
+                  skip_offline: bool = False) -> int:
     """Send to a group whose members the manifest names (``expected``: device -> province),
     and take the roll-call: progress on ``err``, the report on ``out``; the exit code."""
     # Subscribe first: the presence says why a box is silent; replies come fast.
-    session.subscribe([target.reply_filter, device_topic("+", "state")])
+    _subscribe(session)
     jti = uuid.uuid4().hex
     iat = int(time.time())
     token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti,
@@ -435,13 +455,14 @@ def send_to_group(session: Session, key: Ed25519PrivateKey, kid: str, target: Ta
     print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s): {len(expected)} "
           f"box(es) expected; waiting up to {timeout_s:g} s", file=err, flush=True)
     call = _roll_call(record)
-    _wait(session, call, record, sent_mono + timeout_s, err, tty=tty)
-    return _finish(call, record, store, out, err)
+    _wait(session, call, record, sent_mono + timeout_s, err, tty=tty, skip_offline=skip_offline)
+    return _finish(call, record, store, out, err, as_json)
 
 
 def resend(session: Session, key: Ed25519PrivateKey, kid: str, record: RunRecord, *,
            timeout_s: float = 10.0, store: RunStore | None = None, out: TextIO, err: TextIO,
-           tty: bool = False, now: float | None = None) -> int:
+           tty: bool = False, now: float | None = None, as_json: bool = False,
+           skip_offline: bool = False) -> int:
     """Send a recorded run's command again to its silent boxes, each on its own topic, and
     take the roll-call of the whole run again.
 
@@ -451,8 +472,8 @@ def resend(session: Session, key: Ed25519PrivateKey, kid: str, record: RunRecord
     silent = call.silent_boxes()
     if not silent:
         print(f"every box of run {record.id[:12]} answered; nothing to resend", file=err)
-        return _finish(call, record, None, out, err)
-    session.subscribe([device_topic("+", "reply"), device_topic("+", "state")])
+        return _finish(call, record, None, out, err, as_json)
+    _subscribe(session)
     now = time.time() if now is None else now
     same_id = resend_keeps_id(record.exp, now)
     if same_id:
@@ -477,5 +498,5 @@ def resend(session: Session, key: Ed25519PrivateKey, kid: str, record: RunRecord
            f"with a new id {jti} (the first expired at {record.exp})")
     print(f"resent {record.cmd} to {len(silent)} silent box(es) of {record.aud} {how}; "
           f"waiting up to {timeout_s:g} s", file=err, flush=True)
-    _wait(session, call, record, start + timeout_s, err, tty=tty)
-    return _finish(call, record, store, out, err)
+    _wait(session, call, record, start + timeout_s, err, tty=tty, skip_offline=skip_offline)
+    return _finish(call, record, store, out, err, as_json)

@@ -141,3 +141,15 @@ def test_silent_boxes_say_why_from_their_presence() -> None:
 def test_a_resend_keeps_the_first_id_while_the_command_is_still_valid(now: float,
                                                                        same: bool) -> None:
     assert resend_keeps_id(exp=100.0, now=now) is same
+
+
+def test_settled_once_the_only_boxes_left_are_offline() -> None:
+    call = RollCall(CID, "audio.mute", {"a": "p01", "b": "p01"})
+    call.take_reply("a", reply("accepted", code=202), 1.0)
+    assert not call.settled()  # a is still working, b never seen
+    call.take_reply("a", reply("succeeded"), 2.0)
+    assert not call.settled()
+    call.take_state("b", State(state="ready", session=3, ts=5.0))
+    assert not call.settled()  # online: it may still answer
+    call.take_state("b", State(state="lost", session=3, ts=5.0))
+    assert call.settled() and not call.finished
