@@ -409,7 +409,7 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
         print(file=err)
 
 
-def _subscribe(session: Session) -> None:
+def subscribe_roll_call(session: Session) -> None:
     """Replies at QoS 1; presence at QoS 0: it is retained, only says why a box is silent,
     and at thousands of boxes each acknowledgement costs the broker a turn of its loop."""
     session.subscribe([device_topic("+", "reply")])
@@ -441,7 +441,7 @@ def send_to_group(session: Session, key: Ed25519PrivateKey, kid: str, target: Ta
     """Send to a group whose members the manifest names (``expected``: device -> province),
     and take the roll-call: progress on ``err``, the report on ``out``; the exit code."""
     # Subscribe first: the presence says why a box is silent; replies come fast.
-    _subscribe(session)
+    subscribe_roll_call(session)
     jti = uuid.uuid4().hex
     iat = int(time.time())
     token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti,
@@ -473,7 +473,7 @@ def resend(session: Session, key: Ed25519PrivateKey, kid: str, record: RunRecord
     if not silent:
         print(f"every box of run {record.id[:12]} answered; nothing to resend", file=err)
         return _finish(call, record, None, out, err, as_json)
-    _subscribe(session)
+    subscribe_roll_call(session)
     now = time.time() if now is None else now
     same_id = resend_keeps_id(record.exp, now)
     if same_id:
