@@ -167,6 +167,10 @@ class Fleet:
                 raise TimeoutError(f"fleet: not {what} after {timeout_s:g} s: {stats}")
             time.sleep(every_s)
 
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
     def mark_reconnect(self) -> None:
         """Forget connect times so far: the next ones are the storm's."""
         self._ask("mark")
