@@ -82,6 +82,9 @@ class Mqtt(_Section, kw_only=True, forbid_unknown_fields=True):
     will_delay_s: int = 10
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 120.0
+    # After a lost connection, the first attempt comes anywhere in this window
+    # (full jitter), so a fleet does not come back all at once (docs/configuration.md).
+    reconnect_spread_s: float = 10.0
     tls: Tls = msgspec.field(default_factory=Tls)
 
     def addresses(self) -> list[tuple[str, int]]:
@@ -405,6 +408,8 @@ def _semantic_problems(cfg: Config) -> list[str]:
     problems += fallback_host_problems(cfg.mqtt)
     if cfg.mqtt.reconnect_min_s <= 0 or cfg.mqtt.reconnect_max_s < cfg.mqtt.reconnect_min_s:
         problems.append("mqtt.reconnect_min_s/reconnect_max_s: need 0 < min <= max")
+    if not 0 <= cfg.mqtt.reconnect_spread_s <= 600:
+        problems.append("mqtt.reconnect_spread_s: 0-600 seconds")
     if not cfg.commands.centre_keys:
         problems.append("commands.centre_keys: at least one centre key is needed")
     problems += _public_key_problems(cfg.commands.centre_keys, "commands.centre_keys")

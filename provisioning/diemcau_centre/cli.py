@@ -57,7 +57,17 @@ from .config import DEFAULT_PATH, ENV_VAR, CentreConfig, config_path, load_confi
 from .keys import KeyExists, box_config_line, init_keys, load_signing_key
 from .manifest import FleetStore, ManifestError
 from .mqtt import MqttError, Session
-from .send import UsageError, build_args, check_command, group_members, parse_target, send
+from .runs import RunError, RunStore, default_state_dir
+from .send import (
+    UsageError,
+    build_args,
+    check_command,
+    group_members,
+    parse_target,
+    resend,
+    send,
+    send_to_group,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool cut off by `| head`
@@ -117,6 +127,24 @@ def _parser() -> argparse.ArgumentParser:
                       help="the command expires after S seconds (default 120)")
     send.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
                       help="wait S seconds for replies (default 10)")
+    send.add_argument("--no-wait-offline", dest="skip_offline", action="store_true",
+                      help="stop once every box has a final answer or is offline by its "
+                           "presence, without waiting out --timeout for the offline ones")
+    send.add_argument("--json-report", dest="as_json", action="store_true",
+                      help="for a group with fleet_dir: the roll-call as JSON, every box named")
+
+    again = sub.add_parser("resend", parents=[common],
+                           help="send a group command again to the boxes that did not answer")
+    again.add_argument("run", metavar="RUN", nargs="?", default="last",
+                       help="the command id of the run (its first characters will do; "
+                            "default: the last run)")
+    again.add_argument("--timeout", type=_positive, default=10.0, metavar="S",
+                       help="wait S seconds for replies (default 10)")
+    again.add_argument("--no-wait-offline", dest="skip_offline", action="store_true",
+                      help="stop once every box has a final answer or is offline by its "
+                           "presence, without waiting out --timeout for the offline ones")
+    again.add_argument("--json-report", dest="as_json", action="store_true",
+                       help="the roll-call as JSON, every box named")
 
     dev = sub.add_parser("devices", parents=[common], help="list the boxes the broker knows")
     dev.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -175,6 +203,22 @@ def _expected(cfg: CentreConfig, group: str | None = None) -> set[str] | None:
     return group_members(((d.id, d.site.groups) for d in devices), group)
 
 
+def _expected_places(cfg: CentreConfig, group: str) -> dict[str, str] | None:
+    """The boxes of ``group`` in the manifest, each with its province; None without fleet_dir."""
+    if not cfg.fleet_dir:
+        return None
+    try:
+        devices = FleetStore(Path(cfg.fleet_dir)).load().devices.values()
+    except ManifestError as exc:
+        raise ConfigError("fleet_dir", [str(exc)]) from None
+    return {d.id: f"{d.site.province.code} {d.site.province.name}" for d in devices
+            if group in d.site.groups}
+
+
+def _runs(cfg: CentreConfig) -> RunStore:
+    return RunStore(Path(cfg.state_dir) if cfg.state_dir else default_state_dir())
+
+
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.command in provision.COMMANDS:
         return provision.run(args, out, err)
@@ -198,11 +242,27 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         cmd = check_command(args.cmd)
         cmd_args = build_args(cmd, args.arg, args.json_args)
         key, kid = _signing(cfg)
-        expected = _expected(cfg, target.aud.removeprefix("group:")) if target.is_group else None
+        places = (_expected_places(cfg, target.aud.removeprefix("group:"))
+                  if target.is_group else None)
         with Session(cfg.mqtt, cfg.client_id) as session:
             session.open()
+            if places is not None:
+                return send_to_group(session, key, kid, target, cmd, cmd_args,
+                                     expected=places, ttl_s=args.ttl, timeout_s=args.timeout,
+                                     store=_runs(cfg), out=out, err=err, tty=_tty(err),
+                                     as_json=args.as_json, skip_offline=args.skip_offline)
             return send(session, key, kid, target, cmd, cmd_args, ttl_s=args.ttl,
-                        timeout_s=args.timeout, expected=expected, out=out, err=err)
+                        timeout_s=args.timeout, out=out, err=err)
+
+    if args.command == "resend":
+        store = _runs(cfg)
+        record = store.load(args.run)
+        key, kid = _signing(cfg)
+        with Session(cfg.mqtt, cfg.client_id) as session:
+            session.open()
+            return resend(session, key, kid, record, timeout_s=args.timeout, store=store,
+                          out=out, err=err, tty=_tty(err), as_json=args.as_json,
+                          skip_offline=args.skip_offline)
 
     expected = _expected(cfg)
     with Session(cfg.mqtt, cfg.client_id) as session:
@@ -214,6 +274,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return console.watch(session, once=args.once, interval_s=args.interval,
                              match=args.match, max_wait_s=args.max_wait, out=out, err=err,
                              expected=expected)
+
+
+def _tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _drop_output(out: TextIO) -> None:
@@ -244,6 +311,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None,
         print(exc.report(), file=err)
         return EXIT_USAGE
     except UsageError as exc:
+        print(f"diemcau-centre: {exc}", file=err)
+        return EXIT_USAGE
+    except RunError as exc:
         print(f"diemcau-centre: {exc}", file=err)
         return EXIT_USAGE
     except KeyExists as exc:

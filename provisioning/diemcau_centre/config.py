@@ -49,6 +49,9 @@ class CentreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The centre's directory (its fleet.json): how many boxes a group has, so a
     # missing answer or box is reported. Empty: the console cannot tell.
     fleet_dir: str = ""
+    # Where the console keeps the record of each group command (for `resend`).
+    # Empty: $XDG_STATE_HOME/diemcau-centre, else ~/.local/state/diemcau-centre.
+    state_dir: str = ""
     mqtt: Mqtt
     signing: Signing = msgspec.field(default_factory=Signing)
 
@@ -74,7 +77,8 @@ def _with_paths(cfg: CentreConfig, base: Path) -> CentreConfig:
     )
     signing = msgspec.structs.replace(cfg.signing, key_file=_resolve(base, cfg.signing.key_file))
     return msgspec.structs.replace(cfg, mqtt=msgspec.structs.replace(cfg.mqtt, tls=tls),
-                                   signing=signing, fleet_dir=_resolve(base, cfg.fleet_dir))
+                                   signing=signing, fleet_dir=_resolve(base, cfg.fleet_dir),
+                                   state_dir=_resolve(base, cfg.state_dir))
 
 
 def _semantic_problems(cfg: CentreConfig) -> list[str]:

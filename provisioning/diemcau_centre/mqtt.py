@@ -173,10 +173,10 @@ class Session:
         if isinstance(got, Disconnected) or (isinstance(got, Connected) and got.failed):
             raise MqttError(f"the broker at {self.where} refused the connection: {got.reason}")
 
-    def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
-        """Subscribe (QoS 1) and wait for the broker to grant every filter."""
+    def subscribe(self, filters: list[str], timeout_s: float = 10.0, qos: int = 1) -> None:
+        """Subscribe (QoS 1 unless told) and wait for the broker to grant every filter."""
         log.debug("subscribing to %s", ", ".join(filters))
-        rc, mid = self._client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+        rc, mid = self._client.subscribe([(f, SubscribeOptions(qos=qos)) for f in filters])
         if rc != paho.MQTT_ERR_SUCCESS:
             raise MqttError(f"cannot subscribe: {paho.error_string(rc)}")
         got = self._wait_for(lambda h: isinstance(h, SubAck) and h.mid == mid, timeout_s)
@@ -212,6 +212,37 @@ class Session:
             raise MqttError(f"the broker refused {topic}: {got.reason} (check the broker's ACL "
                             f"for {self.client_id})")
         return sent_at
+
+    def publish_many(self, messages: list[tuple[str, bytes | str]], *, qos: int = 1,
+                     expiry_s: int = 0, timeout_s: float = 30.0) -> None:
+        """Publish every message, then wait until the broker has acknowledged them all.
+
+        One after another, each waited for, costs a round trip (and on a broker
+        that saves after every change, a save) each: hundreds of resends at once
+        must not take minutes.
+        """
+        props = Properties(PacketTypes.PUBLISH)
+        if expiry_s:
+            props.MessageExpiryInterval = int(expiry_s)
+        waiting: set[int] = set()
+        for topic, payload in messages:
+            info = self._client.publish(topic, payload, qos=qos, properties=props)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                raise MqttError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
+            waiting.add(info.mid)
+        if qos == 0:
+            return
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            got = self._wait_for(lambda h: isinstance(h, PubAck) and h.mid in waiting,
+                                 deadline - time.monotonic())
+            if not isinstance(got, PubAck):
+                raise MqttError(f"the broker did not acknowledge {len(waiting)} of "
+                                f"{len(messages)} message(s) within {timeout_s:g} s")
+            if got.failed:
+                raise MqttError(f"the broker refused a message: {got.reason} (check the "
+                                f"broker's ACL for {self.client_id})")
+            waiting.discard(got.mid)
 
     def receive(self, timeout_s: float) -> Received | Connected | Disconnected | None:
         """The next message or change of connection, or None after ``timeout_s``."""

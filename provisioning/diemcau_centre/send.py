@@ -44,6 +44,8 @@ from diemcau.protocol.arguments import ARGS
 
 from .fleet import GONE_STATES, clean
 from .mqtt import Connected, Disconnected, MqttError, Received, Session
+from .rollcall import RollCall, progress_line, render_report, report_record, resend_keeps_id
+from .runs import Answered, RunRecord, RunStore
 
 OK_STATUSES = frozenset({"succeeded", "accepted"})
 
@@ -328,3 +330,173 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
         print(f"no final result within {timeout_s:g} s; the last answer was {last.status}",
               file=err)
     return replies.exit_code()
+
+
+# ---------------------------------------------------------------- roll-call (a group, a manifest)
+
+PROGRESS_EVERY_S = 1.0  # on a terminal the line is redrawn in place; elsewhere a line each 5 s
+PROGRESS_EVERY_PIPED_S = 5.0
+SETTLE_CHECK_S = 0.5
+
+
+def _meeting_id(cmd: str, args: dict[str, Any]) -> str | None:
+    value = args.get("meeting_id") if cmd.startswith("meeting.") else None
+    return value if isinstance(value, str) else None
+
+
+def _roll_call(record: RunRecord) -> RollCall:
+    """A roll-call for a run, with the answers it has recorded so far."""
+    call = RollCall(record.id, record.cmd, record.expected, sent_at=record.sent_at,
+                    meeting_id=_meeting_id(record.cmd, record.args),
+                    other_ids={r["id"] for r in record.resends if r["id"] != record.id})
+    for dev, answers in record.answers.items():
+        for answered in answers:
+            call.take_reply(dev, answered.reply, answered.at)
+    return call
+
+
+def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, err: TextIO,
+          *, tty: bool, skip_offline: bool = False) -> None:
+    """Feed replies and presence into the roll-call until all are final or the deadline
+    (with ``skip_offline``: or the only ones left are offline); the progress line on
+    ``err``; every reply kept in ``record``."""
+    every = PROGRESS_EVERY_S if tty else PROGRESS_EVERY_PIPED_S
+    next_line = time.monotonic() + every
+    next_settle = time.monotonic() + SETTLE_CHECK_S
+
+    def line() -> None:
+        text = progress_line(call.counts(), call.cmd, time.time() - call.sent_at)
+        print("\r" + text + "\x1b[K" if tty else text, end="" if tty else "\n", file=err,
+              flush=True)
+
+    while not call.finished:
+        now = time.monotonic()
+        if now >= next_line:
+            line()
+            next_line = now + every
+        if skip_offline and now >= next_settle:
+            # Checked now and then: it reads every silent box's presence.
+            if call.settled():
+                break
+            next_settle = now + SETTLE_CHECK_S
+        got = session.receive(min(deadline, next_line, next_settle if skip_offline else deadline)
+                              - time.monotonic())
+        if got is None:
+            if time.monotonic() >= deadline:
+                break
+            continue
+        if isinstance(got, Disconnected):
+            raise MqttError(f"lost the connection to the broker while waiting for replies "
+                            f"({got.reason}); the command was sent and may still run: "
+                            f"`diemcau-centre resend {record.id[:12]}` sends it to the silent")
+        if not isinstance(got, Received):
+            continue
+        parsed = parse_topic(got.topic)
+        if parsed is not None and parsed.kind == "reply" and parsed.dev is not None:
+            try:
+                reply = decode(got.payload, Reply)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                continue
+            call.take_reply(parsed.dev, reply, got.at)
+            if parsed.dev in call.expected and (reply.id == call.command_id
+                                                or reply.id in call.other_ids):
+                record.answers.setdefault(parsed.dev, []).append(Answered(reply=reply,
+                                                                          at=got.at))
+        else:
+            call.apply(got.topic, got.payload, got.at)
+    line()
+    if tty:
+        print(file=err)
+
+
+def subscribe_roll_call(session: Session) -> None:
+    """Replies at QoS 1; presence at QoS 0: it is retained, only says why a box is silent,
+    and at thousands of boxes each acknowledgement costs the broker a turn of its loop."""
+    session.subscribe([device_topic("+", "reply")])
+    session.subscribe([device_topic("+", "state")], qos=0)
+
+
+def _finish(call: RollCall, record: RunRecord, store: RunStore | None, out: TextIO,
+            err: TextIO, as_json: bool = False) -> int:
+    report = call.report(time.time())
+    if as_json:
+        out.write(json.dumps(report_record(report), ensure_ascii=False, indent=1) + "\n")
+    else:
+        out.write(render_report(report))
+    out.flush()
+    if store is not None:
+        path = store.save(record)
+        if not call.finished:
+            print(f"{len(call.unfinished_boxes())} box(es) without a final answer; to send the "
+                  f"command again to the silent ones: diemcau-centre resend {record.id[:12]} "
+                  f"(record {path})", file=err)
+    return report.exit_code
+
+
+def send_to_group(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
+                  args: dict[str, Any], *, expected: dict[str, str], ttl_s: int = 120,
+                  timeout_s: float = 10.0, store: RunStore | None = None, out: TextIO,
+                  err: TextIO, tty: bool = False, as_json: bool = False,
+                  skip_offline: bool = False) -> int:
+    """Send to a group whose members the manifest names (``expected``: device -> province),
+    and take the roll-call: progress on ``err``, the report on ``out``; the exit code."""
+    # Subscribe first: the presence says why a box is silent; replies come fast.
+    subscribe_roll_call(session)
+    jti = uuid.uuid4().hex
+    iat = int(time.time())
+    token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti,
+                         now=iat)
+    record = RunRecord(id=jti, aud=target.aud, cmd=cmd, args=args, iat=iat, exp=iat + ttl_s,
+                       sent_at=time.time(), expected=dict(expected))
+    if store is not None:
+        store.save(record)  # before sending: an interrupted run can still be resent
+    sent_mono = session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s)
+    record.sent_at = time.time() - (time.monotonic() - sent_mono)
+    print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s): {len(expected)} "
+          f"box(es) expected; waiting up to {timeout_s:g} s", file=err, flush=True)
+    call = _roll_call(record)
+    _wait(session, call, record, sent_mono + timeout_s, err, tty=tty, skip_offline=skip_offline)
+    return _finish(call, record, store, out, err, as_json)
+
+
+def resend(session: Session, key: Ed25519PrivateKey, kid: str, record: RunRecord, *,
+           timeout_s: float = 10.0, store: RunStore | None = None, out: TextIO, err: TextIO,
+           tty: bool = False, now: float | None = None, as_json: bool = False,
+           skip_offline: bool = False) -> int:
+    """Send a recorded run's command again to its silent boxes, each on its own topic, and
+    take the roll-call of the whole run again.
+
+    Same id or a new one: :func:`~diemcau_centre.rollcall.resend_keeps_id`.
+    """
+    call = _roll_call(record)
+    silent = call.silent_boxes()
+    if not silent:
+        print(f"every box of run {record.id[:12]} answered; nothing to resend", file=err)
+        return _finish(call, record, None, out, err, as_json)
+    subscribe_roll_call(session)
+    now = time.time() if now is None else now
+    same_id = resend_keeps_id(record.exp, now)
+    if same_id:
+        jti, token = record.id, sign_command(key, kid, aud=record.aud, cmd=record.cmd,
+                                             args=record.args, ttl_s=record.exp - record.iat,
+                                             jti=record.id, now=record.iat)
+        expiry = max(int(record.exp - now), 1)
+    else:
+        ttl_s = record.exp - record.iat
+        jti = uuid.uuid4().hex
+        token = sign_command(key, kid, aud=record.aud, cmd=record.cmd, args=record.args,
+                             ttl_s=ttl_s, jti=jti, now=int(now))
+        expiry = ttl_s
+        call.other_ids.add(jti)
+    record.resends.append({"at": now, "id": jti, "same_id": same_id, "devices": silent})
+    if store is not None:
+        store.save(record)
+    start = time.monotonic()
+    session.publish_many([(device_topic(dev, "cmd"), token) for dev in silent], qos=1,
+                         expiry_s=expiry)
+    how = ("with its first id" if same_id else
+           f"with a new id {jti} (the first expired at {record.exp})")
+    print(f"resent {record.cmd} to {len(silent)} silent box(es) of {record.aud} {how}; "
+          f"waiting up to {timeout_s:g} s", file=err, flush=True)
+    _wait(session, call, record, start + timeout_s, err, tty=tty, skip_offline=skip_offline)
+    return _finish(call, record, store, out, err, as_json)

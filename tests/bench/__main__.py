@@ -24,6 +24,7 @@ from diemcau.protocol import Reply, decode, device_topic
 from diemcau.shared import no_delay
 from tests.bench import before, echo, media
 from tests.bench import broker as broker_bench
+from tests.bench import fleet as fleet_bench
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     media.run(work / "media", options, row)
     echo.bench(row)
     broker_bench.main([])
+    # The centre at fleet scale: a broadcast's roll-call, reconnect storms (issue 14).
+    fleet_bench.main([])
     print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
           " live at 720p30 (--soak-minutes N for longer).")
     return 0

@@ -515,6 +515,7 @@ class StandInBox:
         self.keys = {key_id(key.public_key()): key.public_key()}
         self.devices, self.script = devices, script
         self.expiry: list[int | None] = []
+        self.ids: list[tuple[str, str]] = []  # (topic, command id) of each command answered
         self.problems: list[str] = []
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="stand-in",
                                   protocol=paho.MQTTv5)
@@ -530,9 +531,13 @@ class StandInBox:
     def _on_message(self, client: paho.Client, userdata: Any, message: Any) -> None:
         try:
             self.expiry.append(getattr(message.properties, "MessageExpiryInterval", None))
-            for dev in self.devices:
+            # A command on a box's own topic is for that box; a group's, for all of them.
+            devices = [d for d in self.devices if message.topic in (device_topic(d, "cmd"),
+                                                                    group_cmd_topic("p01"))]
+            for dev in devices:
                 audiences = {dev, "group:p01"}
                 command = verify_command(message.payload, self.keys, audiences, now=time.time())
+                self.ids.append((message.topic, command.id))
                 for status, code, detail in self.script(dev, command):
                     client.publish(device_topic(dev, "reply"), encode(Reply(
                         id=command.id, cmd=command.cmd, status=status, code=code,  # type: ignore[arg-type]
@@ -637,12 +642,19 @@ def fleet_centre(tmp_path: Path, broker: Broker) -> Path:
     directory = centre_dir_for(tmp_path / "fleet")
     run("keys", "init", "--dir", str(tmp_path / "centre"))
     return write_config(tmp_path / "centre" / "centre.toml", broker.port,
-                        Path("centre-signing.key"), extra=f'fleet_dir = "{directory}"')
+                        Path("centre-signing.key"),
+                        extra=f'fleet_dir = "{directory}"\nstate_dir = "{tmp_path / "state"}"')
+
+
+def buckets(report: str) -> dict[str, int]:
+    """The roll-call's first table: bucket -> boxes."""
+    lines = report.split("\n\n")[0].splitlines()[1:]
+    return {line.rsplit(maxsplit=1)[0].strip(): int(line.rsplit(maxsplit=1)[1]) for line in lines}
 
 
 @pytest.mark.e2e
-def test_send_to_a_group_says_who_in_the_manifest_did_not_answer(broker: Broker,
-                                                                 fleet_centre: Path) -> None:
+def test_send_to_a_group_takes_the_roll_call_and_resends_to_the_silent(
+        broker: Broker, fleet_centre: Path) -> None:
     box = StandInBox(broker, fleet_centre, ["c00001-r1", "c00004-r1"],
                      lambda dev, c: [("succeeded", 200, "muted")])
     try:
@@ -650,11 +662,32 @@ def test_send_to_a_group_says_who_in_the_manifest_did_not_answer(broker: Broker,
                      str(fleet_centre))
     finally:
         box.close()
-    assert result.stdout.splitlines()[-1] == (
-        "group:p01: 2 of 3 box(es) in the manifest answered: 2 succeeded; 1 did not answer")
-    assert ("no reply within 1.5 s from 1 of the 3 box(es) of group:p01 in the manifest: "
-            "c00001-r2") in result.stderr
     assert result.returncode == 1
+    table = result.stdout
+    assert buckets(table) == {"expected": 3, "succeeded": 2, "failed": 0, "acknowledged": 0,
+                              "silent": 1}
+    assert "c00001-r2  never seen on this broker" in table
+    assert "3 expected · 2 acked · 2 ok · 0 failed · 0 working · 1 silent" in result.stderr
+    first_id = box.ids[0][1]
+    assert f"diemcau-centre resend {first_id[:12]}" in result.stderr
+    record = json.loads((fleet_centre.parent.parent / "state" / "runs" / f"{first_id}.json"
+                         ).read_text())
+    assert sorted(record["expected"]) == ["c00001-r1", "c00001-r2", "c00004-r1"]
+    assert sorted(record["answers"]) == ["c00001-r1", "c00004-r1"]
+
+    # The silent box is back: `resend` sends it the same command, same id, on its own topic.
+    box = StandInBox(broker, fleet_centre, ["c00001-r1", "c00001-r2", "c00004-r1"],
+                     lambda dev, c: [("succeeded", 200, "muted")])
+    try:
+        result = cli("resend", first_id[:12], "--timeout", "30", "--config", str(fleet_centre))
+    finally:
+        box.close()
+    assert box.ids == [(device_topic("c00001-r2", "cmd"), first_id)]
+    assert "resent audio.mute to 1 silent box(es) of group:p01 with its first id" in result.stderr
+    assert buckets(result.stdout)["succeeded"] == 3
+    assert result.returncode == 0, result.stderr + result.stdout
+    result = cli("resend", "--config", str(fleet_centre))  # the last run: nothing left to send
+    assert result.returncode == 0 and "nothing to resend" in result.stderr
 
     # Every box of the group answers: done at once, without waiting out --timeout.
     box = StandInBox(broker, fleet_centre, ["c00001-r1", "c00001-r2", "c00004-r1"],
@@ -664,8 +697,7 @@ def test_send_to_a_group_says_who_in_the_manifest_did_not_answer(broker: Broker,
                      str(fleet_centre), timeout_s=60)
     finally:
         box.close()
-    assert result.stdout.splitlines()[-1] == (
-        "group:p01: 3 of 3 box(es) in the manifest answered: 3 succeeded")
+    assert "by province:" in result.stdout and "p01 Thành phố Hà Nội" in result.stdout
     assert result.returncode == 0, result.stderr
 
 

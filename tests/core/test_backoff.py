@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diemcau.core.backoff import backoff_delay
+from diemcau.core.backoff import backoff_delay, spread_delay
 
 ATTEMPTS = st.integers(min_value=0, max_value=10_000)
 MIN_S = st.floats(min_value=0.01, max_value=10.0)
@@ -71,3 +71,24 @@ def test_many_boxes_do_not_retry_in_the_same_second() -> None:
 @pytest.mark.parametrize("r", [0.0, 0.25, 0.999])
 def test_the_first_retry_is_quick(r: float) -> None:
     assert 0.5 <= backoff_delay(0, 1.0, 120.0, random=lambda: r) <= 1.0
+
+
+@given(window=st.floats(min_value=0.0, max_value=600.0), r=UNIT)
+def test_the_first_attempt_after_a_loss_is_anywhere_in_the_window(window: float,
+                                                                  r: float) -> None:
+    assert 0.0 <= spread_delay(window, random=lambda: r) <= window
+
+
+def test_a_fleet_that_loses_its_broker_comes_back_spread_over_the_window() -> None:
+    # 10,000 boxes, a 20 s window: about 500 a second, never thousands in one second,
+    # where the backoff's first step alone brings them all back within one second.
+    delays = [spread_delay(20.0, random=random.Random(box).random) for box in range(10_000)]
+    per_second = [sum(1 for d in delays if s <= d < s + 1) for s in range(20)]
+    assert max(per_second) < 650 and min(per_second) > 350, per_second
+    unspread = [backoff_delay(0, 1.0, 120.0, random=random.Random(box).random)
+                for box in range(10_000)]
+    assert max(unspread) <= 1.0  # the storm the window prevents
+
+
+def test_no_window_means_at_once() -> None:
+    assert spread_delay(0.0, random=lambda: 0.9) == 0.0

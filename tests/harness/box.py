@@ -130,6 +130,8 @@ keepalive_s = 5
 will_delay_s = {will_delay_s}
 reconnect_min_s = 0.2
 reconnect_max_s = 2.0
+# One box, or a few: no storm to spread, and the tests wait for it to be back.
+reconnect_spread_s = 0.5
 
 [mqtt.tls]
 {tls}

@@ -13,10 +13,13 @@ number, because the will must carry it before each connection attempt.
 - a command is acknowledged (PUBACK) only when the supervisor says it is on
   disk (:meth:`MqttLink.ack`), never when it merely arrived: a box that dies
   before that gets it again from the broker after its restart;
-- reconnect with exponential backoff and jitter (paho's own has no jitter);
 - several brokers of one cluster (``mqtt.host``, then ``mqtt.fallback_hosts``):
   after a failed attempt or a dropped connection the next one is tried, with
   the same client id, session and backoff;
+- reconnect with exponential backoff and jitter (paho's own has no jitter); the
+  first attempt after a connection that was up is lost comes anywhere in
+  ``mqtt.reconnect_spread_s``, so a fleet that loses its broker at once does
+  not come back at once;
 - callbacks never block and never let an exception escape.
 """
 
@@ -30,7 +33,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..config import Mqtt
-from ..core.backoff import backoff_delay
+from ..core.backoff import backoff_delay, spread_delay
 from ..core.events import CommandArrived, Delivered, LinkDown, LinkUp, OwnStateSeen
 from ..protocol import State, device_topic, encode, group_cmd_topic, now_ts
 from ..shared import guarded, no_delay, tls_context
@@ -158,6 +161,7 @@ class MqttLink:
         from paho.mqtt.properties import Properties
 
         attempt = 0
+        lost = False  # a connection that was up has just been lost
         while not self._stopping.is_set():
             self.session = self._counters.bump("session")
             self._set_will()
@@ -184,6 +188,7 @@ class MqttLink:
                 # A session that got as far as CONNACK resets the backoff.
                 if self._had_connack:
                     attempt = 0
+                    lost = True
                 elif not self._stopping.is_set():
                     # With TLS 1.3 a refused client certificate shows only here.
                     log.warning("broker %s:%d closed the connection before accepting us (%s): "
@@ -193,8 +198,12 @@ class MqttLink:
                 break
             # Failed or dropped: the next broker of the cluster (the same one if it is alone).
             self._address = (self._address + 1) % len(self._addresses)
-            delay = backoff_delay(attempt, self._cfg.reconnect_min_s, self._cfg.reconnect_max_s,
-                                  self._rng.random)
+            if lost:
+                delay = spread_delay(self._cfg.reconnect_spread_s, self._rng.random)
+                lost = False
+            else:
+                delay = backoff_delay(attempt, self._cfg.reconnect_min_s,
+                                      self._cfg.reconnect_max_s, self._rng.random)
             attempt += 1
             log.info("reconnecting in %.1f s (attempt %d)", delay, attempt)
             self._stopping.wait(delay)
