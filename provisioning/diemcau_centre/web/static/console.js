@@ -30,6 +30,9 @@ function listen() {
   const status = document.getElementById("live-status");
   if (!status) return;  // not logged in
   const source = new EventSource("/events");
+  // Let go of the stream when leaving the page: a browser keeps only a few connections
+  // per server, and one a cached page kept open would hold up the next page.
+  window.addEventListener("pagehide", () => source.close());
   source.addEventListener("hello", () => {
     status.textContent = "trực tiếp";
     status.className = "live-status on";
