@@ -23,6 +23,7 @@ import psutil
 from diemcau.protocol import Reply, decode, device_topic
 from diemcau.shared import no_delay
 from tests.bench import broker as broker_bench
+from tests.bench import console as console_bench
 from tests.bench import media
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         observer.close()
     media.run(work / "media", options, row)
     broker_bench.main([])
+    console_bench.main([])
     print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
           " live at 720p30 (--soak-minutes N for longer).")
     return 0
