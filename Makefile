@@ -19,7 +19,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-numpy python3-systemd ffmpeg \
 	mosquitto mosquitto-clients alsa-utils libasound2-plugins fonts-dejavu-core espeak-ng \
-	shellcheck zbar-tools iproute2 libspeexdsp1 libsamplerate0 chromium chromium-driver
+	shellcheck zbar-tools iproute2 libspeexdsp1 libsamplerate0 chromium chromium-driver postgresql
 # Only for `make image` and `make image-test`.
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test dosfstools mtools fdisk \
 	e2fsprogs

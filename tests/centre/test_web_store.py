@@ -1,10 +1,15 @@
-"""The web console's state keeping: real protocol messages in, the database's view out."""
+"""The web console's state keeping: real protocol messages in, the database's view out.
+
+Each test runs on SQLite (the default) and on PostgreSQL (Debian's, a throwaway cluster;
+marked e2e for its start-up)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from diemcau.protocol import (
     Alert,
@@ -19,19 +24,43 @@ from diemcau.protocol import (
     device_topic,
     encode,
 )
-from diemcau_centre.web.store import BoxFilter, FleetDb, Message, OperatorError, Scope
+from diemcau_centre.web.store import (
+    BoxFilter,
+    FleetDb,
+    Message,
+    OperatorError,
+    Scope,
+    metadata,
+)
 from tests.harness.console import manifest_of
+from tests.harness.postgres import Postgres
 
 T0 = 1_800_000_000.0
 FLEET = {"c00001-r1": "p01", "c00002-r1": "p01", "c00003-r1": "p02", "c00004-r1": "p79"}
 P01 = Scope(frozenset({"p01"}))
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> FleetDb:
-    db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}")
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    with Postgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.e2e)])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetDb]:
+    """The same tests on the embedded default and on PostgreSQL (a fresh cluster)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'console.db'}"
+    else:
+        pg: Postgres = request.getfixturevalue("postgres")
+        url = pg.url
+        FleetDb(url).close()  # the tables
+        with sa.create_engine(url).begin() as conn:  # empty, for each test
+            conn.execute(sa.text("TRUNCATE " + ", ".join(metadata.tables)))
+    db = FleetDb(url)
     db.load_manifest(manifest_of(FLEET))
-    return db
+    yield db
+    db.close()
 
 
 def msg(dev: str, kind: str, body: object, at: float = T0, retained: bool = False) -> Message:
@@ -210,7 +239,8 @@ def test_operators_passwords_are_hashed_and_checked(db: FleetDb) -> None:
     assert db.check_login("hanoi", "mat-khau-dai") == db.operator("hanoi")
     assert db.check_login("hanoi", "wrong-password") is None
     assert db.check_login("nobody", "mat-khau-dai") is None
-    stored = db.engine.connect().exec_driver_sql("select password_hash from operators").scalar()
+    with db.engine.connect() as conn:
+        stored = conn.exec_driver_sql("select password_hash from operators").scalar()
     assert stored.startswith("$argon2") and "mat-khau-dai" not in stored
     for bad in [("x", "short", "admin", []), ("x", "long enough", "boss", []),
                 ("x", "long enough", "province", []), ("x", "long enough", "province", ["hn"])]:
