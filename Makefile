@@ -22,7 +22,8 @@ APT_PACKAGES := python3-venv python3-dev gcc libasound2-dev python3-av python3-n
 	shellcheck zbar-tools iproute2 libspeexdsp1 libsamplerate0 ejabberd erlang-base \
 	libmpv2 python3-mpv mpv srt-tools \
 	gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-ugly
+	gstreamer1.0-plugins-ugly \
+	chromium chromium-driver postgresql
 # Only for `make image` and `make image-test`.
 IMAGE_APT_PACKAGES := mmdebstrap qemu-user-static binfmt-support arch-test dosfstools mtools fdisk \
 	e2fsprogs

@@ -8,7 +8,12 @@
 - ``adapters/`` and ``media/`` import no supervisor, app or command line; ``parts/`` no
   supervisor (a part is given ports); ``ports.py`` no supervisor;
 - the centre (``provisioning/diemcau_centre``) imports from diemcau only ``diemcau.protocol``,
-  ``diemcau.shared`` and ``diemcau.config``.
+  ``diemcau.shared`` and ``diemcau.config``;
+- the web console (``diemcau_centre/web``): its state keeping (``store``, ``service``)
+  imports no web framework, so it runs and is tested without one; its web app (``app``)
+  reaches the broker and the database only through them (no paho, no SQLAlchemy); the
+  rest of the centre loads none of the console's libraries at import time, so ``send``
+  and ``watch`` start as fast as before.
 
 Imports inside functions and under ``TYPE_CHECKING`` count like any other. That the
 core reads no clock is checked in tests/core/test_purity.py; which libraries it loads, too.
@@ -113,6 +118,42 @@ FIRMWARE_FILES = sorted((FIRMWARE / "diemcau").rglob("*.py"))
 CENTRE_FILES = sorted((CENTRE / "diemcau_centre").rglob("*.py"))
 
 
+WEB_LIBRARIES = ("starlette", "sse_starlette", "uvicorn", "jinja2", "multipart")
+CONSOLE_LIBRARIES = WEB_LIBRARIES + ("sqlalchemy", "argon2")
+# Centre module -> the packages it may not import (a prefix matches its submodules).
+CENTRE_WEB_FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "diemcau_centre.web.store": WEB_LIBRARIES + ("diemcau_centre.web.app", "paho"),
+    "diemcau_centre.web.service": WEB_LIBRARIES + ("diemcau_centre.web.app",),
+    "diemcau_centre.web.app": ("paho", "sqlalchemy", "diemcau_centre.mqtt"),
+}
+
+
+def _top_level_imports(source: str, module: str, is_package: bool) -> Iterator[tuple[int, str]]:
+    """Like :func:`imported`, for the imports run when the module loads (not in functions)."""
+    tree = ast.parse(source)
+    body = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+    yield from imported(ast.unparse(ast.Module(body=body, type_ignores=[])), module,
+                        is_package, CENTRE)
+
+
+def centre_web_problems_in(path: Path, source: str) -> list[str]:
+    module = module_name(path, CENTRE)
+    is_package = path.name == "__init__.py"
+    where = path.relative_to(REPO)
+    found = []
+    forbidden = CENTRE_WEB_FORBIDDEN.get(module, ())
+    for line, name in imported(source, module, is_package, CENTRE):
+        if any(name == f or name.startswith(f + ".") for f in forbidden):
+            found.append(f"{where}:{line}: {module} imports {name}")
+    if not module.startswith("diemcau_centre.web"):
+        for line, name in _top_level_imports(source, module, is_package):
+            if name.split(".")[0] in CONSOLE_LIBRARIES or (
+                    name.startswith("diemcau_centre.web.") and name != "diemcau_centre.web.run"):
+                found.append(f"{where}: {module} loads {name} on import (line numbers "
+                             f"counted without the rest of the file: {line})")
+    return found
+
+
 def test_there_are_files_in_every_layer() -> None:
     layers = {layer(module_name(p, FIRMWARE)) for p in FIRMWARE_FILES}
     assert {"protocol", "core", "adapters", "shared", "config", "supervisor", "app"} <= layers
@@ -176,3 +217,27 @@ def test_what_the_centre_may_import_passes() -> None:
     source = ("from diemcau.protocol.arguments import ARGS\nfrom diemcau.shared import guarded\n"
               "from diemcau.config import Mqtt\nfrom .files import locked\n")
     assert not centre_problems_in(CENTRE / "diemcau_centre" / "send.py", source)
+
+
+def test_the_web_console_keeps_its_parts_apart() -> None:
+    assert {module_name(p, CENTRE) for p in CENTRE_FILES} >= set(CENTRE_WEB_FORBIDDEN)
+    found = [p for path in CENTRE_FILES
+             for p in centre_web_problems_in(path, path.read_text(encoding="utf-8"))]
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize(("name", "source"), [
+    ("store.py", "from starlette.requests import Request\n"),
+    ("service.py", "def f():\n    import jinja2\n"),
+    ("app.py", "from ..mqtt import Session\n"),
+    ("app.py", "import sqlalchemy as sa\n"),
+])
+def test_a_bad_import_in_the_web_console_is_seen(name: str, source: str) -> None:
+    assert centre_web_problems_in(CENTRE / "diemcau_centre" / "web" / name, source)
+
+
+def test_the_console_commands_do_not_load_the_web_libraries() -> None:
+    cli = CENTRE / "diemcau_centre" / "cli.py"
+    assert centre_web_problems_in(cli, "import uvicorn\n")
+    assert centre_web_problems_in(cli, "from .web.app import make_app\n")
+    assert not centre_web_problems_in(cli, "from .web import run\ndef f():\n    import uvicorn\n")

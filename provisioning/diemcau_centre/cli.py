@@ -21,6 +21,12 @@ Provisioning, in the centre's directory (no configuration needed; see docs/provi
         --centre-key /srv/centre/centre-signing.pub
     diemcau-centre revoke c00001-r1 --dir /srv/centre
 
+The operations web console (see docs/centre.md):
+
+    diemcau-centre operator add admin --role admin
+    diemcau-centre operator add hanoi --role province --province p01
+    diemcau-centre console-web --listen 127.0.0.1:8080
+
 Releases (see docs/updates.md):
 
     diemcau-centre release keys init --dir /srv/centre/release
@@ -68,6 +74,7 @@ from .send import (
     send,
     send_to_group,
 )
+from .web import run as web_run
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a tool cut off by `| head`
@@ -161,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="wait at most S seconds for the retained state (default 10)")
     provision.add_parsers(sub, common)
     release.add_parsers(sub, common)
+    web_run.add_parsers(sub, common)
     return parser
 
 
@@ -224,6 +232,11 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return provision.run(args, out, err)
     if args.command in release.COMMANDS:
         return release.run(args, out, err)
+    if args.command in web_run.COMMANDS:
+        return web_run.run(args, out, err,
+                           load_config=lambda: load_config(config_path(getattr(args, "config",
+                                                                                None))),
+                           signing=_signing)
     if args.command == "keys" and args.keys_command == "init":
         return _keys_init(args, out, err)
     if args.command == "keys" and args.keys_command == "show" and args.key:

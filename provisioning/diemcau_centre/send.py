@@ -274,6 +274,18 @@ def no_reply_message(target: Target, timeout_s: float, ttl_s: int, state: State 
 # ---------------------------------------------------------------- I/O
 
 
+def publish_command(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
+                    args: dict[str, Any], *, ttl_s: int = 120, jti: str | None = None
+                    ) -> tuple[str, float]:
+    """Sign one command and publish it (QoS 1, expiring with it); return (its id, sent at).
+
+    The one place a command is signed and sent: ``send`` and the web console use it.
+    """
+    jti = jti or uuid.uuid4().hex
+    token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti)
+    return jti, session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s)
+
+
 def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
          args: dict[str, Any], *, ttl_s: int = 120, timeout_s: float = 10.0,
          expected: set[str] | None = None, out: TextIO, err: TextIO) -> int:
@@ -285,9 +297,7 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
     state_topic = device_topic(target.device, "state") if target.device else None
     # Subscribe first: a box on loopback answers faster than a late subscription.
     session.subscribe([target.reply_filter] + ([state_topic] if state_topic else []))
-    jti = uuid.uuid4().hex
-    token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti)
-    sent_at = session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s)
+    jti, sent_at = publish_command(session, key, kid, target, cmd, args, ttl_s=ttl_s)
     replies = Replies(jti, target, sent_at, expected if target.is_group else None)
     print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s); waiting up to "
           f"{timeout_s:g} s for replies", file=err, flush=True)

@@ -24,6 +24,7 @@ from diemcau.protocol import Reply, decode, device_topic
 from diemcau.shared import no_delay
 from tests.bench import before, echo, media
 from tests.bench import broker as broker_bench
+from tests.bench import console as console_bench
 from tests.bench import fleet as fleet_bench
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
@@ -283,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     media.run(work / "media", options, row)
     echo.bench(row)
     broker_bench.main([])
-    # The centre at fleet scale: a broadcast's roll-call, reconnect storms (issue 14).
+    # The centre at fleet scale: a broadcast's roll-call, reconnect storms, the web console.
     fleet_bench.main([])
+    console_bench.main([])
     print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
           " live at 720p30 (--soak-minutes N for longer).")
     return 0

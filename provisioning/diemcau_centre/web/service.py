@@ -1,0 +1,228 @@
+"""The centre service: listens to the fleet, keeps its state in the database, sends commands.
+
+One thread reads the broker (a :class:`~diemcau_centre.mqtt.Session` subscribed to
+what the boxes publish) and writes in batches (up to ``batch_s`` or ``batch_max``
+messages per transaction), then tells its listeners what changed (the web
+console pushes that to the browsers). Commands go out on a second connection, so
+that waiting for the broker's acknowledgement never holds up the reading.
+
+    service = CentreService(db, cfg.mqtt, cfg.client_id, key=key, kid=kid)
+    service.start()
+    jti = service.broadcast(operator, "meeting.join", {...}, BoxFilter(province="p01"))
+    service.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from diemcau.config import Mqtt
+from diemcau.protocol import alert_topic, device_topic
+from diemcau.protocol.messages import DEFAULT_TTL_S
+
+from ..mqtt import Connected, Disconnected, MqttError, Received, Session
+from ..send import UsageError, build_args, check_command, parse_target, publish_command
+from .store import BoxFilter, Changes, FleetDb, Message, Operator, Scope
+
+log = logging.getLogger("diemcau_centre.web.service")
+
+# What the boxes publish; not `cmd` (the centre's own).
+FLEET_FILTERS = [device_topic("+", kind) for kind in ("state", "meta", "status", "health",
+                                                      "event", "reply")] + [
+    alert_topic("+", "+")]
+# The commands the console offers; the rest stay with `diemcau-centre send`.
+BROADCAST_COMMANDS = ("meeting.invite", "meeting.join", "meeting.leave", "firmware.update")
+
+
+class CommandRefused(Exception):
+    """A command the operator may not or cannot send: nothing was sent."""
+
+
+class CentreService:
+    def __init__(self, db: FleetDb, mqtt: Mqtt, client_id: str, *,
+                 key: Ed25519PrivateKey | None = None, kid: str = "",
+                 batch_s: float = 0.2, batch_max: int = 2000) -> None:
+        self.db = db
+        self._mqtt = mqtt
+        self._client_id = client_id
+        self._key, self._kid = key, kid
+        self.batch_s, self.batch_max = batch_s, batch_max
+        self._listen: Session | None = None
+        self._send: Session | None = None
+        self._send_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._listeners: list[Callable[[Changes], None]] = []
+        self.connected = False
+        self.ingested = 0
+
+    @property
+    def can_send(self) -> bool:
+        return self._key is not None
+
+    def add_listener(self, listener: Callable[[Changes], None]) -> None:
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------ reading the fleet
+
+    def start(self) -> None:
+        self._listen = Session(self._mqtt, self._client_id)
+        self._listen.open()
+        self._listen.subscribe(FLEET_FILTERS)
+        self.connected = True
+        if self._key is not None:
+            self._send = Session(self._mqtt, f"{self._client_id}-send"[:128])
+            self._send.open()
+        self._thread = threading.Thread(target=self._run, name="centre-ingest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        assert self._listen is not None
+        while not self._stop.is_set():
+            batch: list[Message] = []
+            deadline = None
+            while len(batch) < self.batch_max:
+                wait = 0.5 if deadline is None else deadline - time.monotonic()
+                if wait <= 0:
+                    break
+                got = self._listen.receive(wait)
+                if got is None:
+                    if deadline is None and self._stop.is_set():
+                        return
+                    if deadline is None:
+                        continue
+                    break
+                if isinstance(got, Disconnected):
+                    log.warning("lost the broker (%s); paho reconnects", got.reason)
+                    self.connected = False
+                elif isinstance(got, Connected):
+                    self._resubscribe()
+                elif isinstance(got, Received):
+                    batch.append(Message(got.topic, got.payload, got.at, got.retain))
+                    if deadline is None:
+                        deadline = time.monotonic() + self.batch_s
+            if batch:
+                self._ingest(batch)
+
+    def _resubscribe(self) -> None:
+        # A clean session: after a reconnect the broker has forgotten our subscriptions.
+        try:
+            assert self._listen is not None
+            self._listen.subscribe(FLEET_FILTERS)
+            self.connected = True
+        except MqttError as exc:
+            log.warning("cannot subscribe again after reconnecting: %s", exc)
+
+    def _ingest(self, batch: list[Message]) -> None:
+        try:
+            changes = self.db.ingest(batch)
+        except Exception:  # noqa: BLE001 - the database away a moment must not end the service
+            log.exception("could not store %d message(s)", len(batch))
+            return
+        self.ingested += len(batch)
+        for listener in self._listeners:
+            try:
+                listener(changes)
+            except Exception:  # noqa: BLE001 - one bad listener must not stop the others
+                log.exception("a listener failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for session in (self._listen, self._send):
+            if session is not None:
+                session.close()
+
+    # ------------------------------------------------------------ commands
+
+    def broadcast(self, operator: Operator, cmd: str, raw_args: dict[str, Any],
+                  flt: BoxFilter, *, ttl_s: int = DEFAULT_TTL_S) -> str:
+        """Send ``cmd`` to the boxes of ``flt`` that ``operator`` may command; return its id.
+
+        A filter that is exactly one group (a province, district or commune) is sent as
+        one group command, expected from that group's boxes; any other filter, as one
+        command per box. Raises :class:`CommandRefused` (nothing sent) for a command
+        not offered, bad arguments, a filter outside the operator's provinces, or no box.
+        """
+        if self._key is None or self._send is None:
+            raise CommandRefused("this console has no signing key: it can watch, not send")
+        if cmd not in BROADCAST_COMMANDS:
+            raise CommandRefused(f"the console does not send {cmd!r}")
+        try:
+            check_command(cmd)
+            args = build_args(cmd, json_text=None, pairs=[f"{k}={v}" for k, v in
+                                                          raw_args.items() if v != ""])
+        except UsageError as exc:  # what `send` prints for a bad command line
+            raise CommandRefused(str(exc)) from None
+        scope = operator.scope
+        if flt.province and not scope.allows(flt.province):
+            raise CommandRefused(f"province {flt.province} is not yours")
+        devices = self.db.devices(scope, flt)
+        if not devices:
+            raise CommandRefused("no box matches the filter")
+        group = flt.group
+        if group is not None and scope.provinces is not None and \
+                len(self.db.devices(Scope.everything(), flt)) != len(devices):
+            # A group command reaches the whole group: a district of another province too.
+            raise CommandRefused(f"group {group} has boxes outside your provinces")
+        if group is None and scope.provinces is None and not flt.province and not any(
+                (flt.state, flt.alert, flt.firmware, flt.search)):
+            group = "all"
+        jti = uuid.uuid4().hex
+        with self._send_lock:
+            if group is not None:
+                target = parse_target(f"group:{group}")
+                # Expected: the group's boxes in the manifest (and any seen since).
+                self.db.record_command(jti=jti, operator=operator.username, cmd=cmd, args=args,
+                                       target=target.aud, expected=devices,
+                                       sent_at=time.time())
+                publish_command(self._send, self._key, self._kid, target, cmd, args,
+                                ttl_s=ttl_s, jti=jti)
+            else:
+                tokens = {d: uuid.uuid4().hex for d in devices}
+                self.db.record_command(jti=jti, operator=operator.username, cmd=cmd, args=args,
+                                       target=_describe(flt), expected=devices,
+                                       sent_at=time.time(), tokens=tokens)
+                for dev in devices:
+                    publish_command(self._send, self._key, self._kid, parse_target(dev), cmd,
+                                    args, ttl_s=ttl_s, jti=tokens[dev])
+        log.info("%s sent %s to %d box(es) (id %s)", operator.username, cmd, len(devices), jti)
+        return jti
+
+    def resend_silent(self, operator: Operator, jti: str, *, ttl_s: int = DEFAULT_TTL_S) -> str:
+        """The same command again, one per box, to the boxes that have not answered it."""
+        roll = self.db.rollcall(operator.scope, jti)
+        if roll is None:
+            raise CommandRefused("no such command")
+        silent = [s["device"] for s in roll.silent]
+        if not silent:
+            raise CommandRefused("every box has answered")
+        args = self.db.command_args(jti)
+        if self._key is None or self._send is None:
+            raise CommandRefused("this console has no signing key: it can watch, not send")
+        new = uuid.uuid4().hex
+        tokens = {d: uuid.uuid4().hex for d in silent}
+        with self._send_lock:
+            self.db.record_command(jti=new, operator=operator.username, cmd=roll.cmd, args=args,
+                                   target=f"silent of {jti[:8]}", expected=silent,
+                                   sent_at=time.time(), tokens=tokens)
+            for dev in silent:
+                publish_command(self._send, self._key, self._kid, parse_target(dev), roll.cmd,
+                                args, ttl_s=ttl_s, jti=tokens[dev])
+        return new
+
+
+def _describe(flt: BoxFilter) -> str:
+    parts = [f"{k}={v}" for k, v in (("province", flt.province), ("district", flt.district),
+                                     ("commune", flt.commune), ("state", flt.state),
+                                     ("alert", flt.alert), ("firmware", flt.firmware),
+                                     ("search", flt.search)) if v]
+    return "filter " + (" ".join(parts) if parts else "(all)")

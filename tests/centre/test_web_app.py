@@ -1,0 +1,192 @@
+"""The web console over HTTP (Starlette's test client), its service on a real Mosquitto.
+
+Three boxes that speak the protocol (two in province p01, one in p02); operators
+``admin``, ``hanoi`` (p01) and ``hagiang`` (p02). A province login can neither see
+nor command another province: each way in is tried.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from diemcau.config import Mqtt, Tls
+from diemcau_centre.web.app import make_app
+from diemcau_centre.web.service import CentreService
+from diemcau_centre.web.store import FleetDb, Scope
+from tests.harness.box import CentreKey
+from tests.harness.broker import Broker
+from tests.harness.console import TalkingBox, manifest_of, new_client_id
+from tests.harness.observer import Observer
+
+FLEET = {"c00001-r1": "p01", "c00002-r1": "p01", "c00003-r1": "p02"}
+PASSWORD = "mat-khau-thu-nghiem"
+
+
+def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"not true within {timeout_s} s: {check}")
+
+
+class Console:
+    def __init__(self, tmp_path: Path, broker: Broker, centre: CentreKey) -> None:
+        manifest = manifest_of(FLEET)
+        self.db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}")
+        self.db.load_manifest(manifest)
+        for name, role, provinces in [("admin", "admin", []), ("hanoi", "province", ["p01"]),
+                                      ("hagiang", "province", ["p02"])]:
+            self.db.add_operator(name, PASSWORD, role, provinces)
+        self.boxes = [TalkingBox(broker, centre, dev, d.site, fail_with="")
+                      for dev, d in manifest.devices.items()]
+        self.service = CentreService(self.db, Mqtt(host=broker.host, port=broker.port, tls=Tls(enabled=False)),
+                                     new_client_id(), key=centre.private, kid=centre.kid,
+                                     batch_s=0.05)
+        self.service.start()
+        self.app = make_app(self.db, self.service, secret_key="test-secret")
+        wait_until(lambda: self.db.boxes_page(Scope.everything(), _ready()).total == 3)
+
+    def client(self, username: str | None = None) -> TestClient:
+        client = TestClient(self.app, follow_redirects=False)
+        client.__enter__()
+        if username:
+            r = client.post("/login", data={"username": username, "password": PASSWORD})
+            assert r.status_code == 303, r.text
+        return client
+
+    def close(self) -> None:
+        self.service.stop()
+        for box in self.boxes:
+            box.close()
+        self.db.close()
+
+
+def _ready():  # noqa: ANN202
+    from diemcau_centre.web.store import BoxFilter
+    return BoxFilter(state="ready")
+
+
+@pytest.fixture
+def console(tmp_path: Path, broker: Broker, centre: CentreKey) -> Iterator[Console]:
+    c = Console(tmp_path, broker, centre)
+    yield c
+    c.close()
+
+
+def csrf(client: TestClient) -> str:
+    page = client.get("/fleet").text
+    match = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def test_every_page_needs_a_login(console: Console) -> None:
+    client = console.client()
+    for path in ["/fleet", "/boxes/c00001-r1", "/alerts", "/commands", "/audit", "/places/p01"]:
+        r = client.get(path)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login"), path
+    assert client.get("/events").status_code == 401
+    assert client.get("/fleet?fragment=1").status_code == 401
+    r = client.post("/login", data={"username": "hanoi", "password": "sai-mat-khau"})
+    assert r.status_code == 401 and "Sai tên hoặc mật khẩu" in r.text
+    # A login form cannot send the operator to another site.
+    r = client.post("/login?next=//evil.example/", data={"username": "hanoi",
+                                                          "password": PASSWORD})
+    assert r.headers["location"] == "/fleet"
+
+
+def test_a_province_login_sees_only_its_province(console: Console) -> None:
+    console.boxes[2].raise_alert("disk_low", "còn 100 MB")  # c00003-r1, p02
+    wait_until(lambda: console.db.alerts_list(Scope.everything()))
+    hanoi = console.client("hanoi")
+    fleet = hanoi.get("/fleet").text
+    assert "c00001-r1" in fleet and "c00002-r1" in fleet and "c00003-r1" not in fleet
+    assert "Hà Nội" in fleet and "Hà Giang" not in fleet
+    assert "c00003-r1" not in hanoi.get("/fleet?search=c00003&fragment=1").text
+    for path in ["/fleet?province=p02", "/boxes/c00003-r1", "/places/p02", "/places/d002",
+                 "/broadcast?province=p02"]:
+        assert hanoi.get(path).status_code == 404, path
+    assert "disk_low" not in hanoi.get("/alerts").text
+    r = hanoi.post("/alerts/ack", data={"device": "c00003-r1", "code": "disk_low",
+                                        "csrf": csrf(hanoi)})
+    assert r.status_code == 404
+    assert console.db.alerts_list(Scope.everything())[0]["acked_by"] is None
+    assert hanoi.get("/audit").status_code == 403
+    # The province's own operator sees it and acknowledges it.
+    hagiang = console.client("hagiang")
+    assert "disk_low" in hagiang.get("/alerts").text
+    r = hagiang.post("/alerts/ack", data={"device": "c00003-r1", "code": "disk_low",
+                                          "csrf": csrf(hagiang), "next": "/alerts"})
+    assert r.status_code == 303
+    assert "Đã xác nhận bởi hagiang" in hagiang.get("/alerts").text
+
+
+def test_a_province_login_cannot_command_another_province(console: Console,
+                                                           broker: Broker) -> None:
+    observer = Observer(broker)
+    try:
+        hanoi = console.client("hanoi")
+        token = csrf(hanoi)
+        join = {"cmd": "meeting.join", "meeting.join:meeting_id": "hop-bao",
+                "meeting.join:publish": "srt://127.0.0.1:9000?streamid=publish:x",
+                "csrf": token}
+        for target in [{"province": "p02"}, {"district": "d002"}, {"commune": "c00200"},
+                       {"search": "c00003"}]:
+            r = hanoi.post("/broadcast", data={**join, **target})
+            assert r.status_code in (400, 404), (target, r.status_code)
+        assert hanoi.post("/broadcast", data={**join, "province": "p01", "csrf": "forged"}
+                          ).status_code == 403
+        # An admin's group of the whole country is not a province operator's either.
+        assert hanoi.post("/broadcast", data=join).status_code == 303  # their p01 boxes only
+        time.sleep(0.5)
+        sent = [m.topic for m in observer.messages if m.topic.endswith("/cmd")]
+        assert sent and all("c00003-r1" not in t and "group" not in t for t in sent), sent
+        assert console.boxes[2].commands == []
+    finally:
+        observer.close()
+
+
+def test_a_join_to_a_province_fills_its_roll_call(console: Console) -> None:
+    hanoi = console.client("hanoi")
+    r = hanoi.post("/broadcast", data={
+        "cmd": "meeting.join", "province": "p01", "csrf": csrf(hanoi),
+        "meeting.join:meeting_id": "hop-bao",
+        "meeting.join:publish": "srt://127.0.0.1:9000?streamid=publish:x"})
+    assert r.status_code == 303, r.text
+    jti = r.headers["location"].rsplit("/", 1)[1]
+    roll = wait_until(lambda: (lambda rc: rc if rc and rc.complete else None)(
+        console.db.rollcall(Scope.everything(), jti)))
+    assert (roll.target, roll.expected, roll.succeeded, roll.failed, roll.silent) == (  # type: ignore[attr-defined]
+        "group:p01", 2, 2, [], [])
+    page = hanoi.get(f"/commands/{jti}").text
+    assert re.search(r'id="rc-succeeded">2<', page) and "Mọi điểm cầu đã trả lời" in page
+    assert console.boxes[2].commands == []
+    # The boxes' new status came back through the service.
+    wait_until(lambda: console.db.summary(Scope.everything())[0]["live"] == 2)
+    # Who sent it is recorded; the other province sees neither the command nor its roll-call.
+    admin = console.client("admin")
+    assert "hanoi" in admin.get("/audit").text and "group:p01" in admin.get("/audit").text
+    hagiang = console.client("hagiang")
+    assert hagiang.get(f"/commands/{jti}").status_code == 404
+    assert jti not in hagiang.get("/commands").text
+
+
+def test_a_box_page_shows_its_alerts_and_timeline(console: Console) -> None:
+    console.boxes[0].raise_alert("temperature_high", "83 °C")
+    wait_until(lambda: console.db.alerts_list(Scope.everything()))
+    admin = console.client("admin")
+    page = admin.get("/boxes/c00001-r1").text
+    assert "Trực tuyến" in page and "temperature_high" in page and "83 °C" in page
+    assert "Xác nhận" in page
+    assert admin.get("/boxes/c09999-r1").status_code == 404
+    place = admin.get("/places/p01").text
+    assert "Huyện" in place and "c00001-r1" in place
