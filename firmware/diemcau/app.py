@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from .adapters.health import HealthProbe
 from .adapters.ledger import FILE_NAME as LEDGER_FILE
 from .adapters.ledger import Ledger
@@ -24,7 +26,7 @@ from .adapters.statefile import Counters
 from .config import Config, Enrollment, Panel
 from .core.button import PressTiming
 from .core.events import EnrollmentStopped, PromptSpoken, StopRequested
-from .protocol import ReplayCache
+from .protocol import ReplayCache, RoomSound
 from .shared import remove_stray_temp_files
 from .supervisor import EXIT_FACTORY_RESET, Adapters, Supervisor
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .adapters.enroll import Identity
     from .media.process import Spare
 
+REFERENCE_SOCKET = "farend.sock"  # what the speaker plays, for the microphone's echo canceller
 SPARE_AFTER_S = 2.0  # after start: the spare media process starts once the box is online
 
 log = logging.getLogger("diemcau")
@@ -87,12 +90,26 @@ def build(cfg: Config, *, pin_factory: object = None, spare: Spare | None = None
     def make_link(post):  # type: ignore[no-untyped-def]
         return MqttLink(cfg.mqtt, cfg.device.id, cfg.groups, counters, post)
 
+    sound, microphone, speaker = room_sound(cfg)
+    reference = str(state / REFERENCE_SOCKET) if sound.echo_canceller in ("speex", "webrtc") else ""
+    media_cfg = msgspec.structs.replace(cfg.media, microphone=microphone)
+
     def make_media(request, post):  # type: ignore[no-untyped-def]
         # PyAV, FFmpeg and x264 load in a child process for the meeting, never in this one.
         from .media.process import MediaProcess
 
-        return MediaProcess(cfg.media, request, post, device_id=cfg.device.id,
-                            log_level=cfg.log.level, spare=spare)
+        return MediaProcess(media_cfg, request, post, device_id=cfg.device.id,
+                            log_level=cfg.log.level, spare=spare,
+                            echo_canceller=sound.echo_canceller, reference_socket=reference)
+
+    make_screen = None
+    if cfg.screen.enabled:
+        def make_screen(post):  # type: ignore[no-untyped-def]
+            # libmpv, Pillow and the speaker's mixer load in the screen process only.
+            from .media.screen import ScreenProcess
+
+            return ScreenProcess(cfg.screen, post, speaker=speaker, log_level=cfg.log.level,
+                                 reference_socket=reference)
 
     panel = build_panel(cfg.panel, pin_factory) if cfg.panel else {}
     posted: list[Supervisor] = []  # the voice reports to the supervisor made below
@@ -100,10 +117,13 @@ def build(cfg: Config, *, pin_factory: object = None, spare: Spare | None = None
     if cfg.voice.enabled:
         from .adapters.voice import Voice
 
+        # With a screen, the screen process owns the speaker: the prompts go through it.
+        sink = None if make_screen is None else (
+            lambda samples, rate: posted[0].screen.prompt(samples, rate, 1))  # type: ignore[union-attr]
         voice = Voice(pcm=cfg.voice.pcm, voice=cfg.voice.voice,
                       words_per_minute=cfg.voice.words_per_minute,
                       volume_percent=cfg.voice.volume_percent,
-                      on_done=lambda key: posted[0].post(PromptSpoken(key)))
+                      on_done=lambda key: posted[0].post(PromptSpoken(key)), sink=sink)
     adapters = Adapters(
         make_link=make_link,
         make_media=make_media,
@@ -118,10 +138,32 @@ def build(cfg: Config, *, pin_factory: object = None, spare: Spare | None = None
         voice=voice,
         **panel,
         releases=ReleaseStore.from_config(cfg),
+        make_screen=make_screen,
+        sound=sound,
     )
     supervisor = Supervisor(cfg, adapters)
     posted.append(supervisor)
     return supervisor
+
+
+def room_sound(cfg: Config) -> tuple[RoomSound, str, str]:
+    """The room's sound kit as ALSA shows it: what ``meta`` says, and the microphone and
+    speaker to use (a speakerphone serves both directions; docs/audio.md)."""
+    from .adapters.audiokit import detect
+    from .core.audiokit import echo_plan, sound_devices
+
+    kit = detect()
+    plan = echo_plan(kit, cfg.media.audio_kit, cfg.media.echo_canceller)
+    if not cfg.screen.enabled and plan["echo_canceller"] in ("speex", "webrtc"):
+        plan["echo_canceller"] = "none"  # the box plays no programme: there is no echo of it
+    microphone, speaker = sound_devices(plan, kit, microphone=cfg.media.microphone,
+                                        speaker=cfg.screen.speaker)
+    log.info("sound: %s kit (%s), microphone %s, speaker %s, echo cancelled by %s",
+                 plan["audio_kit"], plan["device"] or "no card", microphone, speaker,
+                 plan["echo_canceller"])
+    sound = RoomSound(kit=plan["audio_kit"], echo_canceller=plan["echo_canceller"],  # type: ignore[arg-type]
+                      device=plan["device"])
+    return sound, microphone, speaker
 
 
 def build_panel(cfg: Panel, factory: Any = None) -> dict[str, object]:

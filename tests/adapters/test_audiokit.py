@@ -105,3 +105,19 @@ def test_the_setting_forces_the_kit(tmp_path: Path) -> None:
 
 def test_an_unreadable_tree_is_no_kit(tmp_path: Path) -> None:
     assert detect(tmp_path / "missing").kit == "none"
+
+
+def test_a_speakerphone_serves_both_directions_unless_the_config_names_devices() -> None:
+    from diemcau.core.audiokit import Card, Kit, echo_plan, sound_devices
+
+    jabra = Card(1, "USB", "USB-Audio", "Jabra SPEAK 510 USB", playback=True, capture=True,
+                 usb_id="0b0e:0422")
+    kit = Kit("speakerphone", jabra)
+    plan = echo_plan(kit)
+    assert sound_devices(plan, kit, microphone="default", speaker="default") == (
+        "plughw:CARD=USB,DEV=0", "plughw:CARD=USB,DEV=0")
+    assert sound_devices(plan, kit, microphone="hw:2", speaker="default") == (
+        "hw:2", "plughw:CARD=USB,DEV=0")
+    separate = Kit("separate", jabra)
+    assert sound_devices(echo_plan(separate), separate, microphone="default",
+                         speaker="default") == ("default", "default")

@@ -98,3 +98,19 @@ def echo_plan(kit: Kit, forced: str = "auto", canceller: str = "speex") -> dict[
         return {"audio_kit": "none", "echo_canceller": "none", "device": ""}
     return {"audio_kit": kit.kit if forced == "auto" else "separate",
             "echo_canceller": canceller, "device": device}
+
+
+def alsa_device(card: Card) -> str:
+    """The ALSA PCM that plays or captures on ``card`` in the format the box asks for."""
+    return f"plughw:CARD={card.id},DEV=0"
+
+
+def sound_devices(plan: dict[str, str], kit: Kit, *, microphone: str,
+                  speaker: str) -> tuple[str, str]:
+    """The microphone and the speaker the box uses: a speakerphone serves both directions
+    (one clock, its own canceller) where the configuration leaves them at ``default``."""
+    if plan["echo_canceller"] != "device" or kit.kit != "speakerphone" or kit.card is None:
+        return microphone, speaker
+    device = alsa_device(kit.card)
+    return (device if microphone == "default" else microphone,
+            device if speaker == "default" else speaker)

@@ -42,7 +42,7 @@ from ..config import Media, Screen
 from ..core.events import (
     MediaStepped,
     ProgrammeChanged,
-    ProgrammeFigures,
+    ProgrammeFiguresUpdated,
     StreamChanged,
     StreamFiguresUpdated,
 )
@@ -109,9 +109,11 @@ Up = Changed | Figures | Stepped
 
 
 class Setup(msgspec.Struct, tag=True, frozen=True):
-    """The screen process's first message: the ``[screen]`` section."""
+    """The screen process's first message: the ``[screen]`` section, and where to send what the
+    speaker plays for the microphone's echo canceller ("": nowhere)."""
 
     screen: Screen
+    reference_socket: str = ""
 
 
 class Show(msgspec.Struct, tag=True, frozen=True):
@@ -154,7 +156,7 @@ class Programme(msgspec.Struct, tag=True, frozen=True):
 
 
 class PlayFigures(msgspec.Struct, tag=True, frozen=True):
-    """ProgrammeFigures."""
+    """ProgrammeFiguresUpdated."""
 
     figures: dict[str, Any]
 
@@ -182,7 +184,7 @@ def to_wire(event: object) -> Up | ScreenUp | None:
             return Stepped(profile, kbps, direction, reason)
         case ProgrammeChanged(state=state, detail=detail):
             return Programme(state, detail)
-        case ProgrammeFigures(figures=figures):
+        case ProgrammeFiguresUpdated(figures=figures):
             return PlayFigures(figures)
     return None
 
@@ -199,7 +201,7 @@ def from_wire(message: Up | ScreenUp) -> object:
         case Programme(state=state, detail=detail):
             return ProgrammeChanged(state, detail)
         case PlayFigures(figures=figures):
-            return ProgrammeFigures(figures)
+            return ProgrammeFiguresUpdated(figures)
     raise TypeError(f"not an up message: {message!r}")
 
 

@@ -68,6 +68,7 @@ from .pipe import (
     StopPlay,
     Volume,
 )
+from .reference import ReferenceSender
 from .speaker import Speaker, make_fifo, player_sound_env
 
 try:  # the idle screen's renderer (Pillow): a plain screen until it is there
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     scrub_log_handlers(known=())
     settle()
-    screen = ScreenPlayer(setup.screen, channel)
+    screen = ScreenPlayer(setup.screen, channel, reference_socket=setup.reference_socket)
     try:
         return screen.serve(pending)
     finally:
@@ -203,7 +204,7 @@ def screen_size(cfg: Screen) -> tuple[int, int]:
 class ScreenPlayer:
     """The state of the TV; every method runs on the serving thread."""
 
-    def __init__(self, cfg: Screen, channel: Channel) -> None:
+    def __init__(self, cfg: Screen, channel: Channel, *, reference_socket: str = "") -> None:
         self.cfg = cfg
         self.channel = channel
         self._runtime = Path(tempfile.mkdtemp(prefix="diemcau-screen-"))
@@ -215,9 +216,15 @@ class ScreenPlayer:
         self._recorder: Recorder | None = None
         if cfg.record_dir:
             self._recorder = Recorder(Path(cfg.record_dir))
+        # What the speaker plays goes to the lab's record and to the echo canceller.
+        self._reference = ReferenceSender(reference_socket) if reference_socket else None
+        taps = [tap for tap in (self._recorder.played if self._recorder else None,
+                                self._send_reference if self._reference else None) if tap]
         self.speaker = Speaker(cfg.speaker, fifo, rate_hz=cfg.sample_rate_hz,
                                buffer_ms=cfg.audio_buffer_ms, duck_db=cfg.duck_db,
-                               on_played=self._recorder.played if self._recorder else None)
+                               on_played=(lambda period, heard_at: [tap(period, heard_at)
+                                                                    for tap in taps])
+                               if taps else None)
         self.speaker.start()
         self._events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
         self.mpv = mpv.MPV(log_handler=self._mpv_log, loglevel="error",
@@ -266,7 +273,19 @@ class ScreenPlayer:
                 log.warning("the control plane has gone: the screen process ends")
                 return 0
 
+    def _send_reference(self, period: bytes, heard_at: float) -> None:
+        """One stereo period as played, downmixed to mono, stamped on the monotonic clock."""
+        import numpy as np
+
+        assert self._reference is not None
+        frames = np.frombuffer(period, dtype="<i2").reshape(-1, 2).astype(np.int32)
+        mono = ((frames[:, 0] + frames[:, 1]) // 2).astype("<i2").tobytes()
+        self._reference.send(mono, at=heard_at - time.time() + time.monotonic(),
+                             rate_hz=self.cfg.sample_rate_hz)
+
     def close(self) -> None:
+        if self._reference is not None:
+            self._reference.close()
         with contextlib.suppress(Exception):
             if self._recorder is not None:
                 self._recorder.stop()
