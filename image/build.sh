@@ -43,6 +43,9 @@ PACKAGES=(
     python3 python3-venv python3-av python3-numpy python3-systemd
     libasound2 alsa-utils
     fonts-dejavu-core
+    # The far end (docs/farend.md): libmpv and its Python binding for the TV, and the
+    # software echo canceller's speexdsp and libsamplerate (docs/audio.md).
+    libmpv2 python3-mpv libspeexdsp1 libsamplerate0
 )
 # Only while building the release (pyalsaaudio has no arm64 wheel on PyPI);
 # purged before the image is written.
