@@ -1,8 +1,10 @@
 """``make demo``: one box joins a meeting, on real parts, on this machine.
 
 Stands up what the centre would have (a Mosquitto broker, an ``ffmpeg`` SRT
-listener as the media server), one box with simulated hardware (a test
-pattern camera, a test tone microphone through ALSA), and drives it with the
+listener as the media server, and the meeting's programme: stamped pictures
+and a tone served by Debian's ``srt-live-transmit``), one box with simulated
+hardware (a test pattern camera, a test tone microphone through ALSA, a TV
+that logs what it shows, a speaker that is a file), and drives it with the
 centre's own console, ``diemcau-centre``. Everything it makes is under
 ``out/demo/``.
 """
@@ -18,6 +20,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import jwt
 
@@ -28,8 +31,9 @@ from tests.harness.alsa import make_microphone, make_speaker
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
 from tests.harness.observer import Observer
+from tests.harness.programme import ProgrammeFeed
+from tests.harness.screen import shown
 from tests.harness.srt_listener import SrtListener, read_recording, save_frame_png
-from tests.harness.voice import prompts_said
 
 DEV = "c00001-r1"
 MEETING = "giao-ban-2026-11"
@@ -84,6 +88,9 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
     media = SrtListener(OUT / "media", latency_ms=120)
     media.start()
     print(f"  broker on 127.0.0.1:{broker.port}, media server at {media.url}")
+    programme = ProgrammeFeed(OUT / "programme").start()
+    print(f"  the meeting's programme (what the communes watch: numbered pictures and a 1 kHz "
+          f"tone) at {programme.url.split('?')[0]}")
 
     say("Making the centre's command-signing key")
     key_dir = OUT / "centre"
@@ -98,11 +105,17 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
 
     observer = Observer(broker, centre_key)
     mic = make_microphone(OUT / "mic", seconds=STREAM_S + 60)
-    # The room's speaker: what the box says lands in files, recognised at the end.
+    # The room's speaker: the programme and what the box says land in a file.
     speaker = make_speaker(OUT / "speaker", also=mic)
+    # The room's TV: no display here (vo = null); the screen process logs each picture it
+    # shows and saves the newest, and the idle screen, under out/demo/tv/.
+    tv = OUT / "tv"
+    screen = (f'[screen]\nenabled = true\nvo = "null"\nspeaker = "{speaker.pcm}"\n'
+              f'record_dir = "{tv}"\n')
     # The panel on gpiozero's MockFactory: the demo presses the button with SIGUSR1.
     box = Box(OUT / "box", broker, centre_key, device_id=DEV, env=speaker.env,
-              microphone=mic.pcm, health_interval_s=5, extra='[panel]\ngpio = "mock"\n',
+              microphone=mic.pcm, health_interval_s=5,
+              extra='[panel]\ngpio = "mock"\n' + screen,
               voice=f'enabled = true\npcm = "{speaker.pcm}"\nvolume_percent = {VOLUME}')
     try:
         say("Plugging in the box (simulated camera: test pattern; microphone: a 1 kHz tone)")
@@ -112,12 +125,14 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
         print(f"  the box is online: it reported 'ready' {birth.at - started:.2f} s after starting "
               f"(session {decode(birth.payload, State).session})")
         centre("devices", config=centre_cfg)
+        print(f"  the TV shows the idle screen: {keep(tv / 'idle.png', 'tv-idle-before.png')}")
 
         say("The centre invites the box to a meeting starting in 10 minutes; the invitation "
             "says where to send")
         starts = time.time() + 600
         centre("send", DEV, "meeting.invite", "--arg", f"meeting_id={MEETING}",
                "--arg", "title=Họp giao ban tháng 11", "--arg", f"publish={media.url}",
+               "--arg", f"play={programme.url}",
                "--arg", "profile=480p25", "--arg", f"starts_at={starts:.0f}",
                "--arg", f"ends_at={starts + 3600:.0f}", config=centre_cfg)
         observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
@@ -134,6 +149,11 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
                                  timeout=20, after=pressed)
         print(f"  live {live.at - pressed:.2f} s after the press; the light is steady green "
               f"({light_shows(box, 'live')})")
+        on_tv = observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
+                                  and decode(m.payload, Status).programme.state == "live",
+                                  timeout=20, after=pressed)
+        print(f"  the room sees and hears the centre: the programme is on the TV "
+              f"{on_tv.at - pressed:.2f} s after the press, its sound on the speaker")
         time.sleep(STREAM_S / 2)
 
         say("The clerk presses the button again: the room raises its hand to speak")
@@ -157,9 +177,16 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
               f"({light_shows(box, 'live_muted')})")
         time.sleep(STREAM_S / 2)
 
+        print(f"  what the TV shows now: {keep(tv / 'programme.png', 'tv-programme.png')}")
+
         say("The centre tells the box to leave")
+        left = time.time()
         centre("send", DEV, "meeting.leave", "--timeout", "15", config=centre_cfg)
-        time.sleep(1.0)
+        observer.wait_for(lambda m: m.topic == device_topic(DEV, "status")
+                          and decode(m.payload, Status).programme.state == "off",
+                          timeout=20, after=left)
+        wait_newer(tv / "idle.png", left)
+        print(f"  the TV is back on the idle screen: {keep(tv / 'idle.png', 'tv-idle-after.png')}")
 
         say("Stopping the box (as systemd would, SIGTERM)")
         code = box.stop()
@@ -170,19 +197,62 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
     finally:
         box.stop()
         recording_path = media.stop()
+        programme.stop()
         observer.close()
         broker.stop()
 
     summary(observer, recording_path)
+    far_end(observer, tv, speaker)
     print("  what the box's light showed (its log, out/demo/box/box.log):")
     for when, state, label in re.findall(r"(\d\d:\d\d:\d\d),\d+ INFO diemcau.supervisor: "
                                          r"light: (\S+) \((.*)\)", box.log_text()):
         print(f"    {when}  {state:<12} {label}")
-    print(f"  what the box said through the room's speaker ({speaker.out_path.parent}/):")
-    for key in prompts_said(speaker, VOLUME):
-        print(f"    {PROMPTS.get(key, key)}")
+    print("  what the box said through the room's speaker, mixed into the programme "
+          "(its log):")
+    for when, key in re.findall(r"(\d\d:\d\d:\d\d),\d+ INFO diemcau.voice: said (\S+):",
+                                box.log_text()):
+        print(f"    {when}  {PROMPTS.get(key, key)}")
     print(f"\nEverything the demo made is in {OUT}/ (box log: {OUT}/box/box.log).")
     return 0
+
+
+def keep(source: Path, name: str, timeout_s: float = 10.0) -> Path:
+    """Copy what the TV showed (``source``, once it is there) to ``out/demo/name``."""
+    deadline = time.monotonic() + timeout_s
+    while not source.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    target = OUT / name
+    shutil.copyfile(source, target)
+    return target
+
+
+def wait_newer(path: Path, than: float, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_mtime > than:
+            return
+        time.sleep(0.1)
+
+
+def far_end(observer: Observer, tv: Path, speaker: Any) -> None:
+    """What the room saw and heard of the meeting."""
+    pictures = [s.number for s in shown(tv) if s.number >= 0]
+    figures = [decode(m.payload, Status).programme for m in observer.on(device_topic(DEV, "status"))
+               if m.payload and decode(m.payload, Status).programme.state == "live"]
+    seconds = len(speaker.played()) / 4 / 48000
+    print(f"  the TV showed {len(pictures)} pictures of the programme, numbered "
+          f"{pictures[0] if pictures else '-'}..{pictures[-1] if pictures else '-'} "
+          f"({'in order' if pictures == sorted(pictures) else 'OUT OF ORDER'}); "
+          f"the speaker played {seconds:.1f} s")
+    if figures:
+        last = figures[-1]
+        lag = "unknown" if last.lag_ms is None else f"{last.lag_ms:.0f} ms"
+        print(f"  the box's own figures: {last.frames_shown} frames shown, {last.frames_dropped} "
+              f"dropped, lag behind the feed {lag}, decoder {last.decoder or '-'}, "
+              f"{last.width}x{last.height}")
+    print(f"  the TV: {OUT / 'tv-idle-before.png'} (idle), {OUT / 'tv-programme.png'} "
+          f"(the programme), {OUT / 'tv-idle-after.png'} (idle again); the room's own "
+          f"camera as the centre received it: {OUT / 'frame.png'}")
 
 
 def summary(observer: Observer, recording_path: Path) -> None:

@@ -157,6 +157,7 @@ class Voice:
             try:
                 self._speak(text)
                 self.spoken += 1
+                log.info("said %s: %s", key, text)
             except Exception as exc:  # noqa: BLE001 - a broken speaker must not end the voice
                 log.error("voice: could not say %r: %s", key, exc)
             self._done(key)

@@ -341,6 +341,10 @@ class ScreenPlayer:
             return plain
         path = self._runtime / f"idle-{time.monotonic_ns()}.png"
         image.save(path, "PNG")
+        if self.cfg.record_dir:  # a lab's record: the idle screen as last shown, whole
+            shown = Path(self.cfg.record_dir) / "idle.png"
+            shutil.copyfile(path, shown.with_suffix(".part"))
+            os.replace(shown.with_suffix(".part"), shown)
         for old in self._runtime.glob("idle-*.png"):
             if old != path:
                 old.unlink(missing_ok=True)
@@ -591,6 +595,7 @@ class Recorder:
     carries (:mod:`diemcau.media.framestamp`; -1: none). ``played.tsv``: one
     line per period written to the speaker: when it is heard, and the frames
     written so far. ``programme.png``: the newest picture, once a second.
+    ``idle.png``: the idle screen as last drawn.
     """
 
     POLL_S = 0.004
