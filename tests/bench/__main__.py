@@ -26,6 +26,7 @@ from tests.bench import before, echo, media
 from tests.bench import broker as broker_bench
 from tests.bench import console as console_bench
 from tests.bench import fleet as fleet_bench
+from tests.bench import screen as screen_bench
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
@@ -282,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         box.stop()
         observer.close()
     media.run(work / "media", options, row)
+    screen_bench.run(work / "screen", row)  # the far end: playback beside mpv
     echo.bench(row)
     broker_bench.main([])
     # The centre at fleet scale: a broadcast's roll-call, reconnect storms, the web console.
