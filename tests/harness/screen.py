@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diemcau.core.events import ProgrammeChanged, ProgrammeFigures
+from diemcau.core.events import ProgrammeChanged, ProgrammeFiguresUpdated
 
 RATE = 48000
 
@@ -101,7 +101,7 @@ class ScreenWatch:
         return [(e.state, e.detail) for _, e in self.events if isinstance(e, ProgrammeChanged)]
 
     def figures(self) -> list[dict]:
-        return [e.figures for _, e in self.events if isinstance(e, ProgrammeFigures)]
+        return [e.figures for _, e in self.events if isinstance(e, ProgrammeFiguresUpdated)]
 
     def wait(self, test: Callable[[object], bool], timeout_s: float, after: float = 0.0
              ) -> tuple[float, object]:

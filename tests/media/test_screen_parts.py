@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from diemcau.config import ConfigError, Screen, _screen_problems
-from diemcau.core.events import ProgrammeChanged, ProgrammeFigures
+from diemcau.core.events import ProgrammeChanged, ProgrammeFiguresUpdated
 from diemcau.media.pipe import (
     Channel,
     PlayFigures,
@@ -80,7 +80,7 @@ def test_player_options_pin_the_output_and_let_the_site_add_its_own() -> None:
 
 
 def test_programme_events_cross_the_pipe_and_back() -> None:
-    for event in (ProgrammeChanged("reconnecting", "why"), ProgrammeFigures({"lag_ms": 40})):
+    for event in (ProgrammeChanged("reconnecting", "why"), ProgrammeFiguresUpdated({"lag_ms": 40})):
         message = to_wire(event)
         assert isinstance(message, Programme | PlayFigures)
         assert from_wire(message) == event

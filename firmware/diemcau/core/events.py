@@ -63,25 +63,6 @@ class StreamChanged:
 
 
 @dataclass(frozen=True, slots=True)
-class ProgrammeChanged:
-    """The programme feed on the room's TV changed state (the screen process's player).
-
-    ``off``: nothing played (the idle screen), posted once a stop has taken effect;
-    ``error``: the play URL cannot be played as given (not retried).
-    """
-
-    state: StreamState
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ProgrammeFigures:
-    """The player's figures, about once a second while a programme plays (docs/farend.md)."""
-
-    figures: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
 class CameraDetected:
     """``media.camera = "auto"`` resolved: ``picamera2``, ``usb``, ``test_pattern`` or ``none``."""
 

@@ -42,7 +42,7 @@ from ..config import Media, Screen
 from ..core.events import (
     MediaStepped,
     ProgrammeChanged,
-    ProgrammeFigures,
+    ProgrammeFiguresUpdated,
     StreamChanged,
     StreamFiguresUpdated,
 )
@@ -154,7 +154,7 @@ class Programme(msgspec.Struct, tag=True, frozen=True):
 
 
 class PlayFigures(msgspec.Struct, tag=True, frozen=True):
-    """ProgrammeFigures."""
+    """ProgrammeFiguresUpdated."""
 
     figures: dict[str, Any]
 
@@ -182,7 +182,7 @@ def to_wire(event: object) -> Up | ScreenUp | None:
             return Stepped(profile, kbps, direction, reason)
         case ProgrammeChanged(state=state, detail=detail):
             return Programme(state, detail)
-        case ProgrammeFigures(figures=figures):
+        case ProgrammeFiguresUpdated(figures=figures):
             return PlayFigures(figures)
     return None
 
@@ -199,7 +199,7 @@ def from_wire(message: Up | ScreenUp) -> object:
         case Programme(state=state, detail=detail):
             return ProgrammeChanged(state, detail)
         case PlayFigures(figures=figures):
-            return ProgrammeFigures(figures)
+            return ProgrammeFiguresUpdated(figures)
     raise TypeError(f"not an up message: {message!r}")
 
 

@@ -3,7 +3,7 @@
 One :class:`ScreenProcess` for the box's life (when ``[screen] enabled``). It
 starts ``python -m diemcau.media.screen_child`` (:mod:`diemcau.media.screen_child`),
 which owns libmpv, the TV and the speaker, and turns what comes up the pipe
-into ``ProgrammeChanged`` and ``ProgrammeFigures`` for the supervisor. mpv,
+into ``ProgrammeChanged`` and ``ProgrammeFiguresUpdated`` for the supervisor. mpv,
 PyAV, numpy and Pillow are never loaded here.
 
 If the child dies (a crash inside libmpv, the OOM killer), this posts
@@ -69,7 +69,7 @@ COUNTERS = ("reconnects", "catchups", "frames_shown", "frames_dropped")
 class ScreenProcess:
     """The screen process's proxy: every method returns at once, from any thread.
 
-    ``post`` receives ProgrammeChanged and ProgrammeFigures (from the reader
+    ``post`` receives ProgrammeChanged and ProgrammeFiguresUpdated (from the reader
     thread; it must not block). ``speaker``: the ALSA PCM the child owns
     (normally ``cfg.speaker``); ``log_level``: the child's.
     """
@@ -244,14 +244,15 @@ class ScreenProcess:
         os.close(down_r)
         os.close(up_w)
         channel = Channel(up_r, down_w)
-        channel.send(Setup(self._cfg))
-        # What is wanted now, in order: the idle view, the volume, the programme.
-        channel.send(Show(self._view))
-        if self._volume is not None:
-            channel.send(Volume(self._volume))
-        if self._playing is not None:
-            channel.send(Play(*self._playing))
+        # Under the lock: a show_idle, play or set_volume that comes meanwhile waits for the
+        # channel, so it is either in what is given here or sent after it, never lost.
         with self._lock:
+            channel.send(Setup(self._cfg))
+            channel.send(Show(self._view))  # what is wanted now: the idle view, the volume,
+            if self._volume is not None:    # the programme
+                channel.send(Volume(self._volume))
+            if self._playing is not None:
+                channel.send(Play(*self._playing))
             self._process, self._channel = process, channel
         if self._closing.is_set():
             channel.send(Stop())
