@@ -53,7 +53,7 @@ from ..adapters.process import settle
 from ..config import Screen
 from ..core.backoff import backoff_delay
 from ..core.scrub import scrub
-from . import framestamp
+from . import framestamp, idle
 from .pipe import (
     Channel,
     PipeClosed,
@@ -70,11 +70,6 @@ from .pipe import (
 )
 from .reference import ReferenceSender
 from .speaker import Speaker, make_fifo, player_sound_env
-
-try:  # the idle screen's renderer (Pillow): a plain screen until it is there
-    from . import idle  # type: ignore[attr-defined]
-except ImportError:
-    idle = None
 
 log = logging.getLogger("diemcau.media.screen")
 
@@ -249,7 +244,7 @@ class ScreenPlayer:
         self._last_pos: float | None = None
         self._progress_at = 0.0
         self._figures_at = 0.0
-        self._idle_minute = -1
+        self._idle_next: datetime | None = None
         self._audio_delay = 0.0
         self._cached: collections.deque[tuple[float, float]] = collections.deque()
         self._catchup_best = 0.0
@@ -298,7 +293,6 @@ class ScreenPlayer:
         match message:
             case Show(view=view):
                 self.view = view
-                self._idle_minute = -1
                 if not self.url:
                     self._show_idle()
             case Play(meeting_id=meeting_id, url=url):
@@ -321,21 +315,21 @@ class ScreenPlayer:
         self.showing = "idle"
         target = self._idle_picture()
         self.mpv.command("loadfile", target, "replace")
-        self._idle_minute = datetime.now().minute
 
     def _idle_picture(self) -> str:
         """A PNG of the idle view, or a plain dark screen (no view, or no renderer)."""
         width, height = screen_size(self.cfg)
         plain = f"av://lavfi:color=c=0x10202c:s={width}x{height}:r=1"
+        self._idle_next = None
         if self.view is None:
-            return plain
-        if idle is None:
             return plain
         import msgspec
 
+        now = datetime.now().astimezone()
         try:
             view = msgspec.convert(self.view, idle.IdleView)
-            image = idle.render(view, datetime.now().astimezone(), (width, height))
+            image = idle.render(view, now, (width, height))
+            self._idle_next = idle.next_change(view, now)
         except Exception as exc:  # noqa: BLE001 - a bad view must leave a screen up
             log.error("cannot draw the idle screen: %s", exc)
             return plain
@@ -473,9 +467,9 @@ class ScreenPlayer:
             return None
 
     def _tick(self, now: float) -> None:
-        if self.showing == "idle" and self.view is not None \
-                and datetime.now().minute != self._idle_minute:
-            self._show_idle()  # the clock on the idle screen
+        if self.showing == "idle" and self._idle_next is not None \
+                and datetime.now().astimezone() >= self._idle_next:
+            self._show_idle()  # the clock on the idle screen, the join window opening
         if not self.url:
             return
         if self._reload_at is not None:
@@ -564,8 +558,8 @@ class ScreenPlayer:
         params = self._get("video-params") or {}
         avsync = self._get("avsync")
         hwdec = self._get("hwdec-current")
-        codec = self._get("video-codec") or ""
-        decoder = f"hw:{hwdec}" if hwdec and hwdec != "no" else (f"sw:{codec}" if codec else "")
+        codec = str(self._get("video-codec") or "").split(" ")[0]  # "h264 (H.264 / AVC …)"
+        decoder = f"{codec}_{hwdec}" if codec and hwdec and hwdec != "no" else codec
         return {
             "state": self.state,
             "frames_shown": self._positions if params else 0,
@@ -576,8 +570,8 @@ class ScreenPlayer:
             "reconnects": self.counters["reconnects"],
             "catchups": self.counters["catchups"],
             "decoder": decoder,
-            "width": params.get("w") if isinstance(params, dict) else None,
-            "height": params.get("h") if isinstance(params, dict) else None,
+            "width": int(params.get("w") or 0) if isinstance(params, dict) else 0,
+            "height": int(params.get("h") or 0) if isinstance(params, dict) else 0,
             "av_sync_ms": round(avsync * 1000, 1) if isinstance(avsync, (int, float))
             and math.isfinite(avsync) else None,
             "speaker_delay_ms": round(self.speaker.delay_s * 1000, 1),
