@@ -145,6 +145,11 @@ def test_a_province_login_cannot_command_another_province(console: Console,
             assert r.status_code in (400, 404), (target, r.status_code)
         assert hanoi.post("/broadcast", data={**join, "province": "p01", "csrf": "forged"}
                           ).status_code == 403
+        # Bad arguments are refused as `send` refuses them, before anything is sent.
+        r = hanoi.post("/broadcast", data={**join, "province": "p01",
+                                           "meeting.join:publish": ""})
+        assert r.status_code == 400 and "publish" in r.text
+        assert console.db.commands_list(Scope.everything()) == []
         # An admin's group of the whole country is not a province operator's either.
         assert hanoi.post("/broadcast", data=join).status_code == 303  # their p01 boxes only
         time.sleep(0.5)

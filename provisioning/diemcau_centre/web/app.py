@@ -58,8 +58,8 @@ COMMAND_FIELDS = {
     "meeting.join": [("meeting_id", "Mã cuộc họp"), ("publish", "Địa chỉ gửi hình (srt://)"),
                      ("play", "Địa chỉ nhận chương trình (srt://)")],
     "meeting.leave": [("meeting_id", "Mã cuộc họp (để trống: cuộc họp hiện tại)")],
-    "firmware.update": [("version", "Phiên bản"), ("url", "Địa chỉ gói phần mềm"),
-                        ("manifest", "Bản kê đã ký")],
+    # The signed release manifest, as `diemcau-centre release sign` writes it (docs/updates.md).
+    "firmware.update": [("manifest", "Bản kê phát hành đã ký")],
 }
 STATUS_LABELS = {"accepted": "đã nhận", "in_progress": "đang làm", "succeeded": "thành công",
                  "failed": "thất bại", "rejected": "từ chối", "expired": "hết hạn",
