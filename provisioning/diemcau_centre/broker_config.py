@@ -85,7 +85,7 @@ def durability(boxes: int) -> Durability:
     while offline.
 
     >>> durability(2000)
-    Durability(boxes=2000, max_queued_messages=40000, max_queued_bytes=40960000, \
+    Durability(boxes=2000, max_queued_messages=42000, max_queued_bytes=43008000, \
 max_inflight_messages=100)
     """
     if boxes < 0:

@@ -13,6 +13,7 @@ import json
 import pkgutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -33,15 +34,21 @@ CLOCK_READS = {"time", "time_ns", "monotonic", "monotonic_ns", "perf_counter",
 MEDIA_STACK = ["av", "numpy", "alsaaudio", "picamera2", "PIL", "segno"]
 
 
+# The child interpreters start without the machine's site set-up (-S) and add only our
+# virtual environment: a .pth file the machine itself installs (one here loads threading
+# through certifi at every start) must not count as something the core imported.
+OWN_SITE = f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n"
+
+
 def modules_after_import(*names: str) -> dict[str, list[str]]:
     """For each forbidden-looking top-level module loaded by importing ``names``: who asked."""
-    script = f"""
+    script = OWN_SITE + f"""
 import json, sys
 for name in {list(names)!r}:
     __import__(name)
 print(json.dumps(sorted({{m.partition(".")[0] for m in sys.modules}})))
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -49,7 +56,8 @@ print(json.dumps(sorted({{m.partition(".")[0] for m in sys.modules}})))
 
 def import_chain(module: str, target: str) -> str:
     """Which imports led to ``target``, from ``python -X importtime`` (for failure messages)."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+    done = subprocess.run([sys.executable, "-S", "-X", "importtime", "-c",
+                           OWN_SITE + f"import {module}"],
                           capture_output=True, text=True, timeout=60, check=False)
     lines = [line.rsplit("|", 1)[-1] for line in done.stderr.splitlines() if "|" in line]
     for n, line in enumerate(lines):

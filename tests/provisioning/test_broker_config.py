@@ -92,13 +92,14 @@ def test_the_listener_forces_identity_and_client_id() -> None:
 
 
 def test_queues_are_sized_for_the_fleet_and_the_broker_saves_every_change() -> None:
-    """The centre can hold 20 messages from every box; never below Mosquitto's 1,000."""
+    """The centre can hold 21 messages from every box (its retained state, meta, status and
+    10 alerts, and what a group join makes it say); never below Mosquitto's 1,000."""
     assert durability(0).max_queued_messages == 1000
-    assert durability(2000).max_queued_messages == 40_000
-    assert durability(10_000).max_queued_messages == 200_000
-    assert durability(10_000).max_queued_bytes == 200_000 * 1024
+    assert durability(2000).max_queued_messages == 42_000
+    assert durability(10_000).max_queued_messages == 210_000
+    assert durability(10_000).max_queued_bytes == 210_000 * 1024
     lines = conf_text(BrokerSettings(), Path("/etc/mosquitto/diemcau"), 10_000).splitlines()
-    for line in ("max_queued_messages 200000", "max_queued_bytes 204800000",
+    for line in ("max_queued_messages 210000", "max_queued_bytes 215040000",
                  "max_inflight_messages 100", "autosave_on_changes true", "autosave_interval 1",
                  "persistence true"):
         assert line in lines
