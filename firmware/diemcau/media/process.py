@@ -209,7 +209,7 @@ class MediaProcess:
         live_at: float | None = None
         try:
             while True:
-                if self._stop_overdue(process):
+                if kill_if_overdue(process, self._stop_asked_at, "media"):
                     break
                 try:
                     messages: list[Up] = channel.receive(Up, timeout_s=POLL_S)
@@ -225,16 +225,16 @@ class MediaProcess:
                         if message.state == "live" and live_at is None:
                             live_at = time.monotonic()
                     self._post(from_wire(self._counted(message)))
-            code = self._reap(process)
+            code = reap(process, "media")
         finally:
             with self._lock:
                 self._channel = None
             channel.close()
         if off is not None or self._stopping.is_set():
             if code != 0:
-                log.warning("media process %d ended %s", process.pid, _how(code))
+                log.warning("media process %d ended %s", process.pid, how_ended(code))
             return "off", off or "", live_at
-        return _how(code), "", live_at
+        return how_ended(code), "", live_at
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], Channel]:
         spare = self._spare.take() if self._spare is not None and not self.restarts else None
@@ -252,25 +252,6 @@ class MediaProcess:
             channel.send(Stop())  # stop() came while the child was being started
         return process, channel
 
-    def _stop_overdue(self, process: subprocess.Popen[bytes]) -> bool:
-        asked = self._stop_asked_at
-        if asked is None or time.monotonic() - asked < STOP_GRACE_S:
-            return False
-        log.error("media process %d did not end %.0f s after being asked: killing it",
-                  process.pid, STOP_GRACE_S)
-        process.kill()
-        return True
-
-    def _reap(self, process: subprocess.Popen[bytes]) -> int:
-        """Wait for the child (its pipe has closed: it is ending); kill it if it lingers."""
-        try:
-            return process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            log.error("media process %d closed its pipe but did not exit: killing it",
-                      process.pid)
-            process.kill()
-            return process.wait()
-
     def _counted(self, message: Up) -> Up:
         """Figures with the counters run on from the children before this one."""
         if not isinstance(message, Figures):
@@ -285,13 +266,15 @@ class MediaProcess:
         return Figures(figures)
 
 
-def spawn_child(log_level: str) -> tuple[subprocess.Popen[bytes], Channel]:
-    """Start ``python -m diemcau.media.child`` with its two pipes; it waits for a Start."""
+def spawn_child(log_level: str, module: str = CHILD_MODULE,
+                ) -> tuple[subprocess.Popen[bytes], Channel]:
+    """Start ``python -m module`` (the media child, or the screen child) with its two pipes;
+    it waits for its first message."""
     down_r, down_w = os.pipe()
     up_r, up_w = os.pipe()
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", CHILD_MODULE, "--down-fd", str(down_r),
+            [sys.executable, "-m", module, "--down-fd", str(down_r),
              "--up-fd", str(up_w), "--log-level", log_level],
             stdin=subprocess.DEVNULL, pass_fds=(down_r, up_w), close_fds=True)
     except BaseException:
@@ -357,7 +340,7 @@ class Spare:
             self._busy = True
         if waiting is not None and waiting[0].poll() is not None:
             log.warning("the spare media process had ended (%s): starting a new one",
-                        _how(waiting[0].returncode))
+                        how_ended(waiting[0].returncode))
             self._discard(waiting)
             return None
         return waiting
@@ -382,7 +365,27 @@ class Spare:
             process.wait()
 
 
-def _how(code: int) -> str:
+def kill_if_overdue(process: subprocess.Popen[bytes], asked_at: float | None, what: str) -> bool:
+    """A child asked to stop at ``asked_at`` (monotonic) and still there after the grace: killed."""
+    if asked_at is None or time.monotonic() - asked_at < STOP_GRACE_S:
+        return False
+    log.error("%s process %d did not end %.0f s after being asked: killing it",
+              what, process.pid, STOP_GRACE_S)
+    process.kill()
+    return True
+
+
+def reap(process: subprocess.Popen[bytes], what: str) -> int:
+    """Wait for a child whose pipe has closed (it is ending); kill it if it lingers."""
+    try:
+        return process.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        log.error("%s process %d closed its pipe but did not exit: killing it", what, process.pid)
+        process.kill()
+        return process.wait()
+
+
+def how_ended(code: int) -> str:
     """``exit code 3``, ``killed by SIGKILL``."""
     if code < 0:
         try:

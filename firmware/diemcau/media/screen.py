@@ -25,10 +25,8 @@ volume. The figures' counters run on across children.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,7 +51,7 @@ from .pipe import (
     Volume,
     from_wire,
 )
-from .process import STABLE_S, STOP_GRACE_S, _how
+from .process import STABLE_S, STOP_GRACE_S, how_ended, kill_if_overdue, reap, spawn_child
 
 if TYPE_CHECKING:
     from ..config import Screen
@@ -199,7 +197,7 @@ class ScreenProcess:
             return f"not started: {exc.strerror or exc}", 0.0
         try:
             while True:
-                if self._close_overdue(process):
+                if kill_if_overdue(process, self._close_asked_at, "screen"):
                     break
                 try:
                     messages: list[ScreenUp] = channel.receive(ScreenUp, timeout_s=POLL_S)
@@ -209,12 +207,12 @@ class ScreenProcess:
                     break
                 for message in messages:
                     self._handle(message)
-            code = self._reap(process)
+            code = reap(process, "screen")
         finally:
             with self._lock:
                 self._channel = None
             channel.close()
-        return _how(code), time.monotonic() - started
+        return how_ended(code), time.monotonic() - started
 
     def _handle(self, message: ScreenUp) -> None:
         if isinstance(message, Programme):
@@ -233,20 +231,7 @@ class ScreenProcess:
         self._post(from_wire(message))
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], Channel]:
-        down_r, down_w = os.pipe()
-        up_r, up_w = os.pipe()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", CHILD_MODULE, "--down-fd", str(down_r),
-                 "--up-fd", str(up_w), "--log-level", self._log_level],
-                stdin=subprocess.DEVNULL, pass_fds=(down_r, up_w), close_fds=True)
-        except BaseException:
-            for fd in (down_r, down_w, up_r, up_w):
-                os.close(fd)
-            raise
-        os.close(down_r)
-        os.close(up_w)
-        channel = Channel(up_r, down_w)
+        process, channel = spawn_child(self._log_level, CHILD_MODULE)
         # Under the lock: a show_idle, play or set_volume that comes meanwhile waits for the
         # channel, so it is either in what is given here or sent after it, never lost.
         with self._lock:
@@ -261,20 +246,3 @@ class ScreenProcess:
             channel.send(Stop())
         log.info("screen process %d started", process.pid)
         return process, channel
-
-    def _close_overdue(self, process: subprocess.Popen[bytes]) -> bool:
-        asked = self._close_asked_at
-        if asked is None or time.monotonic() - asked < STOP_GRACE_S:
-            return False
-        log.error("screen process %d did not end %.0f s after being asked: killing it",
-                  process.pid, STOP_GRACE_S)
-        process.kill()
-        return True
-
-    @staticmethod
-    def _reap(process: subprocess.Popen[bytes]) -> int:
-        try:
-            return process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
