@@ -103,7 +103,9 @@ def test_a_bandwidth_cap_steps_the_bitrate_down_and_lifting_it_brings_it_back(
     assert abs(recording.dominant_frequency_hz() - TONE_HZ) < 10
     assert recording.audio.size >= 0.9 * live_s * 48000, (recording.audio.size / 48000, live_s)
     assert box.figures()[-1]["audio_dropped"] <= 0.01 * live_s * 48000 / 1024
-    numbers = recording.stamped
+    # SRT dropped what came too late under the cap: the pictures it damaged
+    # (to the next keyframe) may show an older stamp; the others are in order.
+    numbers = recording.stamped_undamaged
     assert numbers == sorted(set(numbers)) and len(numbers) >= 60
 
 

@@ -203,6 +203,9 @@ class Recording:
     path: Path
     frame_numbers: list[int | None] = field(default_factory=list)  # per picture; None: no stamp
     keyframes: list[bool] = field(default_factory=list)  # per picture, beside frame_numbers
+    # per picture, beside frame_numbers: decoded after a damaged packet and before
+    # the next keyframe, so the decoder may have painted it from an older picture
+    concealed: list[bool] = field(default_factory=list)
     packet_keyframes: list[bool] = field(default_factory=list)  # per video packet, file order
     width: int = 0
     height: int = 0
@@ -216,6 +219,17 @@ class Recording:
     def stamped(self) -> list[int]:
         """The frame numbers that could be read, in arrival order."""
         return [n for n in self.frame_numbers if n is not None]
+
+    @property
+    def stamped_undamaged(self) -> list[int]:
+        """The frame numbers read from pictures that no lost packet touched.
+
+        After a lost packet the decoder conceals: it paints what is missing from
+        an earlier picture, stamp strip included, until the next keyframe. A
+        receiver trusts such pictures again from that keyframe; so does this.
+        """
+        return [n for n, concealed in zip(self.frame_numbers, self.concealed, strict=True)
+                if n is not None and not concealed]
 
     def dominant_frequency_hz(self) -> float:
         """The strongest frequency in the audio (numpy FFT over all of it)."""
@@ -238,7 +252,10 @@ def read_recording(path: Path) -> Recording:
     """Decode ``path`` and read the frame stamp of every picture.
 
     A damaged packet (the tail of a stream cut off mid-packet) is skipped,
-    as a receiver would.
+    as a receiver would. A packet is damaged when the demuxer saw TS packets
+    missing in it (a continuity-counter gap: SRT dropped what came too late)
+    or the decoder refused it; pictures from then to the next keyframe are
+    marked ``concealed``.
     """
     rec = Recording(path)
     if not path.exists() or path.stat().st_size == 0:
@@ -253,17 +270,29 @@ def read_recording(path: Path) -> Recording:
             rec.audio_codec = audio.codec_context.name
             rec.audio_sample_rate = audio.codec_context.sample_rate
             rec.audio_channels = audio.codec_context.channels
+        damaged_pts: set[int | None] = set()  # the video packets that lost TS packets
+        concealing = False  # a damaged picture decoded since the last keyframe
         for packet in container.demux(*[s for s in (video, audio) if s is not None]):
             if packet.size == 0:
                 continue  # a flush marker at the end of the file
             if packet.stream is video:
                 rec.packet_keyframes.append(bool(packet.is_keyframe))
+                if packet.is_corrupt:
+                    damaged_pts.add(packet.pts)
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
+                if packet.stream is video:
+                    concealing = True
                 continue
             for frame in frames:
                 if isinstance(frame, av.VideoFrame):
+                    # Frames carry their packet's pts (the decoder may hold a few back).
+                    if frame.pts in damaged_pts:
+                        concealing = True
+                    elif frame.key_frame:
+                        concealing = False
+                    rec.concealed.append(concealing)
                     rec.width, rec.height = frame.width, frame.height
                     gray = frame if frame.format.name in ("yuv420p", "yuvj420p") else \
                         frame.reformat(format="yuv420p")

@@ -117,3 +117,37 @@ def test_too_small_a_picture_is_refused() -> None:
         stamp(1, np.zeros((8, 64), np.uint8))
     with pytest.raises(ValueError, match="2-D"):
         framestamp.read(np.zeros((360, 640, 3), np.uint8))
+
+
+def test_a_receiver_reads_stamps_in_order_from_pictures_no_lost_packet_touched(tmp_path) -> None:
+    # A stamped stream with SRT-sized runs of TS packets (7 × 188 bytes) lost,
+    # as SRT drops what comes too late: the decoder conceals from older
+    # pictures, stamp strip included, until the next keyframe.
+    from tests.harness.srt_listener import read_recording
+
+    whole, cut = tmp_path / "whole.ts", tmp_path / "cut.ts"
+    with av.open(str(whole), "w") as out:
+        stream = out.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.options = {"g": "30", "tune": "zerolatency", "preset": "ultrafast"}
+        for number in range(1, 151):
+            frame = av.VideoFrame.from_ndarray(
+                np.full((360, 640, 3), number * 3 % 255, np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            framestamp.stamp_frame(number, frame)
+            frame.pts = number
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = whole.read_bytes()
+    runs = len(data) // (7 * 188)
+    lost = set(np.random.default_rng(7).choice(np.arange(3, runs), 10, replace=False).tolist())
+    cut.write_bytes(b"".join(data[r * 7 * 188:(r + 1) * 7 * 188]
+                             for r in range(runs + 1) if r not in lost))
+
+    intact, damaged = read_recording(whole), read_recording(cut)
+    assert intact.stamped == list(range(1, 151)) and not any(intact.concealed)
+    assert any(damaged.concealed)
+    everything = damaged.stamped
+    assert everything != sorted(set(everything)), "some concealed picture showed an older stamp"
+    clean = damaged.stamped_undamaged
+    assert clean == sorted(set(clean)) and len(clean) >= 20
