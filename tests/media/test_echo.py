@@ -154,3 +154,98 @@ def test_bad_frames_and_names_are_refused_clearly() -> None:
         open_canceller("aec9", 16000)
     with pytest.raises(MediaFault, match="44100 Hz"):
         open_canceller("speex", 44100)
+
+
+@pytest.fixture(scope="module")
+def drifting_half_minute():
+    return make_room(RATE, 30, drift_ppm=100)
+
+
+def test_a_drift_remembered_from_the_last_meeting_cancels_from_the_first_seconds(
+        drifting_half_minute) -> None:
+    """The speaker 100 ppm fast again. Measured afresh, the clocks take half a minute and
+    speex removes little meanwhile; starting from what the last meeting measured, it
+    cancels from the start. A remembered drift the fit disagrees with (another TV) is
+    dropped, and the room is as if nothing were remembered."""
+    room = drifting_half_minute
+    figures, measured = {}, {}
+    for prior in (None, 100.5, 40.0):
+        with open_canceller("speex", RATE) as canceller:
+            aligner = ReferenceAligner(RATE, prior_ppm=prior)
+            cleaned = cancel(canceller, room, aligner=aligner, drift_ppm=100)
+            aligner.close()
+        figures[prior] = erle_db(room, cleaned[:20 * RATE], 10)
+        measured[prior] = aligner.drift_ppm
+    print(f"\nspeex at 100 ppm, ERLE 10-20 s: {figures[None]:.1f} dB measured afresh, "
+          f"{figures[100.5]:.1f} dB from a remembered 100.5 ppm, "
+          f"{figures[40.0]:.1f} dB from a wrong 40 ppm")
+    assert figures[100.5] >= 30 > figures[None]
+    assert abs(figures[40.0] - figures[None]) < 3
+    assert all(abs(m - 100) <= 3 for m in measured.values())
+
+
+def test_the_clock_fit_says_how_sure_it_is() -> None:
+    rng = np.random.default_rng(11)
+    fit = ClockFit(48000)
+    errors = []
+    for k in range(6000):  # a minute of 10 ms frames read up to 4 ms late
+        fit.add(50.0 + k / 100 / (1 + 20e-6) + rng.uniform(0, 0.004), (k + 1) * 480)
+        if k % 1000 == 999:
+            errors.append(fit.rate_error())
+    assert errors == sorted(errors, reverse=True)  # surer as the pairs come
+    off = fit.rate() / 48000 - 1 - 20e-6
+    assert abs(off) * 48000 < 4 * errors[-1]  # the error it states covers the error it has
+    assert errors[-1] / 48000 < 2e-6
+
+
+@pytest.mark.parametrize("content", [b"", b"not json", b"[1, 2]", b'{"mic": "100"}',
+                                     b'{"mic": true}', b'{"mic": NaN}', b'{"mic": 5000}',
+                                     b'{"other": 12}'])
+def test_a_remembered_drift_that_is_missing_or_not_ours_is_no_drift(tmp_path, content) -> None:
+    from diemcau.media.microphone import remembered_drift
+
+    path = tmp_path / "echo-drift.json"
+    path.write_bytes(content)
+    assert remembered_drift(path, "mic") is None
+    assert remembered_drift(tmp_path / "none.json", "mic") is None
+
+
+def test_a_measured_drift_is_kept_per_microphone(tmp_path) -> None:
+    from diemcau.media.microphone import remember_drift, remembered_drift
+
+    path = tmp_path / "echo-drift.json"
+    path.write_bytes(b"garbage")  # a broken file is replaced, not a reason to keep nothing
+    remember_drift(path, "plughw:CARD=Mic", 87.123)
+    remember_drift(path, "plughw:CARD=Other", -12.0)
+    remember_drift(path, "plughw:CARD=Mic", 88.0)
+    assert remembered_drift(path, "plughw:CARD=Mic") == 88.0
+    assert remembered_drift(path, "plughw:CARD=Other") == -12.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["echo-drift.json"]
+    deeper = tmp_path / "state" / "echo-drift.json"  # a state directory not made yet
+    remember_drift(deeper, "m", 1.0)
+    assert remembered_drift(deeper, "m") == 1.0
+
+
+def test_a_meeting_that_measured_its_drift_leaves_it_for_the_next(
+        tmp_path, drifting_half_minute) -> None:
+    from diemcau.config import Media
+    from diemcau.media.microphone import (
+        DRIFTS_NAME,
+        CancellingMicrophone,
+        Microphone,
+        remembered_drift,
+    )
+
+    def meeting(aligner: ReferenceAligner) -> None:
+        mic = CancellingMicrophone(Microphone(Media(microphone="plughw:CARD=Mic")), "speex",
+                                   str(tmp_path / "farend.sock"))
+        mic._aligner = aligner  # as if it had read the room: what open() made, measured
+        mic.close()
+
+    measuring = ReferenceAligner(RATE)
+    meeting(measuring)  # nothing measured yet: nothing kept
+    assert not (tmp_path / DRIFTS_NAME).exists()
+    with open_canceller("speex", RATE) as canceller:
+        cancel(canceller, drifting_half_minute, aligner=measuring, drift_ppm=100)
+    meeting(measuring)
+    assert abs(remembered_drift(tmp_path / DRIFTS_NAME, "plughw:CARD=Mic") - 100) <= 3

@@ -50,6 +50,9 @@ DEFAULT_CANCELLER = "speex"
 # it above the noise is shorter; the reference also arrives some tens of ms
 # before its echo (the aligner's fill).
 SPEEX_TAIL_S = 0.3
+# How far two devices' clock ratio moves between one meeting and the next (with the
+# room's temperature): a drift remembered from last time is trusted this much.
+PRIOR_ERROR_PPM = 2.0
 
 _SPEEX_ECHO_SET_SAMPLING_RATE = 24
 _SPEEX_PREPROCESS_SET_ECHO_STATE = 24
@@ -222,7 +225,10 @@ class ClockFit:
     A pair's time is when the samples were written or read, late by the scheduler's jitter
     (a few ms), never early: of each ``block_s`` of pairs only the earliest (against
     ``nominal_hz``) enters the fit, the one the scheduler delayed least. That lower edge
-    is steadier than the pairs' mean, and a rare late wake-up does not tilt the line."""
+    is steadier than the pairs' mean, and a rare late wake-up does not tilt the line.
+
+    The line is fitted to the samples' offset from the nominal rate (small numbers, for
+    precision), and :meth:`rate_error` is the standard error of its slope."""
 
     def __init__(self, nominal_hz: float, window_s: float = 600.0, block_s: float = 1.0) -> None:
         self.nominal_hz = nominal_hz
@@ -232,7 +238,8 @@ class ClockFit:
         self._last = 0.0
         self._block: tuple[float, float, float] | None = None  # lateness, t, samples
         self._block_end = 0.0
-        self._sums = [0.0] * 5  # weights, t, n, tt, tn (t from the first pair, for precision)
+        # weights, t, y, tt, ty, yy; t from the first pair, y the samples ahead of nominal
+        self._sums = [0.0] * 6
 
     def add(self, at: float, samples: int) -> None:
         if self._t0 is None:
@@ -250,23 +257,40 @@ class ClockFit:
     def _enter(self, t: float, n: float) -> None:
         forget = 0.5 ** (max(0.0, t - self._last) / self.window_s)
         self._last = t
-        w, st, sn, stt, stn = self._sums
-        self._sums = [w * forget + 1, st * forget + t, sn * forget + n,
-                      stt * forget + t * t, stn * forget + t * n]
+        y = n - self.nominal_hz * t
+        w, st, sy, stt, sty, syy = self._sums
+        self._sums = [w * forget + 1, st * forget + t, sy * forget + y,
+                      stt * forget + t * t, sty * forget + t * y, syy * forget + y * y]
 
     @property
     def span_s(self) -> float:
         return self._last
 
-    def rate(self) -> float | None:
-        """Samples per second of the monotonic clock; None before two distinct times."""
-        w, st, sn, stt, stn = self._sums
+    def _line(self) -> tuple[float, float, float] | None:
+        """(slope, t's variance, y's covariance with t), or None before two distinct times."""
+        w, st, sy, stt, sty, _ = self._sums
         if w < 2:
             return None
         var = stt / w - (st / w) ** 2
         if var <= 1e-12:
             return None
-        return (stn / w - st / w * sn / w) / var
+        cov = sty / w - st / w * sy / w
+        return cov / var, var, cov
+
+    def rate(self) -> float | None:
+        """Samples per second of the monotonic clock; None before two distinct times."""
+        line = self._line()
+        return None if line is None else self.nominal_hz + line[0]
+
+    def rate_error(self) -> float | None:
+        """The standard error of :meth:`rate`, samples per second; None before three pairs."""
+        line = self._line()
+        w, _, sy, _, _, syy = self._sums
+        if line is None or w < 3:
+            return None
+        slope, var, cov = line
+        residual = max(0.0, syy / w - (sy / w) ** 2 - slope * cov) * w / (w - 2)
+        return math.sqrt(residual / (w * var))
 
 
 class ReferenceAligner:
@@ -290,7 +314,8 @@ class ReferenceAligner:
 
     def __init__(self, rate_hz: int, *, track_drift: bool = True, window_s: float = 600.0,
                  settle_s: float = 10.0, prebuffer_s: float = 0.03,
-                 max_fill_s: float = 1.0) -> None:
+                 max_fill_s: float = 1.0, prior_ppm: float | None = None,
+                 prior_error_ppm: float = PRIOR_ERROR_PPM) -> None:
         self.rate_hz = rate_hz
         self.frame_samples = frame_samples(rate_hz)
         self.track_drift = track_drift
@@ -322,8 +347,14 @@ class ReferenceAligner:
         self._period = 0  # the largest far period seen
         self._fill0: float | None = None
         self._fill_avg = 0.0
-        self.ratio = 1.0  # far samples taken per microphone sample
-        self._ratio_ppm = 0.0
+        # The drift these two devices showed last time (a meeting before): used from the
+        # first frame, and weighed against the fit as it grows; dropped if the fit
+        # disagrees (another TV, another microphone).
+        self._prior = prior_ppm if track_drift else None
+        self._prior_error = prior_error_ppm
+        self._ratio_ppm = self._prior or 0.0
+        self.ratio = 1.0 + self._ratio_ppm / 1e6  # far samples taken per microphone sample
+        self.drift_error_ppm: float | None = None  # the fit's standard error, once measured
         self._out = ctypes.create_string_buffer(2 * self.frame_samples)
         self.underruns = 0
 
@@ -385,9 +416,18 @@ class ReferenceAligner:
     def _track(self) -> None:
         if min(self._far_fit.span_s, self._mic_fit.span_s) < self._settle_s:
             return
-        far_rate, mic_rate = self._far_fit.rate(), self._mic_fit.rate()
-        if not far_rate or not mic_rate:
+        measured = self._measured_ppm()
+        if measured is None:
             return
+        clock_ppm, error_ppm = measured
+        self.drift_error_ppm = error_ppm
+        if self._prior is not None:
+            together = math.hypot(error_ppm, self._prior_error)
+            if abs(clock_ppm - self._prior) > 4 * together:
+                self._prior = None
+            else:  # each by how sure it is
+                a, b = 1 / error_ppm ** 2, 1 / self._prior_error ** 2
+                clock_ppm = (clock_ppm * a + self._prior * b) / (a + b)
         # The fill saws by a far period as periods come: its average over seconds.
         fill = float(len(self._fifo))
         if self._fill0 is None:
@@ -400,10 +440,19 @@ class ReferenceAligner:
         slack = _PIECE + 0.02 * self.rate_hz + self._period
         pull = 0.0 if abs(off) < slack else (off - math.copysign(slack, off)) / (
             3600.0 * self.rate_hz)
-        ppm = (far_rate / mic_rate - 1.0 + pull) * 1e6
+        ppm = clock_ppm + pull * 1e6
         ppm = max(-1000, min(1000, ppm))  # beyond 1000 ppm it is not a clock: a stall
         self._ratio_ppm = ppm
         self.ratio = 1.0 + ppm / 1e6
+
+    def _measured_ppm(self) -> tuple[float, float] | None:
+        """How much faster the far clock runs, in ppm, and the standard error of that."""
+        far_rate, mic_rate = self._far_fit.rate(), self._mic_fit.rate()
+        far_error, mic_error = self._far_fit.rate_error(), self._mic_fit.rate_error()
+        if not far_rate or not mic_rate or far_error is None or mic_error is None:
+            return None
+        error = math.hypot(far_error / far_rate, mic_error / mic_rate) * 1e6
+        return (far_rate / mic_rate - 1.0) * 1e6, max(error, 0.05)
 
     @property
     def drift_ppm(self) -> float:

@@ -22,12 +22,24 @@ with what the speaker played through :mod:`diemcau.media.reference`).
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..shared import write_atomic
 from .defs import AUDIO_PERIOD_S, MediaFault
-from .echo import FRAME_S, ReferenceAligner, open_canceller
+from .echo import FRAME_S, PRIOR_ERROR_PPM, ReferenceAligner, open_canceller
 from .reference import ReferenceReceiver
+
+log = logging.getLogger("diemcau.media.microphone")
+
+# Beside the reference socket, in the box's state directory: the clock drift each
+# microphone showed against the speaker when a meeting ended, so that the next
+# meeting's canceller starts from it instead of measuring for half a minute.
+DRIFTS_NAME = "echo-drift.json"
 
 if TYPE_CHECKING:
     from ..config import Media
@@ -99,12 +111,14 @@ class CancellingMicrophone:
         self._aligner: ReferenceAligner | None = None
         self._receiver: ReferenceReceiver | None = None
         self.wrong_rate = 0  # far periods at another rate than the microphone's: not used
+        self._drifts = Path(reference).with_name(DRIFTS_NAME)
 
     def open(self) -> None:
         self.microphone.open()
         try:
             self._canceller = open_canceller(self._name, self.rate_hz)
-            self._aligner = ReferenceAligner(self.rate_hz)
+            self._aligner = ReferenceAligner(self.rate_hz,
+                                             prior_ppm=remembered_drift(self._drifts, self.device))
             self._receiver = ReferenceReceiver(self._path)
         except (MediaFault, OSError) as exc:
             self.close()
@@ -131,8 +145,43 @@ class CancellingMicrophone:
         return bytes(cleaned) + data[frames * size:]
 
     def close(self) -> None:
+        aligner = self._aligner
+        if aligner is not None and aligner.drift_error_ppm is not None \
+                and aligner.drift_error_ppm < PRIOR_ERROR_PPM:
+            remember_drift(self._drifts, self.device, aligner.drift_ppm)
         for part in (self._receiver, self._aligner, self._canceller):
             if part is not None:
                 part.close()
         self._receiver = self._aligner = self._canceller = None
         self.microphone.close()
+
+
+def remembered_drift(path: Path, device: str) -> float | None:
+    """The drift ``device`` last showed (ppm), or None: never measured, or a file not ours."""
+    try:
+        drifts = json.loads(path.read_bytes())
+        ppm = drifts[device]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        log.debug("no remembered clock drift for %s in %s: %s", device, path, exc)
+        return None
+    if isinstance(ppm, bool) or not isinstance(ppm, (int, float)) \
+            or not math.isfinite(ppm) or abs(ppm) > 1000:
+        return None
+    return float(ppm)
+
+
+def remember_drift(path: Path, device: str, ppm: float) -> None:
+    """Keep ``device``'s measured drift for the next meeting; a failure only costs the head start."""
+    try:
+        try:
+            drifts = json.loads(path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            drifts = {}
+        if not isinstance(drifts, dict):
+            drifts = {}
+        drifts[device] = round(ppm, 2)
+        write_atomic(path, json.dumps(drifts, sort_keys=True).encode(), 0o600)
+    except OSError as exc:
+        log.warning("cannot keep the measured clock drift in %s: %s", path, exc)
