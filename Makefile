@@ -75,8 +75,10 @@ $(STAMP): firmware/pyproject.toml provisioning/pyproject.toml tests/requirements
 demo: setup
 	@$(PY) -m tests.demo
 
+# The whole suite ends by naming its 20 slowest tests: the suite must stay well under
+# 20 minutes on 2 cores, and that list says where its time goes.
 test: setup
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest --durations=20 $(PYTEST_ARGS)
 
 test-fast: setup
 	@$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
