@@ -199,11 +199,15 @@ class RollCall:
         """A reply from ``dev``; only replies to this command count. True if a bucket changed."""
         if reply.id != self.command_id and reply.id not in self.other_ids:
             return False
+        return self.take_answer(dev, effective(reply, at))
+
+    def take_answer(self, dev: str, answer: Answer) -> bool:
+        """An answer already read (e.g. one kept in a database); True if a bucket changed."""
         if dev not in self.expected:
             self.unexpected.add(dev)
             return False
         old = self.answers.get(dev)
-        new = better(old, effective(reply, at))
+        new = better(old, answer)
         if new is old:
             return False
         self.answers[dev] = new

@@ -191,17 +191,21 @@ def test_the_roll_call_of_a_group_command(db: FleetDb) -> None:
                          reply("c00003-r1", "g1", "succeeded"),  # not of the group
                          reply("c00001-r1", "other", "succeeded")])  # another console's
     assert changes.commands == {"g1"}
-    roll = db.rollcall(P01, "g1")
+    roll = db.rollcall(P01, "g1", now=T0 + 3)
     assert roll is not None
-    assert (roll.expected, roll.acknowledged, roll.in_progress, roll.succeeded) == (2, 1, 1, 0)
-    assert [s["device"] for s in roll.silent] == ["c00002-r1"]
-    assert roll.silent[0]["state"] == "lost" and roll.others == 1
+    c = roll.report.counts
+    assert (c.expected, c.answered, c.acknowledged, c.succeeded, c.unexpected) == (2, 1, 1, 0, 1)
+    (silent,) = roll.report.silent
+    assert (silent.dev, silent.why, silent.state) == ("c00002-r1", "offline", "lost")
+    assert roll.report.buckets["acknowledged"] == ("c00001-r1",)
+    assert roll.report.elapsed_s == 3
     db.ingest([reply("c00001-r1", "g1", "failed", 502, "no media server"),
                reply("c00001-r1", "g1", "accepted", 202)])  # late: must not hide the failure
     roll = db.rollcall(P01, "g1")
     assert roll is not None and not roll.complete
-    assert roll.failed == [{"device": "c00001-r1", "status": "failed", "code": 502,
-                            "detail": "no media server"}]
+    (failure,) = roll.report.failures
+    assert (failure.status, failure.code, failure.detail, failure.devices) == (
+        "failed", 502, "no media server", ("c00001-r1",))
     assert any(a["action"] == "send" and "group:p01" in a["detail"] for a in db.audit_list())
 
 
@@ -215,7 +219,24 @@ def test_the_roll_call_of_one_command_per_box(db: FleetDb) -> None:
     db.ingest([reply("c00002-r1", "t2", "rejected", 409, "nothing to leave")])
     roll = db.rollcall(Scope.everything(), "b1")
     assert roll is not None and roll.complete
-    assert (roll.expected, roll.succeeded, len(roll.failed), roll.silent) == (2, 1, 1, [])
+    c = roll.report.counts
+    assert (c.expected, c.succeeded, c.failed, roll.report.silent) == (2, 1, 1, ())
+
+
+def test_the_roll_call_takes_the_cli_rules_for_duplicates_and_order(db: FleetDb) -> None:
+    """The console's roll-call is rollcall.RollCall's: the same answer whatever the order."""
+    db.record_command(jti="g3", operator="admin", cmd="meeting.join", args={"meeting_id": "m"},
+                      target="group:p01", expected=["c00001-r1", "c00002-r1"], sent_at=T0)
+    dup = Reply(id="g3", cmd="meeting.join", status="duplicate", code=200, detail="live",
+                first_status="succeeded", ts=T0)
+    db.ingest([msg("c00001-r1", "reply", dup, at=T0 + 1),
+               reply("c00001-r1", "g3", "accepted", 202, at=T0 + 2),
+               reply("c00002-r1", "g3", "succeeded", at=T0 + 1),
+               reply("c00002-r1", "g3", "failed", 502, "late copy", at=T0 + 2)])
+    roll = db.rollcall(Scope.everything(), "g3")
+    assert roll is not None and roll.complete
+    assert roll.report.buckets["succeeded"] == ("c00001-r1", "c00002-r1")
+    assert roll.report.meeting_id == "m" and roll.report.exit_code == 0
 
 
 def test_a_province_scope_sees_only_its_province(db: FleetDb) -> None:

@@ -167,6 +167,7 @@ def test_an_operator_convenes_a_province_and_handles_an_alert(
     text_is("rc-acknowledged", "4")
     page = driver.find_element(By.ID, "rollcall").text  # type: ignore[attr-defined]
     assert "không kết nối được máy chủ hình" in page and FAILING in page and SILENT in page
+    assert "Chưa từng thấy" in page  # why the silent box is silent: it never came
     assert driver.execute_script("return window.notReloaded") is True  # type: ignore[attr-defined]
 
     # A box: its page shows an alert as it comes; the operator acknowledges it.

@@ -64,6 +64,9 @@ COMMAND_FIELDS = {
 STATUS_LABELS = {"accepted": "đã nhận", "in_progress": "đang làm", "succeeded": "thành công",
                  "failed": "thất bại", "rejected": "từ chối", "expired": "hết hạn",
                  "duplicate": "trùng lặp", None: "im lặng"}
+# Why a box has not answered (rollcall.Silent.why).
+SILENT_LABELS = {"offline": "Ngoại tuyến", "online": "Trực tuyến nhưng không trả lời",
+                 "updating": "Đang cập nhật phần mềm", "never_seen": "Chưa từng thấy"}
 FILTER_KEYS = ("province", "district", "commune", "state", "alert", "firmware", "search")
 
 
@@ -118,6 +121,7 @@ def make_app(db: FleetDb, service: CentreService | None, *, secret_key: str,
     env.filters.update(when=_when, ago=_ago)
     env.globals.update(STATE_LABELS=STATE_LABELS, MEETING_LABELS=MEETING_LABELS,
                        COMMAND_LABELS=COMMAND_LABELS, STATUS_LABELS=STATUS_LABELS,
+                       SILENT_LABELS=SILENT_LABELS,
                        ALERT_CODES=ALERT_CODES, query=_query)
     hub = Hub()
     if service is not None:

@@ -202,7 +202,7 @@ class CentreService:
         roll = self.db.rollcall(operator.scope, jti)
         if roll is None:
             raise CommandRefused("no such command")
-        silent = [s["device"] for s in roll.silent]
+        silent = list(roll.report.buckets["silent"])
         if not silent:
             raise CommandRefused("every box has answered")
         args = self.db.command_args(jti)

@@ -18,6 +18,7 @@ so a province operator's query never returns another province's boxes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -29,16 +30,16 @@ import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from diemcau.protocol import Reply, decode, parse_topic
+from diemcau.protocol import Reply, State, decode, parse_topic
 
 from ..fleet import FleetView
 from ..manifest import Manifest
+from ..rollcall import Answer, Report, RollCall, better, effective
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 ROLES = ("admin", "province")
-# A reply that ends a command badly: the roll-call lists it as failed, with why.
-FAILED_STATUSES = frozenset({"failed", "rejected", "expired", "duplicate"})
+MAX_DETAIL = 500  # characters of a reply's detail kept
 
 metadata = sa.MetaData()
 
@@ -127,7 +128,9 @@ answers = sa.Table(
     # The id of the command this box was sent, when each box got its own (a filter that is
     # not one group); None: the box got the group command, whose id is ``jti``.
     sa.Column("token", sa.String(128), index=True),
-    sa.Column("status", sa.String(16)),  # the latest reply; None: silent so far
+    # The deciding answer so far (rollcall.better: a final beats a non-final, a success a
+    # failure, whatever the order); a `duplicate` is kept as its first result. None: silent.
+    sa.Column("status", sa.String(16)),
     sa.Column("code", sa.Integer),
     sa.Column("detail", sa.Text),
     sa.Column("first_at", sa.Float),  # first reply (the acknowledgement)
@@ -240,26 +243,21 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
-class RollCall:
-    """The answers to one command: the view the console shows, filled from the manifest
-    (who should answer) and the replies that came."""
+class CommandRollCall:
+    """One command sent from the console and its roll-call: the report of
+    :class:`~diemcau_centre.rollcall.RollCall`, the same buckets as ``send`` prints."""
 
     jti: str
     cmd: str
     target: str
     operator: str
     sent_at: float
-    expected: int
-    acknowledged: int  # expected boxes that answered anything
-    succeeded: int
-    in_progress: int  # answered accepted/in_progress, no final answer yet
-    failed: list[dict[str, Any]]  # device, status, code, detail
-    silent: list[dict[str, Any]]  # device, state, since
-    others: int  # answers from boxes not expected (not in the group's manifest)
+    report: Report
 
     @property
     def complete(self) -> bool:
-        return self.succeeded + len(self.failed) >= self.expected
+        """Every expected box gave a final answer."""
+        return self.report.counts.finished
 
 
 @dataclass(slots=True)
@@ -473,27 +471,31 @@ class FleetDb:
         """Note a reply in the roll-call it answers; its command's id, or None if not ours."""
         if not reply.id:
             return None
-        current = conn.execute(sa.select(answers.c.jti, answers.c.status).where(
+        columns = (answers.c.jti, answers.c.status, answers.c.code, answers.c.detail,
+                   answers.c.last_at)
+        current = conn.execute(sa.select(*columns).where(
             answers.c.token == reply.id, answers.c.device == dev)).first()
         if current is None:
             group = conn.execute(sa.select(commands.c.jti).where(commands.c.jti == reply.id)
                                  ).first()
             if group is None:
                 return None  # another console's command, or garbage
-            current = conn.execute(sa.select(answers.c.jti, answers.c.status).where(
+            current = conn.execute(sa.select(*columns).where(
                 answers.c.jti == reply.id, answers.c.device == dev)).first()
         jti = current.jti if current is not None else reply.id
-        final = {"status": reply.status, "code": reply.code, "detail": reply.detail[:500],
-                 "last_at": at}
+        new = effective(reply, at)
+        new = dataclasses.replace(new, detail=new.detail[:MAX_DETAIL])
+        values = {"status": new.status, "code": new.code, "detail": new.detail, "last_at": at}
         if current is None:
             conn.execute(answers.insert().values(jti=jti, device=dev, expected=False,
-                                                 first_at=at, **final))
+                                                 first_at=at, **values))
             return jti
-        if current.status is not None and current.status not in ("accepted", "in_progress") \
-                and reply.status in ("accepted", "in_progress"):
-            return None  # a late `accepted` never hides the final answer
+        old = None if current.status is None else Answer(
+            current.status, current.code or 0, current.detail or "", current.last_at or 0.0)
+        if better(old, new) is old:
+            return None  # e.g. a late `accepted` never hides the final answer
         conn.execute(answers.update().where(answers.c.jti == jti, answers.c.device == dev)
-                     .values(first_at=sa.func.coalesce(answers.c.first_at, at), **final))
+                     .values(first_at=sa.func.coalesce(answers.c.first_at, at), **values))
         return jti
 
     # ------------------------------------------------------------ reading
@@ -649,28 +651,34 @@ class FleetDb:
             exists = conn.execute(sa.select(commands.c.jti).where(commands.c.jti == jti)).first()
         return exists is not None and outside is None
 
-    def rollcall(self, scope: Scope, jti: str) -> RollCall | None:
+    def rollcall(self, scope: Scope, jti: str, now: float | None = None
+                 ) -> CommandRollCall | None:
+        """The roll-call of one command in scope: the stored answers and each box's
+        presence fed to :class:`~diemcau_centre.rollcall.RollCall`; None if not in scope."""
         if not self.command_in_scope(scope, jti):
             return None
+        now = time.time() if now is None else now
         with self.engine.connect() as conn:
             cmd = conn.execute(sa.select(commands).where(commands.c.jti == jti)).mappings().one()
             rows = conn.execute(
-                sa.select(answers, boxes.c.state, boxes.c.state_at, boxes.c.last_seen)
+                sa.select(answers, boxes.c.province, boxes.c.state, boxes.c.session,
+                          boxes.c.state_at)
                 .select_from(answers.outerjoin(boxes, boxes.c.device == answers.c.device))
                 .where(answers.c.jti == jti).order_by(answers.c.device)).mappings().all()
-        expected = [r for r in rows if r["expected"]]
-        failed = [{"device": r["device"], "status": r["status"], "code": r["code"],
-                   "detail": r["detail"]} for r in expected if r["status"] in FAILED_STATUSES]
-        silent = [{"device": r["device"], "state": r["state"],
-                   "since": r["state_at"] if r["state"] != "ready" else r["last_seen"]}
-                  for r in expected if r["status"] is None]
-        return RollCall(
-            jti=jti, cmd=cmd["cmd"], target=cmd["target"], operator=cmd["operator"],
-            sent_at=cmd["sent_at"], expected=len(expected),
-            acknowledged=sum(r["status"] is not None for r in expected),
-            succeeded=sum(r["status"] == "succeeded" for r in expected),
-            in_progress=sum(r["status"] in ("accepted", "in_progress") for r in expected),
-            failed=failed, silent=silent, others=len(rows) - len(expected))
+        args = json.loads(cmd["args"])
+        call = RollCall(jti, cmd["cmd"], {r["device"]: r["province"] or "-"
+                                          for r in rows if r["expected"]},
+                        sent_at=cmd["sent_at"], meeting_id=args.get("meeting_id"))
+        for r in rows:
+            if r["state"] is not None and r["session"] is not None:
+                call.take_state(r["device"], State(state=r["state"], session=r["session"],
+                                                   ts=r["state_at"] or 0.0))
+            if r["status"] is not None:
+                call.take_answer(r["device"], Answer(r["status"], r["code"] or 0,
+                                                     r["detail"] or "", r["last_at"] or 0.0))
+        return CommandRollCall(jti=jti, cmd=cmd["cmd"], target=cmd["target"],
+                               operator=cmd["operator"], sent_at=cmd["sent_at"],
+                               report=call.report(now))
 
     def command_args(self, jti: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
