@@ -28,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from diemcau.config import HealthConfig
 from diemcau.protocol import (
     Alert,
     Event,
@@ -51,6 +52,27 @@ _SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "reply": Reply, "alert": Alert,
 }
 GONE_STATES = frozenset({"lost", "disconnected"})
+# A box reports its health every `health.interval_s` (the box's default, 30 s). On a broker
+# cluster no will is published when a box vanishes, so the centre counts a box gone once
+# it has heard nothing from it for this many health periods (a lost report or two is not).
+HEALTH_PERIODS_BEFORE_GONE = 3
+DEFAULT_HEALTH_INTERVAL_S = HealthConfig().interval_s
+DEFAULT_SILENCE_S = HEALTH_PERIODS_BEFORE_GONE * DEFAULT_HEALTH_INTERVAL_S
+
+
+def silence_bound(health_interval_s: float = DEFAULT_HEALTH_INTERVAL_S) -> float:
+    """How long a box may say nothing before it counts as gone: 3 health periods."""
+    return HEALTH_PERIODS_BEFORE_GONE * health_interval_s
+
+
+def heard_too_long_ago(state: str | None, last_heard: float | None, now: float,
+                       silence_s: float) -> bool:
+    """A box whose presence says it is there (``ready``, ``updating``) but from which
+    nothing (health, status, anything) has come for more than ``silence_s``: gone
+    without a will. A box never seen, or already ``lost``/``disconnected``, is not."""
+    if state is None or state in GONE_STATES or last_heard is None:
+        return False
+    return now - last_heard > silence_s
 
 
 @dataclass(slots=True)

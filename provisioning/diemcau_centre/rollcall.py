@@ -37,7 +37,7 @@ import msgspec
 
 from diemcau.protocol import FINAL_STATUSES, Reply, State, decode, parse_topic
 
-from .fleet import GONE_STATES, clean
+from .fleet import GONE_STATES, clean, heard_too_long_ago
 
 Bucket = Literal["succeeded", "failed", "acknowledged", "silent"]
 BUCKETS: tuple[Bucket, ...] = ("succeeded", "failed", "acknowledged", "silent")
@@ -118,6 +118,9 @@ class Silent:
     state: str | None  # the presence it last showed
     session: int | None
     since: float | None  # the state's own timestamp (the box's clock)
+    # Set when the box is offline because nothing came from it for too long (no will on a
+    # broker cluster): when the centre last heard it (the centre's clock).
+    last_heard: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,10 @@ class RollCall:
     presence: dict[str, State] = field(default_factory=dict)
     ready_session: dict[str, int] = field(default_factory=dict)
     unexpected: set[str] = field(default_factory=set)
+    # When the centre last heard each box, and how long a box may say nothing before it
+    # counts as gone (fleet.heard_too_long_ago); None: only its presence says so.
+    heard: dict[str, float] = field(default_factory=dict)
+    silence_s: float | None = None
     _counts: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
@@ -245,13 +252,13 @@ class RollCall:
         """Every expected box gave a final answer: nothing more to wait for."""
         return self.counts().finished
 
-    def settled(self) -> bool:
+    def settled(self, now: float | None = None) -> bool:
         """Nothing more is to be expected soon: every box gave a final answer or is silent
         and offline by its presence (it may still answer if it comes back within the TTL)."""
         c = self.counts()
         if c.acknowledged:
             return False
-        return all(self.why_silent(d).why == "offline" for d in self.expected
+        return all(self.why_silent(d, now).why == "offline" for d in self.expected
                    if d not in self.answers)
 
     def silent_boxes(self) -> list[str]:
@@ -262,10 +269,16 @@ class RollCall:
         return sorted(d for d in self.expected
                       if d not in self.answers or not self.answers[d].final)
 
-    def why_silent(self, dev: str) -> Silent:
+    def why_silent(self, dev: str, now: float | None = None) -> Silent:
+        """Why ``dev`` is silent; with ``now`` and :attr:`silence_s`, a box whose presence
+        says it is there but that has said nothing for too long is offline too."""
         state = self.presence.get(dev)
         if state is None:
             return Silent(dev, "never_seen", None, None, None)
+        last = self.heard.get(dev)
+        if now is not None and self.silence_s is not None and heard_too_long_ago(
+                state.state, last, now, self.silence_s):
+            return Silent(dev, "offline", state.state, state.session, state.ts, last_heard=last)
         why: SilentWhy = ("offline" if state.state in GONE_STATES else
                           "updating" if state.state == "updating" else "online")
         return Silent(dev, why, state.state, state.session, state.ts)
@@ -293,7 +306,7 @@ class RollCall:
             counts=self.counts(),
             buckets={b: tuple(sorted(devs)) for b, devs in buckets.items()},
             failures=tuple(failures),
-            silent=tuple(self.why_silent(d) for d in sorted(buckets["silent"])),
+            silent=tuple(self.why_silent(d, now) for d in sorted(buckets["silent"])),
             provinces=lines, unexpected=tuple(sorted(self.unexpected)),
             elapsed_s=max(now - self.sent_at, 0.0))
 
@@ -342,6 +355,9 @@ def silent_text(s: Silent) -> str:
     """Why one box is silent, in the operator's words."""
     if s.why == "never_seen":
         return "never seen on this broker (not installed, or never connected)"
+    if s.last_heard is not None:
+        return (f"offline: nothing heard since {_when(s.last_heard)} (its health reports "
+                f"stopped; it last said {s.state}, session {s.session})")
     if s.state == "disconnected":
         return f"offline: stopped cleanly at {_when(s.since)} (session {s.session})"
     if s.state == "lost":
@@ -378,7 +394,7 @@ def report_record(report: Report) -> dict[str, object]:
         "failures": [{"status": f.status, "code": f.code, "detail": f.detail,
                       "devices": list(f.devices)} for f in report.failures],
         "silent": [{"device": s.dev, "why": s.why, "state": s.state, "session": s.session,
-                    "since": s.since} for s in report.silent],
+                    "since": s.since, "last_heard": s.last_heard} for s in report.silent],
         "provinces": [{"province": p.province, "expected": p.expected,
                        "succeeded": p.succeeded, "failed": p.failed,
                        "acknowledged": p.acknowledged, "silent": p.silent}

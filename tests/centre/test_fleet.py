@@ -24,11 +24,13 @@ from diemcau.protocol import (
     group_cmd_topic,
 )
 from diemcau_centre.fleet import (
+    DEFAULT_SILENCE_S,
     MAX_PAYLOAD_BYTES,
     FleetView,
     age,
     clean,
     device_record,
+    heard_too_long_ago,
     render_devices,
     render_watch,
 )
@@ -346,3 +348,27 @@ def test_a_snapshot_lists_recent_happenings_only_when_there_are_some() -> None:
     retained.apply(device_topic(DEV, "status"), status("joining", "m2"), T0 + 5)
     snapshot = render_watch(retained, T0 + 6, snapshot=True)
     assert "recent:" in snapshot and "meeting joining m2" in snapshot
+
+
+def test_a_box_is_gone_after_three_health_periods_of_silence() -> None:
+    assert DEFAULT_SILENCE_S == 90.0  # the box's health.interval_s is 30 s by default
+    assert not heard_too_long_ago("ready", T0, T0 + 90.0, 90.0)
+    assert heard_too_long_ago("ready", T0, T0 + 90.1, 90.0)
+    assert heard_too_long_ago("updating", T0, T0 + 500, 90.0)
+    # Already offline by its will or its goodbye, or never seen: not "gone" on top.
+    assert not heard_too_long_ago("lost", T0, T0 + 500, 90.0)
+    assert not heard_too_long_ago("disconnected", T0, T0 + 500, 90.0)
+    assert not heard_too_long_ago(None, None, T0 + 500, 90.0)
+
+
+@given(state=st.sampled_from(["ready", "updating", "lost", "disconnected", None]),
+       last=st.floats(0, 1e6), later=st.floats(0, 1e6), more=st.floats(0, 1e6),
+       bound=st.floats(1, 1e5))
+def test_once_gone_a_box_stays_gone_until_it_speaks(state: str | None, last: float,
+                                                    later: float, more: float,
+                                                    bound: float) -> None:
+    now = last + later
+    if heard_too_long_ago(state, last, now, bound):
+        assert state in ("ready", "updating")
+        assert heard_too_long_ago(state, last, now + more, bound)
+        assert not heard_too_long_ago(state, now, now, bound)  # it spoke at `now`

@@ -153,3 +153,18 @@ def test_settled_once_the_only_boxes_left_are_offline() -> None:
     assert not call.settled()  # online: it may still answer
     call.take_state("b", State(state="lost", session=3, ts=5.0))
     assert call.settled() and not call.finished
+
+
+def test_a_box_that_stopped_speaking_is_silent_offline_with_when_it_was_last_heard() -> None:
+    call = RollCall(CID, "meeting.join", {"c00001-r1": "p01", "c00002-r1": "p01"},
+                    silence_s=90.0, heard={"c00001-r1": 1000.0, "c00002-r1": 1000.0})
+    for dev in call.expected:
+        call.take_state(dev, State(state="ready", session=3, ts=900.0))
+    call.heard["c00002-r1"] = 1050.0
+    # 100 s after c00001 last spoke; 50 s after c00002: only c00001 is past the bound.
+    whys = {s.dev: (s.why, s.last_heard) for s in call.report(1100.0).silent}
+    assert whys == {"c00001-r1": ("offline", 1000.0), "c00002-r1": ("online", None)}
+    assert "c00001-r1  offline: nothing heard since 1970-01-01 00:16:40Z" in render_report(
+        call.report(1100.0))
+    assert not call.settled(1100.0) and call.settled(1141.0)
+    assert call.why_silent("c00001-r1").why == "online"  # without a time: presence only

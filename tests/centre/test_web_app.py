@@ -39,9 +39,10 @@ def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> object:
 
 
 class Console:
-    def __init__(self, tmp_path: Path, broker: Broker, centre: CentreKey) -> None:
+    def __init__(self, tmp_path: Path, broker: Broker, centre: CentreKey, *,
+                 silence_s: float = 90.0) -> None:
         manifest = manifest_of(FLEET)
-        self.db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}")
+        self.db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}", silence_s=silence_s)
         self.db.load_manifest(manifest)
         for name, role, provinces in [("admin", "admin", []), ("hanoi", "province", ["p01"]),
                                       ("hagiang", "province", ["p02"])]:
@@ -50,7 +51,7 @@ class Console:
                       for dev, d in manifest.devices.items()]
         self.service = CentreService(self.db, Mqtt(host=broker.host, port=broker.port, tls=Tls(enabled=False)),
                                      new_client_id(), key=centre.private, kid=centre.kid,
-                                     batch_s=0.05)
+                                     batch_s=0.05, sweep_s=0.2)
         self.service.start()
         self.app = make_app(self.db, self.service, secret_key="test-secret")
         wait_until(lambda: self.db.boxes_page(Scope.everything(), _ready()).total == 3)
@@ -196,3 +197,30 @@ def test_a_box_page_shows_its_alerts_and_timeline(console: Console) -> None:
     assert admin.get("/boxes/c09999-r1").status_code == 404
     place = admin.get("/places/p01").text
     assert "Huyện" in place and "c00001-r1" in place
+
+
+def test_a_box_that_stops_speaking_without_a_will_is_shown_gone(tmp_path: Path, broker: Broker,
+                                                                centre: CentreKey) -> None:
+    console = Console(tmp_path, broker, centre, silence_s=1.5)
+    told: list[set[str]] = []
+    console.service.add_listener(lambda changes: told.append(set(changes.devices)))
+    try:
+        quiet, talking = console.boxes[0], console.boxes[1]  # c00001-r1, c00002-r1 (p01)
+        quiet.go_quiet()
+        admin = console.client("admin")
+
+        def gone_shown() -> bool:
+            talking.report_health()
+            page = admin.get("/fleet?province=p01&fragment=1").text
+            return "Mất liên lạc, nghe lần cuối lúc" in page
+
+        wait_until(gone_shown)
+        rows = console.db.boxes_page(Scope.everything(), _ready()).rows
+        assert "c00002-r1" in [r["device"] for r in rows]
+        assert "c00001-r1" not in [r["device"] for r in rows]
+        # Nothing came from it: the service's sweep tells the browsers.
+        wait_until(lambda: any("c00001-r1" in devices for devices in told), 3.0)
+        assert 'class="gone-count warn">1<' in admin.get("/summary").text
+        assert "Mất liên lạc: nghe lần cuối lúc" in admin.get("/boxes/c00001-r1").text
+    finally:
+        console.close()

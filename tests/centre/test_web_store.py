@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diemcau.protocol import (
     Alert,
@@ -24,12 +26,14 @@ from diemcau.protocol import (
     device_topic,
     encode,
 )
+from diemcau_centre.fleet import heard_too_long_ago
 from diemcau_centre.web.store import (
     BoxFilter,
     FleetDb,
     Message,
     OperatorError,
     Scope,
+    boxes,
     metadata,
 )
 from tests.harness.console import manifest_of
@@ -268,3 +272,51 @@ def test_operators_passwords_are_hashed_and_checked(db: FleetDb) -> None:
         with pytest.raises(OperatorError):
             db.add_operator(*bad)
     assert [o.username for o in db.operators_list()] == ["hanoi"]
+
+
+def test_a_box_heard_too_long_ago_is_gone_in_the_table_the_summary_and_the_roll_call(
+        db: FleetDb) -> None:
+    db.ingest([msg("c00001-r1", "state", State(state="ready", session=1, ts=T0)),
+               msg("c00002-r1", "state", State(state="ready", session=1, ts=T0)),
+               msg("c00002-r1", "health", health(), at=T0 + 60)])
+    later = T0 + db.silence_s + 30  # c00001: silent 120 s; c00002: 60 s
+    page = db.boxes_page(Scope.everything(), BoxFilter(province="p01"), now=later)
+    assert {r["device"]: r["gone"] for r in page.rows} == {"c00001-r1": True,
+                                                         "c00002-r1": False}
+    assert db.devices(Scope.everything(), BoxFilter(state="gone"), now=later) == ["c00001-r1"]
+    assert db.devices(Scope.everything(), BoxFilter(state="ready"), now=later) == ["c00002-r1"]
+    p01 = {s["code"]: s for s in db.summary(Scope.everything(), now=later)}["p01"]
+    assert (p01["online"], p01["gone"]) == (1, 1)
+    box = db.box(Scope.everything(), "c00001-r1", now=later)
+    assert box is not None and box["gone"] and box["state"] == "ready"
+    assert db.newly_gone(T0 + 60, later) == ["c00001-r1"]
+    assert db.newly_gone(later, later + 1) == []  # told once
+    db.record_command(jti="g4", operator="admin", cmd="meeting.leave", args={},
+                      target="group:p01", expected=["c00001-r1", "c00002-r1"], sent_at=T0)
+    roll = db.rollcall(Scope.everything(), "g4", now=later)
+    assert roll is not None
+    assert [(s.dev, s.why, s.last_heard) for s in roll.report.silent] == [
+        ("c00001-r1", "offline", T0), ("c00002-r1", "online", None)]
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.sampled_from(["ready", "updating", "lost", "disconnected",
+                                                 None]),
+                               st.one_of(st.none(), st.floats(T0 - 500, T0))),
+                     min_size=1, max_size=8))
+def test_the_database_counts_gone_exactly_as_the_pure_rule(
+        tmp_path: Path, rows: list[tuple[str | None, float | None]]) -> None:
+    db = FleetDb(f"sqlite:///{tmp_path / 'gone.db'}", silence_s=90.0)
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(sa.delete(boxes))
+            conn.execute(boxes.insert(), [
+                {"device": f"c{i:05d}-r1", "in_manifest": True, "state": state,
+                 "last_seen": last if state is not None else None}
+                for i, (state, last) in enumerate(rows)])
+        expected = [f"c{i:05d}-r1" for i, (state, last) in enumerate(rows)
+                    if heard_too_long_ago(state, last if state else None, T0, 90.0)]
+        assert db.devices(Scope.everything(), BoxFilter(state="gone"), now=T0) == expected
+    finally:
+        db.close()

@@ -21,6 +21,7 @@ from paho.mqtt.properties import Properties
 from diemcau.protocol import (
     Alert,
     CommandRejected,
+    Health,
     Meta,
     Reply,
     Site,
@@ -138,6 +139,19 @@ class TalkingBox:
                              encode(Alert(code=code, severity=severity,  # type: ignore[arg-type]
                                           detail=detail, since=now_ts())),
                              qos=1, retain=True)
+
+    def report_health(self) -> None:
+        """One health report, as a box sends every ``health.interval_s``."""
+        self._publish("health", Health(seq=1, ts=now_ts(), uptime_s=60.0, cpu_percent=5.0,
+                                       load_1m=0.1, memory_used_percent=20.0,
+                                       memory_available_mb=3000.0, process_rss_mb=50.0,
+                                       disk_free_mb=9000.0, disk_used_percent=10.0,
+                                       interfaces=[]))
+
+    def go_quiet(self) -> None:
+        """Stop speaking but keep the connection: no will comes (as on a broker cluster that
+        publishes none), the centre only stops hearing it."""
+        self._client.loop_stop()
 
     def vanish(self) -> None:
         """Drop the connection without a word: the broker sends the will (``lost``)."""

@@ -45,7 +45,9 @@ COALESCE_S = 0.5  # a browser is told at most this often that something changed
 MAX_DEVICES_PER_EVENT = 500
 
 STATE_LABELS = {"ready": "Trực tuyến", "updating": "Đang cập nhật",
-                "disconnected": "Đã ngắt", "lost": "Mất kết nối", None: "Chưa thấy"}
+                "disconnected": "Đã ngắt", "lost": "Mất kết nối",
+                # Nothing heard for too long (no will on a broker cluster): store.FleetDb.gone.
+                "gone": "Mất liên lạc", None: "Chưa thấy"}
 MEETING_LABELS = {"idle": "Rảnh", "invited": "Được mời", "joining": "Đang vào họp",
                   "live": "Đang họp", "leaving": "Đang rời họp", "error": "Lỗi", None: "-"}
 COMMAND_LABELS = {"meeting.invite": "Mời họp", "meeting.join": "Vào họp",

@@ -22,6 +22,8 @@ from typing import TextIO
 
 from diemcau.config import ConfigError
 
+from ..fleet import DEFAULT_SILENCE_S, HEALTH_PERIODS_BEFORE_GONE
+
 COMMANDS = frozenset({"console-web", "operator"})
 DATABASE_ENV = "DIEMCAU_CONSOLE_DATABASE"
 DEFAULT_DATABASE = "sqlite:///console.db"
@@ -37,6 +39,16 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 1 <= value <= 86400 * 365:
+        raise argparse.ArgumentTypeError(f"expected seconds (1 or more), not {text!r}")
+    return value
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument("--database", metavar="URL",
@@ -49,6 +61,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
     web.add_argument("--secret-file", type=Path, metavar="FILE",
                      help="key that signs login cookies (default: new on every start, so "
                           "operators log in again after a restart)")
+    web.add_argument("--gone-after", type=_seconds, default=DEFAULT_SILENCE_S, metavar="SECONDS",
+                     help="show a box gone when nothing came from it for this long (default "
+                          f"{DEFAULT_SILENCE_S:.0f}: {HEALTH_PERIODS_BEFORE_GONE} of the boxes' "
+                          "health periods; set it from their health.interval_s)")
     web.add_argument("--https-only", action="store_true",
                      help="send the login cookie only over HTTPS (behind a TLS proxy)")
 
@@ -128,7 +144,7 @@ def _serve(args: argparse.Namespace, url: str, out: TextIO, err: TextIO, load_co
         except OSError as exc:
             raise ConfigError("--secret-file", [f"cannot read {args.secret_file}: {exc}"]
                               ) from None
-    db = FleetDb(url)
+    db = FleetDb(url, silence_s=args.gone_after)
     if cfg.fleet_dir:
         try:
             count = db.load_manifest(FleetStore(Path(cfg.fleet_dir)).load())

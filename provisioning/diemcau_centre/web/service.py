@@ -41,6 +41,10 @@ FLEET_FILTERS = [device_topic("+", kind) for kind in ("state", "meta", "status",
 BROADCAST_COMMANDS = ("meeting.invite", "meeting.join", "meeting.leave", "firmware.update")
 
 
+# How often the service looks for boxes gone silent (and prunes the history).
+SWEEP_S = 10.0
+
+
 class CommandRefused(Exception):
     """A command the operator may not or cannot send: nothing was sent."""
 
@@ -48,8 +52,11 @@ class CommandRefused(Exception):
 class CentreService:
     def __init__(self, db: FleetDb, mqtt: Mqtt, client_id: str, *,
                  key: Ed25519PrivateKey | None = None, kid: str = "",
-                 batch_s: float = 0.2, batch_max: int = 2000) -> None:
+                 batch_s: float = 0.2, batch_max: int = 2000,
+                 sweep_s: float = SWEEP_S) -> None:
         self.db = db
+        self.sweep_s = sweep_s
+        self._swept_at = time.time()
         self._mqtt = mqtt
         self._client_id = client_id
         self._key, self._kid = key, kid
@@ -85,7 +92,11 @@ class CentreService:
 
     def _run(self) -> None:
         assert self._listen is not None
+        next_sweep = time.monotonic() + self.sweep_s
         while not self._stop.is_set():
+            if time.monotonic() >= next_sweep:
+                self.sweep()
+                next_sweep = time.monotonic() + self.sweep_s
             batch: list[Message] = []
             deadline = None
             while len(batch) < self.batch_max:
@@ -97,6 +108,8 @@ class CentreService:
                     if deadline is None and self._stop.is_set():
                         return
                     if deadline is None:
+                        if time.monotonic() >= next_sweep:
+                            break  # a quiet fleet: time alone may have changed something
                         continue
                     break
                 if isinstance(got, Disconnected):
@@ -127,11 +140,31 @@ class CentreService:
             log.exception("could not store %d message(s)", len(batch))
             return
         self.ingested += len(batch)
+        self._tell(changes)
+
+    def _tell(self, changes: Changes) -> None:
         for listener in self._listeners:
             try:
                 listener(changes)
             except Exception:  # noqa: BLE001 - one bad listener must not stop the others
                 log.exception("a listener failed")
+
+    def sweep(self, now: float | None = None) -> Changes:
+        """What time alone changes: boxes that went silent too long since the last sweep
+        (nothing arrives to say so; the browsers are told)."""
+        now = time.time() if now is None else now
+        changes = Changes()
+        try:
+            changes.devices.update(self.db.newly_gone(self._swept_at, now))
+        except Exception:  # noqa: BLE001 - the database away a moment must not end the service
+            log.exception("could not look for boxes gone silent")
+            return changes
+        self._swept_at = now
+        if changes:
+            log.info("%d box(es) silent for more than %.0f s: gone", len(changes.devices),
+                     self.db.silence_s)
+            self._tell(changes)
+        return changes
 
     def stop(self) -> None:
         self._stop.set()

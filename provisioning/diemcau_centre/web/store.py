@@ -32,7 +32,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from diemcau.protocol import Reply, State, decode, parse_topic
 
-from ..fleet import FleetView
+from ..fleet import DEFAULT_SILENCE_S, GONE_STATES, FleetView, heard_too_long_ago
 from ..manifest import Manifest
 from ..rollcall import Answer, Report, RollCall, better, effective
 
@@ -194,12 +194,16 @@ class BoxFilter:
     province: str = ""
     district: str = ""
     commune: str = ""
-    state: str = ""  # ready, lost, ..., or "never" for boxes never seen
+    # ready (and heard lately), lost, ..., "gone" (silent too long: fleet.heard_too_long_ago),
+    # or "never" for boxes never seen
+    state: str = ""
     alert: str = ""  # "any", "critical", "none", or an alert code
     firmware: str = ""
     search: str = ""  # part of a device id or a site name
 
-    def where(self) -> sa.ColumnElement[bool]:
+    def where(self, gone: sa.ColumnElement[bool] | None = None) -> sa.ColumnElement[bool]:
+        """``gone``: which boxes count as gone now (:meth:`FleetDb.gone`); None: none."""
+        gone = sa.false() if gone is None else gone
         conds: list[sa.ColumnElement[bool]] = []
         for name in ("province", "district", "commune", "firmware"):
             value = getattr(self, name)
@@ -207,8 +211,10 @@ class BoxFilter:
                 conds.append(boxes.c[name] == value)
         if self.state == "never":
             conds.append(boxes.c.state.is_(None))
+        elif self.state == "gone":
+            conds.append(gone)
         elif self.state:
-            conds.append(boxes.c.state == self.state)
+            conds.append(sa.and_(boxes.c.state == self.state, sa.not_(gone)))
         if self.alert == "any":
             conds.append(boxes.c.alert_count > 0)
         elif self.alert == "critical":
@@ -316,10 +322,15 @@ def _upsert(engine: sa.Engine, table: sa.Table, keys: list[str], values: dict[st
 
 
 class FleetDb:
-    """The console's database; safe to use from several threads (one writer: ingest)."""
+    """The console's database; safe to use from several threads (one writer: ingest).
 
-    def __init__(self, url: str) -> None:
+    ``silence_s``: a box that says it is there but from which nothing has come for this
+    long is shown gone (:func:`~diemcau_centre.fleet.heard_too_long_ago`).
+    """
+
+    def __init__(self, url: str, *, silence_s: float = DEFAULT_SILENCE_S) -> None:
         self.url = url
+        self.silence_s = silence_s
         self.engine = _engine(url)
         metadata.create_all(self.engine)
         self.view = FleetView(max_happenings=1_000_000)  # emptied after every batch
@@ -500,28 +511,48 @@ class FleetDb:
 
     # ------------------------------------------------------------ reading
 
+    def gone(self, now: float | None = None) -> sa.ColumnElement[bool]:
+        """The boxes gone at ``now``: :func:`~diemcau_centre.fleet.heard_too_long_ago` in SQL."""
+        now = time.time() if now is None else now
+        return sa.and_(boxes.c.state.is_not(None), boxes.c.state.not_in(sorted(GONE_STATES)),
+                       boxes.c.last_seen.is_not(None),
+                       boxes.c.last_seen < now - self.silence_s)
+
     def boxes_page(self, scope: Scope, flt: BoxFilter, page: int = 1,
-                   page_size: int = PAGE_SIZE) -> Page:
+                   page_size: int = PAGE_SIZE, now: float | None = None) -> Page:
+        """One page of the fleet table; each row has ``gone`` (silent too long)."""
         page_size = max(1, min(page_size, MAX_PAGE_SIZE))
-        where = sa.and_(scope.where(), flt.where())
+        gone = self.gone(now)
+        where = sa.and_(scope.where(), flt.where(gone))
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(boxes).where(where)
                                  ).scalar_one()
             pages = max(1, -(-total // page_size))
             page = max(1, min(page, pages))
-            rows = conn.execute(sa.select(boxes).where(where).order_by(boxes.c.device)
+            rows = conn.execute(sa.select(boxes, sa.case((gone, True), else_=False)
+                                          .label("gone"))
+                                .where(where).order_by(boxes.c.device)
                                 .limit(page_size).offset((page - 1) * page_size)).mappings()
-            return Page([dict(r) for r in rows], total, page, pages)
+            return Page([{**r, "gone": bool(r["gone"])} for r in rows], total, page, pages)
 
-    def devices(self, scope: Scope, flt: BoxFilter) -> list[str]:
+    def devices(self, scope: Scope, flt: BoxFilter, now: float | None = None) -> list[str]:
         with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(boxes.c.device).where(scope.where(), flt.where())
+            return list(conn.execute(sa.select(boxes.c.device)
+                                     .where(scope.where(), flt.where(self.gone(now)))
                                      .order_by(boxes.c.device)).scalars())
 
-    def summary(self, scope: Scope, level: str = "province", parent: str | None = None
-                ) -> list[dict[str, Any]]:
-        """Counts per province (or per district/commune under ``parent``): boxes, online,
-        live in a meeting, alerting."""
+    def newly_gone(self, after: float, now: float) -> list[str]:
+        """Boxes that became gone between ``after`` and ``now`` (the service tells the
+        browsers: nothing arrives from them to say so)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(boxes.c.device).where(
+                self.gone(now), boxes.c.last_seen >= after - self.silence_s)).scalars())
+
+    def summary(self, scope: Scope, level: str = "province", parent: str | None = None,
+                now: float | None = None) -> list[dict[str, Any]]:
+        """Counts per province (or per district/commune under ``parent``): boxes, online
+        (ready and heard lately), gone (silent too long), live in a meeting, alerting."""
+        gone = self.gone(now)
         col = boxes.c[level]
         parent_col = {"district": boxes.c.province, "commune": boxes.c.district}.get(level)
         where = scope.where()
@@ -529,8 +560,10 @@ class FleetDb:
             where = sa.and_(where, parent_col == parent)
         stmt = (sa.select(col.label("code"), places.c.name,
                           sa.func.count().label("total"),
-                          sa.func.sum(sa.case((boxes.c.state == "ready", 1), else_=0)
+                          sa.func.sum(sa.case((sa.and_(boxes.c.state == "ready",
+                                                       sa.not_(gone)), 1), else_=0)
                                       ).label("online"),
+                          sa.func.sum(sa.case((gone, 1), else_=0)).label("gone"),
                           sa.func.sum(sa.case((boxes.c.meeting_state == "live", 1), else_=0)
                                       ).label("live"),
                           sa.func.sum(sa.case((boxes.c.alert_count > 0, 1), else_=0)
@@ -561,14 +594,18 @@ class FleetDb:
             return conn.execute(sa.select(places.c.name).where(places.c.code == code)
                                 ).scalar_one_or_none()
 
-    def box(self, scope: Scope, device: str) -> dict[str, Any] | None:
+    def box(self, scope: Scope, device: str, now: float | None = None
+            ) -> dict[str, Any] | None:
         """One box's row with its alerts and timeline, or None if absent or not in scope."""
+        now = time.time() if now is None else now
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(boxes).where(boxes.c.device == device, scope.where())
                                ).mappings().first()
             if row is None:
                 return None
             result = dict(row)
+            result["gone"] = heard_too_long_ago(row["state"], row["last_seen"], now,
+                                                self.silence_s)
             result["health"] = json.loads(row["health"]) if row["health"] else None
             result["problems"] = json.loads(row["problems"]) if row["problems"] else {}
             result["alerts"] = [dict(a) for a in conn.execute(
@@ -662,14 +699,17 @@ class FleetDb:
             cmd = conn.execute(sa.select(commands).where(commands.c.jti == jti)).mappings().one()
             rows = conn.execute(
                 sa.select(answers, boxes.c.province, boxes.c.state, boxes.c.session,
-                          boxes.c.state_at)
+                          boxes.c.state_at, boxes.c.last_seen)
                 .select_from(answers.outerjoin(boxes, boxes.c.device == answers.c.device))
                 .where(answers.c.jti == jti).order_by(answers.c.device)).mappings().all()
         args = json.loads(cmd["args"])
         call = RollCall(jti, cmd["cmd"], {r["device"]: r["province"] or "-"
                                           for r in rows if r["expected"]},
-                        sent_at=cmd["sent_at"], meeting_id=args.get("meeting_id"))
+                        sent_at=cmd["sent_at"], meeting_id=args.get("meeting_id"),
+                        silence_s=self.silence_s)
         for r in rows:
+            if r["last_seen"] is not None:
+                call.heard[r["device"]] = r["last_seen"]
             if r["state"] is not None and r["session"] is not None:
                 call.take_state(r["device"], State(state=r["state"], session=r["session"],
                                                    ts=r["state_at"] or 0.0))
