@@ -5,8 +5,10 @@ listener as the media server, and the meeting's programme: stamped pictures
 and a tone served by Debian's ``srt-live-transmit``), one box with simulated
 hardware (a test pattern camera, a test tone microphone through ALSA, a TV
 that logs what it shows, a speaker that is a file), and drives it with the
-centre's own console, ``diemcau-centre``. Everything it makes is under
-``out/demo/``.
+centre's own console, ``diemcau-centre``. The centre's web console
+(``diemcau-centre console-web``) watches the box and a small simulated fleet
+beside it; at the end a headless chromium logs in and saves the fleet page.
+Everything it makes is under ``out/demo/``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ import jwt
 from diemcau.core.prompts import PROMPTS
 from diemcau.media.idle import VIETNAM_TIME, IdleView, render
 from diemcau.protocol import Event, Reply, State, Status, decode, device_topic
+from diemcau_centre.manifest import FleetStore
 from tests.harness.alsa import make_microphone, make_speaker
 from tests.harness.box import Box, CentreKey
-from tests.harness.broker import Broker
+from tests.harness.broker import Broker, free_port, wait_for_port
+from tests.harness.console import headless_chromium, log_in, manifest_of
 from tests.harness.observer import Observer
+from tests.harness.process import stop_process
 from tests.harness.programme import ProgrammeFeed
 from tests.harness.screen import shown
+from tests.harness.simulator import Fleet, FleetSettings
 from tests.harness.srt_listener import SrtListener, read_recording, save_frame_png
 
 DEV = "c00001-r1"
@@ -40,6 +46,10 @@ MEETING = "giao-ban-2026-11"
 OUT = Path("out/demo")
 STREAM_S = 10
 VOLUME = 80
+# The web console's fleet beside the demo box: simulated boxes in three provinces,
+# a few never online again after their first connection.
+SIMULATED = {f"c{n:05d}-r1": ("p01", "p02", "p79")[n % 3] for n in range(2, 26)}
+CONSOLE_USER, CONSOLE_PASSWORD = "admin", "demo-mat-khau"
 
 
 def say(text: str) -> None:
@@ -103,6 +113,7 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
         f'[signing]\nkey_file = "centre-signing.key"\n')
     print(f"  key id {centre_key.kid}; the box trusts this key (its config lists it)")
 
+    console = WebConsole(key_dir, broker, centre_key)
     observer = Observer(broker, centre_key)
     mic = make_microphone(OUT / "mic", seconds=STREAM_S + 60)
     # The room's speaker: the programme and what the box says land in a file.
@@ -118,6 +129,7 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
               extra='[panel]\ngpio = "mock"\n' + screen,
               voice=f'enabled = true\npcm = "{speaker.pcm}"\nvolume_percent = {VOLUME}')
     try:
+        console.start()
         say("Plugging in the box (simulated camera: test pattern; microphone: a 1 kHz tone)")
         started = time.time()
         box.start()
@@ -188,6 +200,10 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
         wait_newer(tv / "idle.png", left)
         print(f"  the TV is back on the idle screen: {keep(tv / 'idle.png', 'tv-idle-after.png')}")
 
+        say("The centre's web console: the fleet as an operator sees it (the demo box and "
+            f"{len(SIMULATED)} simulated boxes)")
+        console.screenshot(OUT / "console.png")
+
         say("Stopping the box (as systemd would, SIGTERM)")
         code = box.stop()
         final = observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
@@ -196,6 +212,7 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
               f"{decode(final.payload, State).state}")
     finally:
         box.stop()
+        console.stop()
         recording_path = media.stop()
         programme.stop()
         observer.close()
@@ -213,7 +230,76 @@ def main() -> int:  # noqa: PLR0915 - a script told as a story, step by step
                                 box.log_text()):
         print(f"    {when}  {PROMPTS.get(key, key)}")
     print(f"\nEverything the demo made is in {OUT}/ (box log: {OUT}/box/box.log).")
+    print(f"The web console's fleet page, as the operator saw it: {OUT / 'console.png'}.")
+    print("To open the console yourself, run (it needs the centre's broker, which the demo "
+          "stopped):\n"
+          f"  {console.command_line}\n"
+          f"and browse http://{console.listen}/ (user {CONSOLE_USER}, password "
+          f"{CONSOLE_PASSWORD}).")
     return 0
+
+
+class WebConsole:
+    """``diemcau-centre console-web`` on the demo's broker, with a simulated fleet to watch."""
+
+    def __init__(self, centre_dir: Path, broker: Broker, centre_key: CentreKey) -> None:
+        self.dir = OUT / "console"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = manifest_of({DEV: "p01", **SIMULATED})
+        FleetStore(self.dir).save(manifest)
+        self.config = centre_dir / "console.toml"
+        self.config.write_text(f'fleet_dir = "{self.dir.resolve()}"\n'
+                               + (centre_dir / "centre.toml").read_text())
+        self.database = f"sqlite:///{self.dir / 'console.db'}"
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.command_line = (f"diemcau-centre --config {self.config} console-web "
+                             f"--database {self.database} --listen {self.listen}")
+        self.fleet = Fleet(FleetSettings(
+            broker.host, broker.port,
+            [(dev, [d.site.province.code, d.site.district.code, d.site.commune.code, "all"])
+             for dev, d in manifest.devices.items() if dev != DEV],
+            {centre_key.kid: centre_key.public_text}, offline=0.1, health_interval_s=5),
+            processes=1)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        base = [sys.executable, "-m", "diemcau_centre", "--config", str(self.config)]
+        subprocess.run([*base, "operator", "add", CONSOLE_USER, "--role", "admin",
+                        "--password-stdin", "--database", self.database],
+                       input=CONSOLE_PASSWORD + "\n", text=True, check=True,
+                       capture_output=True)
+        self.fleet.start(timeout_s=30)
+        log = (self.dir / "console.log").open("wb")
+        self.proc = subprocess.Popen([*base, "console-web", "--database", self.database,
+                                      "--listen", self.listen], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_port(int(self.listen.rsplit(":", 1)[1]), timeout_s=20)
+
+    def screenshot(self, path: Path) -> None:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as ec
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        started = time.monotonic()
+        with headless_chromium(1400, 900) as driver:
+            log_in(driver, f"http://{self.listen}", CONSOLE_USER, CONSOLE_PASSWORD)
+            wait = WebDriverWait(driver, 15)  # type: ignore[arg-type]
+            wait.until(ec.presence_of_element_located((By.ID, "fleet-table")))
+            wait.until(ec.text_to_be_present_in_element((By.ID, "live-status"), "trực tiếp"))
+            wait.until(lambda d: DEV in d.find_element(By.ID, "fleet-table").text)
+            count = driver.find_element(By.ID, "fleet-count").text  # type: ignore[attr-defined]
+            driver.save_screenshot(str(path))  # type: ignore[attr-defined]
+        print(f"  $ {self.command_line}")
+        print(f"  an operator logged in at http://{self.listen}/ with a headless chromium: "
+              f"{count}, the demo box among them ({time.monotonic() - started:.1f} s)")
+        print(f"  the fleet page saved as {path}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+        self.fleet.stop()
 
 
 def keep(source: Path, name: str, timeout_s: float = 10.0) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,11 @@ from cryptography.hazmat.primitives import serialization
 from diemcau_centre.manifest import FleetStore
 from tests.harness.box import CentreKey
 from tests.harness.broker import Broker, free_port, wait_for_port
-from tests.harness.console import TalkingBox, manifest_of
+from tests.harness.console import TalkingBox, headless_chromium, log_in, manifest_of
 from tests.harness.process import stop_process
 
 pytestmark = pytest.mark.e2e
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
 PASSWORD = "mat-khau-thu-nghiem"
 FLEET = {"c00001-r1": "p01", "c00002-r1": "p01", "c00003-r1": "p01", "c00004-r1": "p01",
          "c00005-r1": "p01", "c00201-r1": "p02"}
@@ -94,23 +92,8 @@ def console(tmp_path: Path, broker: Broker, centre: CentreKey) -> Iterator[Runni
 
 @pytest.fixture
 def browser() -> Iterator[object]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="diemcau-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
-                 "--lang=vi"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        subprocess.run(["rm", "-rf", profile], check=False)
 
 
 def test_an_operator_convenes_a_province_and_handles_an_alert(
@@ -128,10 +111,7 @@ def test_an_operator_convenes_a_province_and_handles_an_alert(
         wait.until(ec.text_to_be_present_in_element((By.ID, element_id), value))
 
     def login(user: str) -> None:
-        driver.get(f"{console_url}/login")  # type: ignore[attr-defined]
-        driver.find_element(By.ID, "username").send_keys(user)  # type: ignore[attr-defined]
-        driver.find_element(By.ID, "password").send_keys(PASSWORD)  # type: ignore[attr-defined]
-        driver.find_element(By.ID, "login-button").click()  # type: ignore[attr-defined]
+        log_in(driver, console_url, user, PASSWORD)
         wait.until(ec.presence_of_element_located((By.ID, "fleet-table")))
         text_is("live-status", "trực tiếp")
 

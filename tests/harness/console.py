@@ -6,13 +6,20 @@ command's signature with ``diemcau.protocol.verify_command`` and answers
 ``accepted`` then ``succeeded`` (or ``failed`` with a reason, if told to), and can
 raise an alert. It stands in for a box where a test needs several and does not
 look at media; the box itself is ``diemcau run`` (tests/harness/box.py).
+
+:func:`headless_chromium` is Debian's chromium driven by selenium through chromedriver,
+as the browser test and ``make demo`` use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -168,3 +175,39 @@ class TalkingBox:
 
 def new_client_id() -> str:
     return f"centre-test-{uuid.uuid4().hex[:6]}"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@contextlib.contextmanager
+def headless_chromium(width: int = 1400, height: int = 1000) -> Iterator[object]:
+    """A selenium WebDriver on a headless chromium with a throwaway profile (Vietnamese)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="diemcau-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--user-data-dir={profile}",
+                 f"--window-size={width},{height}", "--lang=vi"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def log_in(driver: object, url: str, user: str, password: str) -> None:
+    """Fill the console's login form and submit it (the caller waits for what follows)."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{url}/login")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "username").send_keys(user)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "password").send_keys(password)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login-button").click()  # type: ignore[attr-defined]
