@@ -320,3 +320,33 @@ def test_the_database_counts_gone_exactly_as_the_pure_rule(
         assert db.devices(Scope.everything(), BoxFilter(state="gone"), now=T0) == expected
     finally:
         db.close()
+
+
+def test_the_timeline_keeps_a_bounded_window(db: FleetDb) -> None:
+    day = 86400.0
+    db.ingest([msg("c00001-r1", "event", Event(seq=1, ts=T0, kind="joined"), at=T0),
+               msg("c00001-r1", "event", Event(seq=2, ts=T0, kind="left"), at=T0 + 20 * day),
+               msg("c00002-r1", "event", Event(seq=1, ts=T0, kind="joined"), at=T0 + 29 * day)])
+    assert db.history_days == 30
+    assert db.prune_history(now=T0 + 40 * day) == 1  # the one older than 30 days
+    box = db.box(Scope.everything(), "c00001-r1")
+    assert box is not None and [h["text"] for h in box["timeline"]] == ["left"]
+    assert db.prune_history(now=T0 + 40 * day) == 0
+    # The boxes' current state is not history: it stays.
+    assert db.boxes_page(Scope.everything(), BoxFilter()).total == 4
+
+
+def test_the_service_prunes_the_timeline_when_it_sweeps_then_hourly(db: FleetDb) -> None:
+    from diemcau.config import Mqtt
+    from diemcau_centre.web.service import PRUNE_EVERY_S, CentreService
+
+    day = 86400.0
+    service = CentreService(db, Mqtt(host="127.0.0.1"), "centre-test")  # not started: no broker
+    db.ingest([msg("c00001-r1", "event", Event(seq=1, ts=T0, kind="joined"), at=T0)])
+    service.sweep(now=T0 + 31 * day)
+    assert service.pruned == 1
+    db.ingest([msg("c00001-r1", "event", Event(seq=2, ts=T0, kind="left"), at=T0 + day)])
+    service.sweep(now=T0 + 31 * day + 60)  # within the hour: not again
+    assert service.pruned == 1
+    service.sweep(now=T0 + 31 * day + PRUNE_EVERY_S)
+    assert service.pruned == 2

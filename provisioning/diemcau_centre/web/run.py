@@ -23,6 +23,7 @@ from typing import TextIO
 from diemcau.config import ConfigError
 
 from ..fleet import DEFAULT_SILENCE_S, HEALTH_PERIODS_BEFORE_GONE
+from . import DEFAULT_HISTORY_DAYS
 
 COMMANDS = frozenset({"console-web", "operator"})
 DATABASE_ENV = "DIEMCAU_CONSOLE_DATABASE"
@@ -49,6 +50,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 36500:
+        raise argparse.ArgumentTypeError(f"expected a number of days above 0, not {text!r}")
+    return value
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument("--database", metavar="URL",
@@ -65,6 +76,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                      help="show a box gone when nothing came from it for this long (default "
                           f"{DEFAULT_SILENCE_S:.0f}: {HEALTH_PERIODS_BEFORE_GONE} of the boxes' "
                           "health periods; set it from their health.interval_s)")
+    web.add_argument("--keep-history-days", type=_days, default=DEFAULT_HISTORY_DAYS,
+                     metavar="DAYS", help="how long the boxes' timelines are kept (default "
+                                          f"{DEFAULT_HISTORY_DAYS:.0f}); older is pruned hourly")
     web.add_argument("--https-only", action="store_true",
                      help="send the login cookie only over HTTPS (behind a TLS proxy)")
 
@@ -144,7 +158,7 @@ def _serve(args: argparse.Namespace, url: str, out: TextIO, err: TextIO, load_co
         except OSError as exc:
             raise ConfigError("--secret-file", [f"cannot read {args.secret_file}: {exc}"]
                               ) from None
-    db = FleetDb(url, silence_s=args.gone_after)
+    db = FleetDb(url, silence_s=args.gone_after, history_days=args.keep_history_days)
     if cfg.fleet_dir:
         try:
             count = db.load_manifest(FleetStore(Path(cfg.fleet_dir)).load())

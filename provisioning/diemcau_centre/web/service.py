@@ -41,8 +41,9 @@ FLEET_FILTERS = [device_topic("+", kind) for kind in ("state", "meta", "status",
 BROADCAST_COMMANDS = ("meeting.invite", "meeting.join", "meeting.leave", "firmware.update")
 
 
-# How often the service looks for boxes gone silent (and prunes the history).
+# How often the service looks for boxes gone silent, and prunes the timeline.
 SWEEP_S = 10.0
+PRUNE_EVERY_S = 3600.0
 
 
 class CommandRefused(Exception):
@@ -57,6 +58,8 @@ class CentreService:
         self.db = db
         self.sweep_s = sweep_s
         self._swept_at = time.time()
+        self._pruned_at: float | None = None  # None: at the first sweep
+        self.pruned = 0
         self._mqtt = mqtt
         self._client_id = client_id
         self._key, self._kid = key, kid
@@ -151,13 +154,21 @@ class CentreService:
 
     def sweep(self, now: float | None = None) -> Changes:
         """What time alone changes: boxes that went silent too long since the last sweep
-        (nothing arrives to say so; the browsers are told)."""
+        (nothing arrives to say so; the browsers are told); and, once an hour, the
+        timeline older than the database's ``history_days`` is deleted."""
         now = time.time() if now is None else now
         changes = Changes()
         try:
+            if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
+                gone = self.db.prune_history(now)
+                self.pruned += gone
+                self._pruned_at = now
+                if gone:
+                    log.info("pruned %d timeline row(s) older than %g days", gone,
+                             self.db.history_days)
             changes.devices.update(self.db.newly_gone(self._swept_at, now))
         except Exception:  # noqa: BLE001 - the database away a moment must not end the service
-            log.exception("could not look for boxes gone silent")
+            log.exception("could not sweep the database")
             return changes
         self._swept_at = now
         if changes:

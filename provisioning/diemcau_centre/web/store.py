@@ -35,6 +35,7 @@ from diemcau.protocol import Reply, State, decode, parse_topic
 from ..fleet import DEFAULT_SILENCE_S, GONE_STATES, FleetView, heard_too_long_ago
 from ..manifest import Manifest
 from ..rollcall import Answer, Report, RollCall, better, effective
+from . import DEFAULT_HISTORY_DAYS
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -99,6 +100,8 @@ history = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Index("history_by_device", "device", "at"),
 )
+# Pruning deletes by time alone.
+history_by_time = sa.Index("history_by_time", history.c.at)
 
 operators = sa.Table(
     "operators", metadata,
@@ -324,15 +327,19 @@ def _upsert(engine: sa.Engine, table: sa.Table, keys: list[str], values: dict[st
 class FleetDb:
     """The console's database; safe to use from several threads (one writer: ingest).
 
+    ``history_days``: how long the boxes' timelines are kept (:meth:`prune_history`).
     ``silence_s``: a box that says it is there but from which nothing has come for this
     long is shown gone (:func:`~diemcau_centre.fleet.heard_too_long_ago`).
     """
 
-    def __init__(self, url: str, *, silence_s: float = DEFAULT_SILENCE_S) -> None:
+    def __init__(self, url: str, *, silence_s: float = DEFAULT_SILENCE_S,
+                 history_days: float = DEFAULT_HISTORY_DAYS) -> None:
         self.url = url
         self.silence_s = silence_s
+        self.history_days = history_days
         self.engine = _engine(url)
         metadata.create_all(self.engine)
+        history_by_time.create(self.engine, checkfirst=True)  # a database made before it
         self.view = FleetView(max_happenings=1_000_000)  # emptied after every batch
         self._manifest_devices: set[str] = set()
         self._hasher = PasswordHasher()
@@ -785,6 +792,13 @@ class FleetDb:
         except (VerificationError, InvalidHashError):
             return None
         return self._operator(row) if row else None
+
+    def prune_history(self, now: float | None = None) -> int:
+        """Delete the timeline older than :attr:`history_days`; how many rows went."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            return conn.execute(history.delete().where(
+                history.c.at < now - self.history_days * 86400)).rowcount
 
     def _dummy_hash(self) -> str:
         # Verifying against a real hash makes an unknown name cost as much as a wrong password.
