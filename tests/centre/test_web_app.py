@@ -11,12 +11,13 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from diemcau.config import Mqtt, Tls
-from diemcau_centre.web.app import make_app
+from diemcau_centre.web.app import LoginGuard, make_app
 from diemcau_centre.web.service import CentreService
 from diemcau_centre.web.store import FleetDb, Scope
 from tests.harness.box import CentreKey
@@ -224,3 +225,30 @@ def test_a_box_that_stops_speaking_without_a_will_is_shown_gone(tmp_path: Path, 
         assert "Mất liên lạc: nghe lần cuối lúc" in admin.get("/boxes/c00001-r1").text
     finally:
         console.close()
+
+
+def test_failed_logins_are_limited_per_name_and_per_address(console: Console) -> None:
+    app = make_app(console.db, None, secret_key="test-secret",
+                   login_guard=LoginGuard(per_user="3 per 15 minutes",
+                                          per_address="5 per 15 minutes"))
+
+    def attempt(username: str, password: str, address: str) -> Any:  # noqa: ANN401
+        with TestClient(app, follow_redirects=False, client=(address, 40000)) as client:
+            return client.post("/login", data={"username": username, "password": password})
+
+    # A success clears its name's failures: two wrong, one right, two wrong still pass.
+    for password in ["sai-1", "sai-2", PASSWORD, "sai-3", "sai-4"]:
+        assert attempt("hanoi", password, "10.0.0.1").status_code in (303, 401)
+    assert attempt("hanoi", "sai-5", "10.0.0.1").status_code == 401  # the 3rd in a row
+    # Locked: even the right password is not tried, from any address.
+    r = attempt("hanoi", PASSWORD, "10.0.0.2")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 60
+    assert "Đăng nhập sai quá nhiều lần. Vui lòng thử lại sau 15 phút." in r.text
+    # Another name may, from an address with no failures; not from one with five.
+    assert attempt("admin", PASSWORD, "10.0.0.2").status_code == 303
+    assert attempt("admin", PASSWORD, "10.0.0.1").status_code == 429  # the address is locked
+    # Trying many names from one address: locked after five.
+    for n in range(5):
+        assert attempt(f"ai-do-{n}", "sai", "10.0.0.3").status_code == 401
+    assert attempt("hagiang", PASSWORD, "10.0.0.3").status_code == 429
+    assert attempt("hagiang", PASSWORD, "10.0.0.4").status_code == 303

@@ -24,6 +24,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from anyio import to_thread
+from limits import RateLimitItem, parse
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -98,6 +101,43 @@ def _query(flt: BoxFilter, **extra: Any) -> str:
     return urlencode(values)
 
 
+class LoginGuard:
+    """Failed logins limited per user name and per client address (a moving window).
+
+    Past the limit, every attempt of that name or address is refused with no password
+    checked, until the window has moved past the oldest failure; a successful login
+    clears its name's failures. Kept in memory: one console process.
+    """
+
+    def __init__(self, per_user: str = "5 per 15 minutes",
+                 per_address: str = "20 per 15 minutes") -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self.per_user: RateLimitItem = parse(per_user)
+        self.per_address: RateLimitItem = parse(per_address)
+
+    def _keys(self, username: str, address: str) -> list[tuple[RateLimitItem, str, str]]:
+        return [(self.per_user, "user", username[:64]), (self.per_address, "address", address)]
+
+    def wait_s(self, username: str, address: str) -> float | None:
+        """Seconds before this name and address may try again; None: they may now."""
+        for limit, kind, key in self._keys(username, address):
+            if not self._limiter.test(limit, kind, key):
+                reset = self._limiter.get_window_stats(limit, kind, key).reset_time
+                return max(reset - time.time(), 1.0)
+        return None
+
+    def failed(self, username: str, address: str) -> None:
+        for limit, kind, key in self._keys(username, address):
+            self._limiter.hit(limit, kind, key)
+
+    def succeeded(self, username: str) -> None:
+        self._limiter.clear(self.per_user, "user", username[:64])
+
+
+def _minutes(seconds: float) -> int:
+    return max(1, -(-int(seconds) // 60))
+
+
 class Hub:
     """Fans the service's changes out to every open ``/events`` stream."""
 
@@ -116,8 +156,9 @@ class Hub:
 
 
 def make_app(db: FleetDb, service: CentreService | None, *, secret_key: str,
-             https_only: bool = False) -> Starlette:
+             https_only: bool = False, login_guard: LoginGuard | None = None) -> Starlette:
     """The console as an ASGI application; ``service`` None: a view without live MQTT."""
+    guard = login_guard or LoginGuard()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.filters.update(when=_when, ago=_ago)
@@ -171,10 +212,20 @@ def make_app(db: FleetDb, service: CentreService | None, *, secret_key: str,
             return page(request, "login.html", {"next": nxt, "error": ""})
         form = await request.form()
         username, password = str(form.get("username", "")), str(form.get("password", ""))
+        address = request.client.host if request.client else "?"
+        wait = guard.wait_s(username, address)
+        if wait is not None:
+            response = page(request, "login.html", {"next": nxt, "error": (
+                f"Đăng nhập sai quá nhiều lần. Vui lòng thử lại sau {_minutes(wait)} phút.")},
+                status=429)
+            response.headers["Retry-After"] = str(int(wait) + 1)
+            return response
         operator = await to_thread.run_sync(db.check_login, username, password)
         if operator is None:
+            guard.failed(username, address)
             return page(request, "login.html", {"next": nxt, "error": "Sai tên hoặc mật khẩu"},
                         status=401)
+        guard.succeeded(username)
         request.session.clear()
         request.session.update(user=operator.username, csrf=secrets.token_urlsafe(24))
         await to_thread.run_sync(db.note, operator.username, "login", "")
