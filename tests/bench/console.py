@@ -54,6 +54,7 @@ from diemcau_centre.web.app import COALESCE_S
 from diemcau_centre.web.store import FleetDb, Message, boxes
 from tests.harness.box import CentreKey
 from tests.harness.broker import Broker, free_port, wait_for_port
+from tests.harness.console import write_centre_config
 from tests.harness.process import stop_process
 
 PASSWORD = "mat-khau-bench"
@@ -196,12 +197,7 @@ def run(boxes_count: int, work: Path) -> None:
     manifest = synthetic_fleet(boxes_count)
     FleetStore(work).save(manifest)
     centre = CentreKey()
-    key_file = work / "centre-signing.key"
-    from cryptography.hazmat.primitives import serialization
-    key_file.write_bytes(centre.private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    key_file.chmod(0o600)
+    key_file = centre.save(work / "centre-signing.key")
     url = f"sqlite:///{work / 'console.db'}"
     FleetDb(url).add_operator("bench", PASSWORD, "admin")
     messages = retained_messages(manifest)
@@ -217,10 +213,8 @@ def run(boxes_count: int, work: Path) -> None:
     broker_port = free_port()
     plain = f"listener {broker_port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n"
     with Broker(work / "broker", port=broker_port, config_text=plain) as broker:
-        config = work / "centre.toml"
-        config.write_text(f'fleet_dir = "{work}"\n[mqtt]\nhost = "{broker.host}"\n'
-                          f"port = {broker.port}\n[mqtt.tls]\nenabled = false\n"
-                          f'[signing]\nkey_file = "{key_file}"\n')
+        config = write_centre_config(work / "centre.toml", broker.port, key_file=key_file,
+                                     fleet_dir=work, host=broker.host)
         port = free_port()
         env = {**os.environ, "DIEMCAU_CONSOLE_DATABASE": url, "DIEMCAU_CENTRE_CONFIG": str(config)}
         proc = subprocess.Popen([sys.executable, "-m", "diemcau_centre", "console-web",

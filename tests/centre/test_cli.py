@@ -47,6 +47,7 @@ from diemcau_centre.send import (
     parse_target,
 )
 from tests.harness.broker import Broker, free_port
+from tests.harness.console import write_centre_config
 from tests.provisioning.conftest import centre_dir_for
 
 T0 = 1_700_000_000.0
@@ -61,10 +62,8 @@ def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
 
 def write_config(path: Path, port: int, key_file: Path | None = None, extra: str = "",
                  tls: str = "enabled = false") -> Path:
-    signing = f'[signing]\nkey_file = "{key_file}"\n' if key_file else ""
-    path.write_text(f'client_id = "centre-test"\n{extra}\n[mqtt]\nhost = "127.0.0.1"\n'
-                    f"port = {port}\n[mqtt.tls]\n{tls}\n{signing}")
-    return path
+    return write_centre_config(path, port, key_file=key_file, tls=tls,
+                               extra=f'client_id = "centre-test"\n{extra}')
 
 
 # ---------------------------------------------------------------- keys

@@ -22,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from diemcau_centre.manifest import FleetStore
 from tests.harness.box import CentreKey
 from tests.harness.broker import Broker, free_port, wait_for_port
-from tests.harness.console import TalkingBox, headless_chromium, log_in, manifest_of
+from tests.harness.console import (
+    TalkingBox,
+    headless_chromium,
+    log_in,
+    manifest_of,
+    write_centre_config,
+)
 from tests.harness.process import stop_process
 
 pytestmark = pytest.mark.e2e
@@ -56,15 +61,9 @@ class RunningConsole:
 def console(tmp_path: Path, broker: Broker, centre: CentreKey) -> Iterator[RunningConsole]:
     manifest = manifest_of(FLEET)
     FleetStore(tmp_path).save(manifest)
-    key_file = tmp_path / "centre-signing.key"
-    key_file.write_bytes(centre.private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    config = tmp_path / "centre.toml"
-    config.write_text(f'fleet_dir = "{tmp_path}"\n[mqtt]\nhost = "{broker.host}"\n'
-                      f"port = {broker.port}\n[mqtt.tls]\nenabled = false\n"
-                      f'[signing]\nkey_file = "{key_file}"\n')
+    key_file = centre.save(tmp_path / "centre-signing.key")
+    config = write_centre_config(tmp_path / "centre.toml", broker.port, key_file=key_file,
+                                 fleet_dir=tmp_path, host=broker.host)
     env = {**os.environ, "DIEMCAU_CONSOLE_DATABASE": f"sqlite:///{tmp_path / 'console.db'}",
            "DIEMCAU_CENTRE_CONFIG": str(config)}
     centre_cli("operator", "add", "hanoi", "--role", "province", "--province", "p01",

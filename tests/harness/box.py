@@ -45,6 +45,14 @@ class CentreKey:
         assert isinstance(key, Ed25519PrivateKey)
         return cls(key)
 
+    def save(self, path: Path) -> Path:
+        """Write the private key as ``keys init`` does (PKCS8 PEM, mode 0600) for a console."""
+        path.write_bytes(self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        path.chmod(0o600)
+        return path
+
     def sign(self, aud: str, cmd: str, args: dict | None = None, **kw: object) -> str:
         return sign_command(self.private, self.kid, aud=aud, cmd=cmd, args=args, **kw)  # type: ignore[arg-type]
 

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -171,6 +172,20 @@ class TalkingBox:
         # Clear what we retained, so a later test on the same broker starts clean.
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def write_centre_config(path: Path, port: int, *, key_file: Path | str | None = None,
+                        fleet_dir: Path | None = None, extra: str = "",
+                        tls: str = "enabled = false", host: str = "127.0.0.1") -> Path:
+    """The centre's configuration file (docs/centre.md) for a local broker without TLS:
+    ``key_file`` to sign commands (relative: beside the file), ``fleet_dir`` for a manifest,
+    ``extra`` top-level lines."""
+    top = f'{extra}\n' + (f'fleet_dir = "{fleet_dir}"\n' if fleet_dir is not None else "")
+    signing = f'[signing]\nkey_file = "{key_file}"\n' if key_file is not None else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'{top}[mqtt]\nhost = "{host}"\nport = {port}\n[mqtt.tls]\n{tls}\n'
+                    f"{signing}")
+    return path
 
 
 def new_client_id() -> str:
