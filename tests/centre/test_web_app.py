@@ -252,3 +252,7 @@ def test_failed_logins_are_limited_per_name_and_per_address(console: Console) ->
         assert attempt(f"ai-do-{n}", "sai", "10.0.0.3").status_code == 401
     assert attempt("hagiang", PASSWORD, "10.0.0.3").status_code == 429
     assert attempt("hagiang", PASSWORD, "10.0.0.4").status_code == 303
+    locked = [(a["operator"], a["detail"]) for a in console.db.audit_list()
+              if a["action"] == "login_locked"]
+    assert ("hanoi", "too many failed logins (from 10.0.0.1)") in locked
+    assert ("ai-do-4", "too many failed logins (from 10.0.0.3)") in locked

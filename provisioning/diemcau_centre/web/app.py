@@ -223,6 +223,10 @@ def make_app(db: FleetDb, service: CentreService | None, *, secret_key: str,
         operator = await to_thread.run_sync(db.check_login, username, password)
         if operator is None:
             guard.failed(username, address)
+            if guard.wait_s(username, address) is not None:
+                # The admin's log says who was locked out, and from where.
+                await to_thread.run_sync(db.note, username[:64] or "-", "login_locked",
+                                         f"too many failed logins (from {address})")
             return page(request, "login.html", {"next": nxt, "error": "Sai tên hoặc mật khẩu"},
                         status=401)
         guard.succeeded(username)
