@@ -34,7 +34,7 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx  # the package Starlette's TestClient uses (httpx2, not httpx)
 import paho.mqtt.client as mqtt
 import psutil
 import sqlalchemy as sa

@@ -286,7 +286,7 @@ def test_a_box_heard_too_long_ago_is_gone_in_the_table_the_summary_and_the_roll_
     assert db.devices(Scope.everything(), BoxFilter(state="gone"), now=later) == ["c00001-r1"]
     assert db.devices(Scope.everything(), BoxFilter(state="ready"), now=later) == ["c00002-r1"]
     p01 = {s["code"]: s for s in db.summary(Scope.everything(), now=later)}["p01"]
-    assert (p01["online"], p01["gone"]) == (1, 1)
+    assert (p01["online"], p01["gone"], p01["offline"]) == (1, 1, p01["total"] - 1)
     box = db.box(Scope.everything(), "c00001-r1", now=later)
     assert box is not None and box["gone"] and box["state"] == "ready"
     assert db.newly_gone(T0 + 60, later) == ["c00001-r1"]

@@ -558,7 +558,9 @@ class FleetDb:
     def summary(self, scope: Scope, level: str = "province", parent: str | None = None,
                 now: float | None = None) -> list[dict[str, Any]]:
         """Counts per province (or per district/commune under ``parent``): boxes, online
-        (ready and heard lately), gone (silent too long), live in a meeting, alerting."""
+        (ready and heard lately), offline (every other box: its will said lost, it
+        stopped, it was never heard, or it is gone), gone (silent too long, no will
+        heard), live in a meeting, alerting."""
         gone = self.gone(now)
         col = boxes.c[level]
         parent_col = {"district": boxes.c.province, "commune": boxes.c.district}.get(level)
@@ -578,7 +580,8 @@ class FleetDb:
                 .select_from(boxes.outerjoin(places, places.c.code == col))
                 .where(where).group_by(col, places.c.name).order_by(col))
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(stmt).mappings()]
+            return [{**r, "offline": r["total"] - (r["online"] or 0)}
+                    for r in conn.execute(stmt).mappings()]
 
     def choices(self, scope: Scope) -> dict[str, list[tuple[str, str]]]:
         """The values the filters offer: (code, label) for places, firmware versions."""
