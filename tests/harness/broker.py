@@ -246,10 +246,13 @@ class Broker:
             time.sleep(0.02)
 
     def _saved_since(self, since: float) -> bool:
-        db = self.workdir / "mosquitto.db"
+        where = self.workdir
+        for line in self._conf.read_text().splitlines():
+            if line.startswith("persistence_location "):
+                where = Path(line.split(None, 1)[1])
+        db = where / "mosquitto.db"
         try:
-            return (db.stat().st_mtime >= since
-                    and not (self.workdir / "mosquitto.db.new").exists())
+            return db.stat().st_mtime >= since and not (where / "mosquitto.db.new").exists()
         except FileNotFoundError:
             return False
 
