@@ -346,3 +346,24 @@ def test_a_snapshot_lists_recent_happenings_only_when_there_are_some() -> None:
     retained.apply(device_topic(DEV, "status"), status("joining", "m2"), T0 + 5)
     snapshot = render_watch(retained, T0 + 6, snapshot=True)
     assert "recent:" in snapshot and "meeting joining m2" in snapshot
+
+
+def test_events_and_replies_a_box_sends_again_are_one_happening() -> None:
+    """After its broker went away a box sends again what the broker had just acknowledged."""
+    view = FleetView()
+    ev = [encode(Event(seq=n, ts=T0, kind="identify")) for n in (1, 2)]
+    accepted = encode(Reply(id="j1", cmd="meeting.join", status="accepted", code=202,
+                           detail="", ts=T0))
+    done = encode(Reply(id="j1", cmd="meeting.join", status="succeeded", code=200,
+                       detail="", ts=T0))
+    for payload in (ev[0], accepted, ev[1], done):
+        topic = device_topic(DEV, "event" if b"seq" in payload else "reply")
+        view.apply(topic, payload, T0)
+    for payload in (ev[1], done, ev[0]):  # sent again, unchanged
+        view.apply(device_topic(DEV, "event" if b"seq" in payload else "reply"), payload, T0 + 5)
+    view.apply(device_topic(DEV, "event"), encode(Event(seq=3, ts=T0, kind="link_lost")), T0 + 5)
+
+    texts = [h.text for h in view.happenings]
+    assert texts == ["identify", "reply meeting.join accepted 202", "identify",
+                     "reply meeting.join succeeded 200", "link_lost"]
+    assert view.repeats == 3
