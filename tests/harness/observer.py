@@ -78,6 +78,19 @@ class Observer:
         self._client.loop_stop()
         self._client.disconnect()
 
+    def go_offline(self) -> None:
+        """Disconnect, keeping the session: the broker queues what arrives meanwhile."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def come_back(self) -> None:
+        """Connect again to the session :meth:`go_offline` left."""
+        self._subscribed.clear()
+        self._client.reconnect()  # first: paho's loop thread ends at once on a client disconnected
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("observer could not subscribe again")
+
     # ------------------------------------------------------------ waiting
 
     def wait_for(self, predicate: Callable[[Seen], bool], timeout: float = 10.0,
