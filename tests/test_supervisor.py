@@ -15,7 +15,7 @@ import pytest
 
 from diemcau.core.events import Delivered, StopRequested
 from diemcau.core.update import Outcome as UpdateOutcome
-from diemcau.protocol import device_topic
+from diemcau.protocol import RESEND_GRACE_S, Event, decode, device_topic
 from diemcau.supervisor import EXIT_RESTART
 from tests.harness.box import CentreKey
 from tests.harness.standins import DEV, StandinBox, standin_box
@@ -28,6 +28,16 @@ def box(tmp_path: Path) -> Iterator[StandinBox]:
     made = standin_box(tmp_path)
     yield made
     made.close()
+
+
+def reliable(published: list) -> list:
+    """The replies and events among ``published`` (what goes through the outbox)."""
+    return [p for p in published if p.topic in (device_topic(DEV, "reply"),
+                                                 device_topic(DEV, "event"))]
+
+
+def reliable_events(published: list) -> list[Event]:
+    return [decode(p.payload, Event) for p in published if p.topic == device_topic(DEV, "event")]
 
 
 def statuses_of(box: StandinBox) -> list[tuple[str, int]]:
@@ -102,6 +112,39 @@ def test_offline_replies_wait_in_the_outbox_and_go_in_order_once_the_link_is_up(
 
     box.handle(*(Delivered(p.mid) for p in sent))  # the broker's PUBACKs
     assert box.supervisor.a.outbox.pending() == []
+
+
+def test_what_the_broker_acknowledged_within_the_grace_goes_again_after_a_drop(
+        box: StandinBox) -> None:
+    """The broker saves on a timer: what it acknowledged just before it went away may be
+    lost, so the box sends it again, unchanged; what it acknowledged a grace ago is gone."""
+    box.handle(box.link.up())
+    box.handle(box.command("device.identify", {"duration_s": 5}, jti="old"))
+    box.handle(*(Delivered(p.mid) for p in box.link.published))
+    box.now[0] += RESEND_GRACE_S + 1
+    mark = len(box.link.published)
+    box.handle(box.command("device.identify", {"duration_s": 5}, jti="new"))
+    recent = reliable(box.link.published[mark:])
+    assert recent  # its reply and its event
+    box.handle(*(Delivered(p.mid) for p in box.link.published))  # prunes "old"'s rows
+    assert box.supervisor.a.outbox.pending() == []
+    before = len(box.link.published)
+
+    box.handle(box.link.down())
+    box.handle(box.link.up())
+    again = reliable(box.link.published[before:])
+    assert [(r.id, r.status) for r in box.link.replies()[-1:]] == [("new", "succeeded")]
+    resent = {(p.topic, p.payload) for p in again}
+    assert {(p.topic, p.payload) for p in recent} <= resent  # byte for byte: same seq, same id
+    assert not any(b'"old"' in p.payload for p in again)
+    assert [e.kind for e in reliable_events(again)] == ["identify", "link_lost"]  # in order
+
+    box.handle(*(Delivered(p.mid) for p in again))
+    box.now[0] += RESEND_GRACE_S + 1
+    box.handle(Delivered(box.link.publish("t", b"later PUBACK")))  # the broker alive a grace on
+    box.handle(box.link.down())
+    box.handle(box.link.up())
+    assert not any(b'"new"' in p.payload for p in box.link.published[before + len(again):])
 
 
 def test_a_reply_made_while_the_link_is_down_goes_after_it_comes_back(box: StandinBox) -> None:

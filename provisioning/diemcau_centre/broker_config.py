@@ -13,7 +13,8 @@ so no pattern could say them.
 Queues and persistence are sized from the manifest (:func:`durability_lines`,
 also what the test broker runs): Mosquitto drops, silently but for one log
 line, what does not fit in a client's queue, and keeps in memory only what it
-acknowledged since its last save.
+acknowledged since its last save (every ``BROKER_SAVE_S``; the box and the
+centre re-send what a crash may have lost).
 
     files = write_broker_config(Path("/srv/centre"), Path("/srv/centre/broker"),
                                 BrokerSettings(port=8883))
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from diemcau.protocol import (
     ALERT_CODES,
+    BROKER_SAVE_S,
     alert_topic,
     check_name,
     device_filter,
@@ -98,18 +100,21 @@ def durability_lines(boxes: int) -> list[str]:
     """mosquitto.conf lines for persistence and queues; the test broker runs the same.
 
     ``persistence_location`` is left to the caller. Mosquitto 2.0 keeps its
-    sessions (queued commands included) in memory and writes them only when it
-    saves: ``autosave_on_changes`` with ``autosave_interval 1`` saves after
-    every turn of its loop that queued, acknowledged or retained something, so
-    a crash loses at most what it acknowledged within the turn and the save
-    that follows it (docs/provisioning.md gives the measured cost).
+    sessions (subscriptions, queued and in-flight messages) and retained
+    messages in memory and writes them all, as one file, only when it saves.
+    It saves on a timer, every ``BROKER_SAVE_S``: saving after every change
+    (``autosave_on_changes``) rewrites the whole database for each queued
+    command, which a fleet of thousands cannot carry (docs/provisioning.md
+    gives the figures). A crash loses what the broker acknowledged within its
+    window (``BROKER_LOSS_WINDOW_S``); the box and the centre re-send that
+    when they see the broker go away.
     """
     sizes = durability(boxes)
     return [
         f"# Sized for {boxes} box(es) in the manifest: run broker-config again after an import.",
         "persistence true",
-        "autosave_on_changes true",
-        "autosave_interval 1",
+        "autosave_on_changes false",
+        f"autosave_interval {BROKER_SAVE_S}",
         # MQTT 5 boxes ask for their own session expiry; this bounds the others.
         "persistent_client_expiration 14d",
         f"max_queued_messages {sizes.max_queued_messages}",

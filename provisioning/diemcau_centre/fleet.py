@@ -9,6 +9,12 @@ box and never raises. The rendering functions turn a view into text.
     view.apply("diemcau/v1/dev/c00001-r1/state", b'{"state":"ready","session":5,"ts":1.0}', now)
     print(render_devices(view, now))
 
+Repeats are dropped: a box sends again, unchanged, the events and replies the
+broker acknowledged just before it went away (it saves on a timer and may have
+lost them), so an event already seen (by its ``seq``) or a reply already seen
+(by its command id and status) among a box's last ``RECENT_PER_BOX`` is not
+a new happening.
+
 The session rule: each connection of a box has a new, higher ``session``. Its
 will (``lost``) is prepared when it connects, so a will that the broker sends
 late, after the box is back, carries an older session than the box's latest
@@ -51,6 +57,9 @@ _SCHEMAS: dict[str, type[msgspec.Struct]] = {
     "state": State, "meta": Meta, "status": Status, "health": Health, "event": Event,
     "reply": Reply, "alert": Alert,
 }
+# What a box sends again after its broker went away is what the broker acknowledged
+# within a few seconds (RESEND_GRACE_S): far fewer messages than this.
+RECENT_PER_BOX = 256
 GONE_STATES = frozenset({"lost", "disconnected"})
 # A box reports its health every `health.interval_s` (the box's default, 30 s). On a broker
 # cluster no will is published when a box vanishes, so the centre counts a box gone once
@@ -89,6 +98,17 @@ class Box:
     alerts: dict[str, Alert] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # topic kind -> what was wrong
     last_seen: float | None = None
+    # Keys of the latest events and replies, oldest first: ("event", seq) or ("reply", id, status).
+    recent: dict[tuple[Any, ...], None] = field(default_factory=dict)
+
+    def seen_before(self, key: tuple[Any, ...]) -> bool:
+        """Whether ``key`` is among the latest; remembered now if not."""
+        if key in self.recent:
+            return True
+        self.recent[key] = None
+        if len(self.recent) > RECENT_PER_BOX:
+            del self.recent[next(iter(self.recent))]
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +128,7 @@ class FleetView:
         self.happenings: collections.deque[Happening] = collections.deque(maxlen=max_happenings)
         self.ignored_topics = 0  # not protocol v1, or commands (the centre's own)
         self.stale_ignored = 0
+        self.repeats = 0  # events and replies a box sent again
 
     def apply(self, topic: str, payload: bytes | str, now: float, *,
               retained: bool = False) -> None:
@@ -152,6 +173,10 @@ class FleetView:
             case Alert():
                 box.alerts[str(parsed.code)] = msg
                 note(f"alert {parsed.code} ({msg.severity}): {msg.detail}")
+            case Event() if box.seen_before(("event", msg.seq)):
+                self.repeats += 1
+            case Reply() if box.seen_before(("reply", msg.id, msg.status)):
+                self.repeats += 1
             case Event():
                 note(" ".join(p for p in (msg.kind, msg.meeting_id or "", msg.detail) if p))
             case Reply():

@@ -366,10 +366,18 @@ def _roll_call(record: RunRecord) -> RollCall:
 
 
 def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, err: TextIO,
-          *, tty: bool, skip_offline: bool = False) -> None:
+          *, tty: bool, skip_offline: bool = False,
+          token: tuple[str, int] | None = None) -> None:
     """Feed replies and presence into the roll-call until all are final or the deadline
     (with ``skip_offline``: or the only ones left are offline); the progress line on
-    ``err``; every reply kept in ``record``."""
+    ``err``; every reply kept in ``record``.
+
+    ``token``: the signed command and its expiry (s). The broker saves on a timer
+    (``BROKER_LOSS_WINDOW_S``), so a broker that goes away may have lost the
+    command it acknowledged, with the copies it queued for offline boxes. Once
+    the connection is back, the command goes again, same id, to each box that
+    has not answered (a box that had it answers ``duplicate`` with its result).
+    """
     every = PROGRESS_EVERY_S if tty else PROGRESS_EVERY_PIPED_S
     next_line = time.monotonic() + every
     next_settle = time.monotonic() + SETTLE_CHECK_S
@@ -379,6 +387,7 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
         print("\r" + text + "\x1b[K" if tty else text, end="" if tty else "\n", file=err,
               flush=True)
 
+    down: str | None = None  # why the connection is down, while it is
     while not call.finished:
         now = time.monotonic()
         if now >= next_line:
@@ -396,9 +405,21 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
                 break
             continue
         if isinstance(got, Disconnected):
-            raise MqttError(f"lost the connection to the broker while waiting for replies "
-                            f"({got.reason}); the command was sent and may still run: "
-                            f"`diemcau-centre resend {record.id[:12]}` sends it to the silent")
+            if token is None:
+                raise _lost(got.reason, record)
+            down = got.reason  # paho connects again by itself; wait for it until the deadline
+            print(f"\nlost the connection to the broker ({down}); waiting for it",
+                  file=err, flush=True)
+            continue
+        if isinstance(got, Connected) and down is not None and not got.failed:
+            down = None
+            subscribe_roll_call(session)  # a clean session: the broker forgot our subscriptions
+            silent = call.silent_boxes()
+            session.publish_many([(device_topic(dev, "cmd"), token[0]) for dev in silent],
+                                 qos=1, expiry_s=token[1])
+            print(f"connected again: sent {call.cmd} again, same id, to the {len(silent)} "
+                  f"box(es) that have not answered", file=err, flush=True)
+            continue
         if not isinstance(got, Received):
             continue
         parsed = parse_topic(got.topic)
@@ -417,6 +438,14 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
     line()
     if tty:
         print(file=err)
+    if down is not None:
+        raise _lost(down, record)
+
+
+def _lost(reason: str, record: RunRecord) -> MqttError:
+    return MqttError(f"lost the connection to the broker while waiting for replies "
+                     f"({reason}); the command was sent and may still run: "
+                     f"`diemcau-centre resend {record.id[:12]}` sends it to the silent")
 
 
 def subscribe_roll_call(session: Session) -> None:
@@ -465,7 +494,8 @@ def send_to_group(session: Session, key: Ed25519PrivateKey, kid: str, target: Ta
     print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s): {len(expected)} "
           f"box(es) expected; waiting up to {timeout_s:g} s", file=err, flush=True)
     call = _roll_call(record)
-    _wait(session, call, record, sent_mono + timeout_s, err, tty=tty, skip_offline=skip_offline)
+    _wait(session, call, record, sent_mono + timeout_s, err, tty=tty, skip_offline=skip_offline,
+          token=(token, ttl_s))
     return _finish(call, record, store, out, err, as_json)
 
 
@@ -508,5 +538,6 @@ def resend(session: Session, key: Ed25519PrivateKey, kid: str, record: RunRecord
            f"with a new id {jti} (the first expired at {record.exp})")
     print(f"resent {record.cmd} to {len(silent)} silent box(es) of {record.aud} {how}; "
           f"waiting up to {timeout_s:g} s", file=err, flush=True)
-    _wait(session, call, record, start + timeout_s, err, tty=tty, skip_offline=skip_offline)
+    _wait(session, call, record, start + timeout_s, err, tty=tty, skip_offline=skip_offline,
+          token=(token, expiry))
     return _finish(call, record, store, out, err, as_json)

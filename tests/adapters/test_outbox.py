@@ -113,3 +113,56 @@ def test_a_smaller_limit_after_reopening_trims_on_the_next_message(path: Path) -
         assert [p.payload for p in small.pending()] == [str(n).encode() for n in range(6, 16)]
     finally:
         small.close()
+
+
+def test_an_acknowledged_message_is_kept_until_pruned_and_reopened_in_order(
+        outbox: Outbox) -> None:
+    rows = [outbox.add("t", f"m{n}".encode()) for n in range(3)]
+    outbox.acknowledged(rows[0], at=100.0)
+    outbox.acknowledged(rows[1], at=102.5)
+    assert [p.payload for p in outbox.pending()] == [b"m2"]  # no longer waiting for the broker
+    assert len(outbox) == 1
+
+    assert outbox.prune(acked_before=101.0) == 1  # m0's grace is over; m1's is not
+    assert outbox.reopen() == 1
+    assert [p.payload for p in outbox.pending()] == [b"m1", b"m2"]
+    assert outbox.prune(acked_before=1e12) == 0  # pending rows are never pruned
+
+
+def test_kept_acknowledged_messages_survive_a_restart(path: Path) -> None:
+    first = Outbox(path, max_messages=10)
+    first.acknowledged(first.add("t", b"kept"), at=5.0)
+    first.close()
+    again = Outbox(path, max_messages=10)
+    try:
+        assert again.pending() == []
+        assert again.reopen() == 1
+        assert [p.payload for p in again.pending()] == [b"kept"]
+    finally:
+        again.close()
+
+
+def test_a_full_outbox_drops_waiting_messages_not_the_kept_ones_first(outbox: Outbox) -> None:
+    kept = outbox.add("t", b"acked")
+    outbox.acknowledged(kept, at=1.0)
+    for n in range(11):
+        outbox.add("t", f"w{n}".encode())
+    assert outbox.dropped == 1
+    assert [p.payload for p in outbox.pending()][0] == b"w1"
+    assert outbox.reopen() == 1  # the acknowledged one did not count against the bound
+
+
+def test_a_ledger_from_before_the_grace_gets_the_column(path: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE outbox (row INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL)")
+    old.execute("INSERT INTO outbox (topic, payload, retain) VALUES ('t', x'6f6c64', 0)")
+    old.commit()
+    old.close()
+    box = Outbox(path, max_messages=10)
+    try:
+        assert [p.payload for p in box.pending()] == [b"old"]
+    finally:
+        box.close()

@@ -43,14 +43,16 @@ from diemcau.protocol import (
 from diemcau_centre.mqtt import Received, Session
 from diemcau_centre.rollcall import RollCall
 from diemcau_centre.send import subscribe_roll_call
+from tests.bench.broker import PRODUCTION_AUTOSAVE
 from tests.bench.broker import config as broker_config
 from tests.harness.broker import Broker, free_port
 from tests.harness.simulator import Fleet, FleetSettings, devices
 
 PROCESSES = 4
+PRODUCTION = "production broker lines"
 AUTOSAVE = {
-    "production (save after every change)": ["autosave_on_changes true", "autosave_interval 1"],
-    "save every 1 s": ["autosave_interval 1"],
+    PRODUCTION: PRODUCTION_AUTOSAVE,  # a save every BROKER_SAVE_S
+    "save after every change (before)": ["autosave_on_changes true", "autosave_interval 1"],
 }
 
 
@@ -139,7 +141,7 @@ def broadcast(work: Path, boxes: int, autosave_name: str) -> tuple[str, str]:
             at = time.time()
             session.publish(group_cmd_topic("all"), token, qos=1, expiry_s=120)
             stats = bare.wait(lambda s: s.received >= boxes, 600, "all delivered", 0.02)
-            reference = f"bare fan-out: last delivery {stats.last_message_at - at:.2f} s"
+            reference = f"Mosquitto bare fan-out: last delivery {stats.last_message_at - at:.2f} s"
             session.close()
     finally:
         broker.stop()
@@ -148,7 +150,7 @@ def broadcast(work: Path, boxes: int, autosave_name: str) -> tuple[str, str]:
 
 def storm(work: Path, boxes: int, spread_s: float, tls: bool) -> str:
     """Every box's connection lost at once (the broker restarts): until all are back."""
-    broker = _broker(work, boxes, AUTOSAVE["production (save after every change)"], tls=tls)
+    broker = _broker(work, boxes, AUTOSAVE[PRODUCTION], tls=tls)
     broker.start()
     try:
         ca = (broker.workdir / "ca").read_text() if tls else ""
@@ -183,13 +185,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="the reconnect window to compare with none (default 10 s)")
     parser.add_argument("--tls", action="store_true", help="the storm over TLS")
     parser.add_argument("--skip", nargs="*", default=[], choices=["broadcast", "storm"])
+    parser.add_argument("--autosave", nargs="+", default=list(AUTOSAVE), choices=list(AUTOSAVE),
+                        help="the broker's save settings to broadcast with (default: all)")
     options = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="diemcau-bench-fleet-"))
     print(f"\nthe centre at fleet scale on {psutil.cpu_count()} cores; simulated boxes in "
           f"{PROCESSES} processes; loopback; files in {work}", flush=True)
     if "broadcast" not in options.skip:
         for boxes in options.boxes:
-            for name in AUTOSAVE:
+            for name in options.autosave:
                 figure, reference = broadcast(work, boxes, name)
                 _row(f"broadcast meeting.join to {boxes}, {name}", figure, reference)
     if "storm" not in options.skip:

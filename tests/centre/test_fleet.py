@@ -372,3 +372,24 @@ def test_once_gone_a_box_stays_gone_until_it_speaks(state: str | None, last: flo
         assert state in ("ready", "updating")
         assert heard_too_long_ago(state, last, now + more, bound)
         assert not heard_too_long_ago(state, now, now, bound)  # it spoke at `now`
+
+
+def test_events_and_replies_a_box_sends_again_are_one_happening() -> None:
+    """After its broker went away a box sends again what the broker had just acknowledged."""
+    view = FleetView()
+    ev = [encode(Event(seq=n, ts=T0, kind="identify")) for n in (1, 2)]
+    accepted = encode(Reply(id="j1", cmd="meeting.join", status="accepted", code=202,
+                           detail="", ts=T0))
+    done = encode(Reply(id="j1", cmd="meeting.join", status="succeeded", code=200,
+                       detail="", ts=T0))
+    for payload in (ev[0], accepted, ev[1], done):
+        topic = device_topic(DEV, "event" if b"seq" in payload else "reply")
+        view.apply(topic, payload, T0)
+    for payload in (ev[1], done, ev[0]):  # sent again, unchanged
+        view.apply(device_topic(DEV, "event" if b"seq" in payload else "reply"), payload, T0 + 5)
+    view.apply(device_topic(DEV, "event"), encode(Event(seq=3, ts=T0, kind="link_lost")), T0 + 5)
+
+    texts = [h.text for h in view.happenings]
+    assert texts == ["identify", "reply meeting.join accepted 202", "identify",
+                     "reply meeting.join succeeded 200", "link_lost"]
+    assert view.repeats == 3

@@ -11,6 +11,7 @@ is what the fleet's broker would lose or keep.
     ...
     broker.restart()   # SIGTERM, then start again on the same port
     broker.crash()     # SIGKILL: no save on the way out
+    broker.wait_for_save()  # the next timed save of its database has happened
     broker.stop()
 
 ``config_text`` runs a configuration made elsewhere (``diemcau-centre
@@ -34,6 +35,7 @@ from diemcau_centre.broker_config import durability_lines
 from .process import stop_process
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+SAVE_LINE = "Saving in-memory database"  # Mosquitto's log line, at each save
 
 
 # Below the kernel's ephemeral range (32768-60999 by default): a port the kernel
@@ -224,6 +226,35 @@ class Broker:
         if down_s:
             time.sleep(down_s)
         self.start()
+
+    def saves(self) -> int:
+        """How many times Mosquitto has saved its database (it logs each save)."""
+        return self.log_text().count(SAVE_LINE)
+
+    def wait_for_save(self, timeout_s: float = 10.0) -> None:
+        """Until Mosquitto has saved its database anew after this call (every
+        ``BROKER_SAVE_S`` or so): what it acknowledged before the call is on disk.
+
+        A save is logged as it begins and is written to ``mosquitto.db.new``, then
+        renamed: done when the log has one more save and the file is newer than the call.
+        """
+        done, since = self.saves(), time.time()
+        deadline = time.monotonic() + timeout_s
+        while not (self.saves() > done and self._saved_since(since)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mosquitto did not save within {timeout_s} s")
+            time.sleep(0.02)
+
+    def _saved_since(self, since: float) -> bool:
+        where = self.workdir
+        for line in self._conf.read_text().splitlines():
+            if line.startswith("persistence_location "):
+                where = Path(line.split(None, 1)[1])
+        db = where / "mosquitto.db"
+        try:
+            return db.stat().st_mtime >= since and not (where / "mosquitto.db.new").exists()
+        except FileNotFoundError:
+            return False
 
     def log_text(self) -> str:
         try:

@@ -40,12 +40,14 @@ class Seen:
 
 
 class Observer:
-    def __init__(self, broker: Broker, centre: CentreKey | None = None) -> None:
+    def __init__(self, broker: Broker, centre: CentreKey | None = None, *,
+                 client_id: str | None = None) -> None:
+        """``client_id``: to take up the session a closed observer left at the broker."""
         self.centre = centre
         self._cond = threading.Condition()
         self.messages: list[Seen] = []
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=f"observer-{uuid.uuid4().hex[:8]}",
+                                   client_id=client_id or f"observer-{uuid.uuid4().hex[:8]}",
                                    protocol=mqtt.MQTTv5)
         if broker.tls:
             self._client.tls_set(ca_certs=str(broker.ca_file))
@@ -75,6 +77,19 @@ class Observer:
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+    def go_offline(self) -> None:
+        """Disconnect, keeping the session: the broker queues what arrives meanwhile."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def come_back(self) -> None:
+        """Connect again to the session :meth:`go_offline` left."""
+        self._subscribed.clear()
+        self._client.reconnect()  # first: paho's loop thread ends at once on a client disconnected
+        self._client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("observer could not subscribe again")
 
     # ------------------------------------------------------------ waiting
 

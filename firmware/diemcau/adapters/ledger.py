@@ -1,7 +1,8 @@
 """The ledger: one SQLite file for everything the box has promised the centre.
 
 Four tables share it: the outbox (replies, events and alert changes not yet
-acknowledged by the broker), the replay cache (command ids seen, with their
+acknowledged by the broker, or acknowledged within the last ``RESEND_GRACE_S``:
+the broker saves on a timer), the replay cache (command ids seen, with their
 latest reply), the counters that must never repeat (the event ``seq``) and
 the room's settings (the volume, the pending invitation). Because they share
 one file, the supervisor makes each step one transaction: a command's

@@ -2,8 +2,13 @@
 
 Kept on disk (SQLite, a table of the box's ledger: :mod:`diemcau.adapters.ledger`)
 until the broker acknowledges them, so neither a broken link nor a restart of
-the box loses them; sent in the order they were made.
-Bounded: when full, the oldest message is dropped and counted.
+the box loses them; sent in the order they were made. An acknowledged message
+stays a little longer (``acked_at`` set, :meth:`Outbox.acknowledged`): the
+broker saves on a timer, so a crash of the broker may lose it, and the box
+sends it again when the link comes back (:meth:`Outbox.reopen`). The owner
+prunes it once the broker's save window has surely passed (:meth:`Outbox.prune`).
+Bounded: when more than ``max_messages`` wait for the broker, the oldest is
+dropped and counted.
 Owned by the supervisor's thread.
 """
 
@@ -35,8 +40,12 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox (row INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL)"
+            " topic TEXT NOT NULL, payload BLOB NOT NULL, retain INTEGER NOT NULL,"
+            " acked_at REAL)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "acked_at" not in columns:  # a ledger of a release before the grace
+            self._db.execute("ALTER TABLE outbox ADD COLUMN acked_at REAL")
         self._max = max_messages
         self.dropped = 0
 
@@ -48,7 +57,8 @@ class Outbox:
         over = len(self) - self._max
         if over > 0:
             self._db.execute(
-                "DELETE FROM outbox WHERE row IN (SELECT row FROM outbox ORDER BY row LIMIT ?)",
+                "DELETE FROM outbox WHERE row IN (SELECT row FROM outbox"
+                " WHERE acked_at IS NULL ORDER BY row LIMIT ?)",
                 (over,),
             )
             self.dropped += over
@@ -56,14 +66,33 @@ class Outbox:
         return int(cur.lastrowid or 0)
 
     def pending(self) -> list[Pending]:
-        rows = self._db.execute("SELECT row, topic, payload, retain FROM outbox ORDER BY row")
+        """What the broker has not acknowledged, in order."""
+        rows = self._db.execute("SELECT row, topic, payload, retain FROM outbox"
+                                " WHERE acked_at IS NULL ORDER BY row")
         return [Pending(r, t, bytes(p), bool(k)) for r, t, p, k in rows]
 
     def remove(self, row: int) -> None:
         self._db.execute("DELETE FROM outbox WHERE row = ?", (row,))
 
+    def acknowledged(self, row: int, at: float) -> None:
+        """The broker acknowledged ``row`` at ``at``: kept until pruned, no longer pending."""
+        self._db.execute("UPDATE outbox SET acked_at = ? WHERE row = ?", (at, row))
+
+    def prune(self, acked_before: float) -> int:
+        """Forget what the broker acknowledged before ``acked_before``; how many rows."""
+        cur = self._db.execute("DELETE FROM outbox WHERE acked_at < ?", (acked_before,))
+        return cur.rowcount
+
+    def reopen(self) -> int:
+        """Every acknowledged message still kept is pending again (the broker may have
+        lost it); how many."""
+        cur = self._db.execute("UPDATE outbox SET acked_at = NULL WHERE acked_at IS NOT NULL")
+        return cur.rowcount
+
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        """Messages waiting for the broker (not those kept after their acknowledgement)."""
+        return int(self._db.execute(
+            "SELECT count(*) FROM outbox WHERE acked_at IS NULL").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()

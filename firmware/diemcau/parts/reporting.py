@@ -2,10 +2,16 @@
 
 Replies, events and alert changes are reliable: each is written to the
 outbox inside the supervisor's current durable step, and published only
-once that step is committed (:meth:`Reporting.committed`); a message in
-flight is deleted from the outbox when the broker acknowledges it
-(:meth:`Reporting.delivered`). ``status``, ``meta`` and ``health`` are
-retained or periodic, so they are published at once when the link is up.
+once that step is committed (:meth:`Reporting.committed`). The broker's
+acknowledgement (:meth:`Reporting.delivered`) does not delete it at once:
+the broker saves on a timer, and a crash inside its save window loses what
+it acknowledged. So the outbox keeps the message for ``RESEND_GRACE_S`` after
+its PUBACK, and when the link comes back the box sends it again, unchanged
+(same event ``seq``, same reply id: the centre drops the repeat). The grace
+is counted by the broker's later acknowledgements, not by when the box saw
+the link drop: a broker that dies without closing its connections is found
+out only by the keepalive, long after. ``status``, ``meta`` and ``health``
+are retained or periodic, so they are published at once when the link is up.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ..core.events import CertificateStatus
 from ..core.meeting import Room
 from ..ports import HealthProbe, Ledger, Link, Outbox
 from ..protocol import (
+    RESEND_GRACE_S,
     Event,
     Meta,
     ProgrammeFigures,
@@ -119,17 +126,26 @@ class Reporting:
         self._unsent.clear()
 
     def delivered(self, mid: int) -> None:
+        """The broker acknowledged ``mid``: its row waits out the grace, older ones go."""
+        now = self._clock()
         row = self._inflight.pop(mid, None)
         if row is not None:
-            self._outbox.remove(row)
+            self._outbox.acknowledged(row, now)
+        # The broker is alive now, so it has saved what it acknowledged a grace ago.
+        self._outbox.prune(now - RESEND_GRACE_S)
 
     def link_up(self) -> None:
-        """Online again: meta, status, the active alerts, then the outbox in order."""
+        """Online again: meta, status, the active alerts, then the outbox in order: what
+        the broker had not acknowledged, and what it acknowledged within the grace before
+        it went away (it may have crashed before saving it)."""
         self.publish_meta()
         self.publish_status(force=True)
         for code, alert in self.alerts.active.items():
             self.publish(alert_topic(self._dev, code), encode(alert), retain=True)
         with self._durably():
+            again = self._outbox.reopen()
+            if again:
+                log.info("sending again %d message(s) the broker may have lost unsaved", again)
             for item in self._outbox.pending():
                 self._unsent.append((item.topic, item.payload, 1, item.retain, item.row))
 

@@ -9,10 +9,13 @@ from typing import Any
 
 from .messages import (
     ALERT_CODES,
+    BROKER_LOSS_WINDOW_S,
+    BROKER_SAVE_S,
     COMMAND_NAMES,
     EVENT_KINDS,
     FINAL_STATUSES,
     PROTOCOL_VERSION,
+    RESEND_GRACE_S,
     Alert,
     CommandClaims,
     Event,
@@ -61,7 +64,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ALERT_CODES", "COMMAND_NAMES", "EVENT_KINDS", "FINAL_STATUSES", "PROTOCOL_VERSION", "ROOT",
+    "ALERT_CODES", "BROKER_LOSS_WINDOW_S", "BROKER_SAVE_S", "COMMAND_NAMES", "EVENT_KINDS", "FINAL_STATUSES", "PROTOCOL_VERSION", "RESEND_GRACE_S", "ROOT",
     "Alert", "Command", "CommandClaims", "CommandRejected", "Event", "Health", "Interface",
     "Meta", "ParsedTopic", "ProgrammeFigures", "ReplayCache", "Reply", "RoomSound", "Site", "State", "Status",
     "StreamFigures",

@@ -242,6 +242,18 @@ class Reply(_Msg, kw_only=True):
 DEFAULT_TTL_S = 120
 MAX_TOKEN_LIFETIME_S = 24 * 3600
 
+# The broker saves its persistence database on a timer, every BROKER_SAVE_S
+# seconds (``autosave_interval``), not after every change: a broker that
+# crashes loses what it acknowledged since its last save. Mosquitto 2.0 saves
+# once a whole second more than the interval has passed (it compares whole
+# seconds, strictly), so the window is up to twice the interval, plus the
+# save itself. Whoever sees the broker go away re-sends what it was
+# acknowledged within RESEND_GRACE_S before, and receivers drop the repeats
+# (an event by its device and seq, a reply by its command id).
+BROKER_SAVE_S = 1
+BROKER_LOSS_WINDOW_S = 2 * BROKER_SAVE_S
+RESEND_GRACE_S = BROKER_LOSS_WINDOW_S + 1  # one second for the save itself and the clocks
+
 
 class CommandClaims(_Msg, kw_only=True):
     """The claims of a signed command (a compact JWS, EdDSA)."""
