@@ -52,6 +52,7 @@ from ..adapters.logs import log_to_stderr, scrub_log_handlers
 from ..adapters.process import settle
 from ..config import Screen
 from ..core.backoff import backoff_delay
+from ..core.idlescreen import IdleScreen
 from ..core.scrub import scrub
 from . import framestamp, idle
 from .pipe import (
@@ -327,7 +328,7 @@ class ScreenPlayer:
 
         now = datetime.now().astimezone()
         try:
-            view = msgspec.convert(self.view, idle.IdleView)
+            view = msgspec.convert(self.view, IdleScreen)  # checks each field's type
             image = idle.render(view, now, (width, height))
             self._idle_next = idle.next_change(view, now)
         except Exception as exc:  # noqa: BLE001 - a bad view must leave a screen up
