@@ -23,7 +23,7 @@ from diemcau.config import Screen
 from diemcau.media.screen import ScreenProcess
 from tests.harness.alsa import SimulatedSpeaker, make_speaker
 from tests.harness.process import stop_process
-from tests.harness.programme import FeedShape, ProgrammeFeed
+from tests.harness.programme import FeedShape, PacedFeed, ProgrammeFeed, resizing_programme
 from tests.harness.screen import (
     RATE,
     ScreenWatch,
@@ -153,6 +153,42 @@ def test_sender_killed_and_restarted_at_another_size(room: Room, tmp_path: Path)
     figures = room.watch.figures()[-1]
     assert figures["reconnects"] >= 1
     assert (figures["width"], figures["height"]) == (480, 270)
+
+
+def test_the_picture_changes_size_mid_stream(room: Room, tmp_path: Path) -> None:
+    # One connection throughout: 720p for 4 s, then the same stream goes on at 360p. (The
+    # record may miss a few pictures while it saves programme.png: it is not the player.)
+    ts = resizing_programme(tmp_path / "feed", [(1280, 720), (640, 360)], seconds_each=4.0)
+    change = 4 * 25  # the first frame of the second piece
+    with PacedFeed(tmp_path / "feed", ts) as feed:
+        room.screen.play("m-9", feed.url)
+        live_at, _ = room.watch.wait_state("live", 10)
+        pid = room.screen.pid
+        assert feed.finished.wait(15), "the stream was not sent"
+        time.sleep(0.5)  # its last pictures through the player
+        figures = room.watch.figures()
+        states = room.watch.states()
+        room.screen.stop_playing()
+        room.watch.wait_state("off", 5, after=live_at)
+
+    pictures = [s for s in shown(room.record) if s.number >= 0]
+    numbers = [s.number for s in pictures]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), "out of order"
+    big = [s for s in pictures if (s.width, s.height) == (1280, 720)]
+    small = [s for s in pictures if (s.width, s.height) == (640, 360)]
+    assert len(big) + len(small) == len(pictures)
+    assert big and max(s.number for s in big) < change <= min(s.number for s in small)
+    gap_s = small[0].at - big[-1].at
+    print(f"720p frames {big[0].number}..{big[-1].number}, 360p frames {small[0].number}.."
+          f"{small[-1].number}; {gap_s * 1000:.0f} ms from the last 720p picture to the first "
+          f"360p one")
+    assert len(small) > 50 and gap_s < 1.0, gap_s
+    # Within one stream: no reconnection, the same screen process; the figures say the new size.
+    assert {state for state, _ in states} == {"starting", "live"}, states
+    assert room.screen.restarts == 0 and room.screen.pid == pid
+    sizes = [(f["width"], f["height"]) for f in figures if f["state"] == "live"]
+    assert (1280, 720) in sizes and sizes[-1] == (640, 360), sizes
+    assert figures[-1]["reconnects"] == 0
 
 
 def test_backlog_at_connect_is_caught_up(room: Room, tmp_path: Path) -> None:
