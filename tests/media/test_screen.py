@@ -236,6 +236,7 @@ def test_feed_without_sound_or_pictures(room: Room, tmp_path: Path, video: bool,
         live_at, detail = room.watch.wait_state("live", 12)
         assert missing in detail
         time.sleep(3)
+    print(f"states {room.watch.states()}; figures {room.watch.figures()[-1]}")
     if video:
         numbers = [s.number for s in shown(room.record) if s.at > live_at and s.number >= 0]
         assert len(numbers) > 40 and numbers == sorted(numbers)
