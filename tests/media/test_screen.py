@@ -8,6 +8,7 @@ logs each picture handed to the output); the sound from the speaker's file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from diemcau.config import Screen
+from diemcau.core.idlescreen import IdleScreen
 from diemcau.media.screen import ScreenProcess
 from tests.harness.alsa import SimulatedSpeaker, make_speaker
 from tests.harness.process import stop_process
@@ -236,14 +238,21 @@ def test_feed_without_sound_or_pictures(room: Room, tmp_path: Path, video: bool,
         live_at, detail = room.watch.wait_state("live", 12)
         assert missing in detail
         time.sleep(3)
-    print(f"states {room.watch.states()}; figures {room.watch.figures()[-1]}")
-    if video:
-        numbers = [s.number for s in shown(room.record) if s.at > live_at and s.number >= 0]
+        figures = room.watch.figures()[-1]
+    assert room.watch.states()[-1] == ("live", detail)  # said once, and it stays so
+    numbers = [s.number for s in shown(room.record) if s.at > live_at and s.number >= 0]
+    played = stereo(room.speaker.played())
+    if video:  # pictures in order, the speaker silent
         assert len(numbers) > 40 and numbers == sorted(numbers)
-    else:
-        tail = stereo(room.speaker.played())[-RATE:, 0]
-        frequency, _ = tone_level(tail, 1000)
+        assert (figures["width"], figures["height"]) == (640, 360) and figures["frames_shown"] > 40
+        assert figures["decoder"] == "h264"
+        assert not played.size or np.abs(played).max() < 2, "sound from a feed without any"
+    else:  # the tone, no picture
+        frequency, _ = tone_level(played[-RATE:, 0], 1000)
         assert abs(frequency - 1000) < 10 or abs(frequency - 4000) < 10
+        assert numbers == []
+        assert figures["frames_shown"] == 0 and (figures["width"], figures["height"]) == (0, 0)
+        assert figures["decoder"] == "" and figures["speaker_delay_ms"] > 0
 
 
 def test_prompt_ducks_the_programme_and_plays_alone(room: Room, tmp_path: Path) -> None:
@@ -325,3 +334,31 @@ def test_an_rtsp_feed_from_gstreamers_server(room: Room, tmp_path: Path) -> None
     frequency, level = tone_level(tail, 1000)  # Opus, from GStreamer's audiotestsrc
     assert abs(frequency - 1000) < 5 and abs(level - 20 * np.log10(0.25)) < 1.5, level
 
+
+
+def test_the_idle_screen_is_the_cores_view_drawn_by_the_child(room: Room) -> None:
+    view = IdleScreen(site_name="UBND xã Tân Lập", room="Phòng họp tầng 2",
+                      place="p01 · d001 · c00001", device_id="c00001-r1", connection="online",
+                      state="idle")
+    room.screen.show_idle(view)
+    drawn = room.record / "idle.png"
+    deadline = time.monotonic() + 10
+    while not drawn.exists():
+        assert time.monotonic() < deadline, "the idle screen was not drawn"
+        time.sleep(0.1)
+    from PIL import Image
+
+    with Image.open(drawn) as image:
+        assert image.size == (1280, 720)
+    pid = room.screen.pid
+    # A view the child cannot decode (an unknown connection state): a plain screen, no crash.
+    drawn.unlink()
+    room.screen.show_idle({**dataclasses.asdict(view), "connection": "lost"})
+    time.sleep(1.0)
+    assert not drawn.exists()
+    room.screen.show_idle(view)  # and the next good one is drawn
+    deadline = time.monotonic() + 10
+    while not drawn.exists():
+        assert time.monotonic() < deadline, "the idle screen was not drawn again"
+        time.sleep(0.1)
+    assert room.screen.pid == pid and room.screen.restarts == 0

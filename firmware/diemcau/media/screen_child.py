@@ -162,7 +162,9 @@ def mpv_options(cfg: Screen) -> dict[str, str]:
         "untimed": "no",
         "keep-open": "no",
         "idle": "yes",
-        "force-window": "no",
+        # A feed without pictures keeps the output (black) instead of handing the TV back
+        # to the console.
+        "force-window": "yes",
         "osc": "no",
         "input-default-bindings": "no",
         "input-vo-keyboard": "no",
