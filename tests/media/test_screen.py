@@ -239,7 +239,7 @@ def test_feed_without_sound_or_pictures(room: Room, tmp_path: Path, video: bool,
         assert missing in detail
         time.sleep(3)
         figures = room.watch.figures()[-1]
-    assert room.watch.states()[-1] == ("live", detail)  # said once, and it stays so
+        assert room.watch.states()[-1] == ("live", detail)  # said once, and it stays so
     numbers = [s.number for s in shown(room.record) if s.at > live_at and s.number >= 0]
     played = stereo(room.speaker.played())
     if video:  # pictures in order, the speaker silent
@@ -361,4 +361,24 @@ def test_the_idle_screen_is_the_cores_view_drawn_by_the_child(room: Room) -> Non
     while not drawn.exists():
         assert time.monotonic() < deadline, "the idle screen was not drawn again"
         time.sleep(0.1)
+    assert room.screen.pid == pid and room.screen.restarts == 0
+
+
+def test_a_feed_that_is_not_a_programme(room: Room, tmp_path: Path) -> None:
+    # The server answers and sends at a programme's rate, but noise, not MPEG-TS: the player
+    # finds nothing to show, says so and tries again (the server may come right); it is not
+    # taken for a live programme, and the screen process carries on.
+    noise = tmp_path / "feed" / "noise.bin"
+    noise.parent.mkdir(parents=True)
+    noise.write_bytes(np.random.default_rng(13).integers(0, 256, 3_000_000, np.uint8).tobytes())
+    with PacedFeed(tmp_path / "feed", noise) as feed:
+        room.screen.play("m-10", feed.url)
+        pid = room.screen.pid
+        at, detail = room.watch.wait_state("reconnecting", 15)
+        states = [state for state, _ in room.watch.states()]
+        assert feed.started_at is not None, "the player never connected"
+    print(f"noise from the feed: {at - feed.started_at:.1f} s to {detail!r}")
+    assert "no picture 8 s after connecting" in detail
+    assert states == ["starting", "reconnecting"], states
+    assert shown(room.record) == [] or all(s.number < 0 for s in shown(room.record))
     assert room.screen.pid == pid and room.screen.restarts == 0
