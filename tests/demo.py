@@ -26,8 +26,9 @@ from typing import Any
 
 import jwt
 
+from diemcau.core.idlescreen import IdleScreen
 from diemcau.core.prompts import PROMPTS
-from diemcau.media.idle import VIETNAM_TIME, IdleView, render
+from diemcau.media.idle import VIETNAM_TIME, render
 from diemcau.protocol import Event, Reply, State, Status, decode, device_topic
 from diemcau_centre.manifest import FleetStore
 from tests.harness.alsa import make_microphone, make_speaker
@@ -80,7 +81,7 @@ def light_shows(box: Box, state: str, timeout: float = 10.0) -> str:
         time.sleep(0.1)
 
 
-def save_idle_screen(path: Path, view: IdleView, now: datetime | None = None) -> Path:
+def save_idle_screen(path: Path, view: IdleScreen, now: datetime | None = None) -> Path:
     """The TV's idle screen as the room would see it at ``now`` (default: the present), as a PNG."""
     render(view, now or datetime.now(VIETNAM_TIME)).save(path)
     return path

@@ -97,6 +97,7 @@ def box_config(
     keys: dict[str, str],
     microphone: str = "diemcau_mic",
     health_interval_s: float = 30.0,
+    programme_lost_s: float = 10.0,
     will_delay_s: int = 1,
     voice: str = "enabled = false",
     connect_timeout_ms: int = 1000,
@@ -161,6 +162,7 @@ srt_passphrase = "{srt_passphrase}"
 
 [health]
 interval_s = {health_interval_s}
+programme_lost_s = {programme_lost_s}
 clock_check = "none"
 
 [voice]

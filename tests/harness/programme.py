@@ -17,6 +17,10 @@ The sender (frames + ffmpeg) can be killed and started again while
 source drops. ``hold()`` keeps what the encoder sends in a UDP relay and
 ``release()`` sends it on in one burst: the backlog a media server's GOP
 cache gives a player at connect.
+
+:func:`resizing_programme` records one MPEG-TS whose picture changes size part-way
+(one mux, as an encoder that changes resolution mid-stream sends it), and
+:class:`PacedFeed` sends such a recording live through ONE SRT connection.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ LOCALHOST = "127.0.0.1"
 RATE = 48000
 BEEP_S = 0.04
 TONE_LEVEL = 10 ** (-12 / 20)  # -12 dBFS
+MUXRATE_BPS = 2_000_000  # a recorded programme's constant rate, so it is paced by bytes
+TS_CHUNK = 7 * 188  # what one SRT packet carries
 
 
 @dataclass
@@ -192,29 +198,21 @@ class ProgrammeFeed:
 
     def _pace(self, process: subprocess.Popen[bytes], audio: Any) -> None:
         s = self.shape
-        ys = s.width * s.height
-        card = np.full(ys * 3 // 2, 128, np.uint8)
-        # A gradient under the stamp so the picture is not flat (the encoder has work to do).
-        card[:ys] = (np.arange(ys) % s.width * 200 // s.width + 30).astype(np.uint8)
+        card = grey_card(s.width, s.height)
         period = 1 / s.fps
         start = time.monotonic()
         sent = 0
         while not self._stop_frames.is_set():
             number = self._next_frame
-            frame = card.copy()
-            framestamp.stamp(number, frame[:ys], width=s.width, height=s.height)
-            # Grey chroma under the strip keeps the blocks black and white.
-            cw, crows = s.width // 2, framestamp.strip_height(s.height) // 2
-            frame[ys:ys + cw * crows] = 128
-            frame[ys + ys // 4:ys + ys // 4 + cw * crows] = 128
+            frame = stamped(card, number, s.width, s.height)
             self.captured[number] = time.time()
             try:
                 if s.video:
                     assert process.stdin is not None
-                    process.stdin.write(frame.tobytes())
+                    process.stdin.write(frame)
                     process.stdin.flush()
                 if audio is not None:
-                    audio.put(self._sound(number))
+                    audio.put(programme_sound(number, s))
             except (BrokenPipeError, ValueError, OSError):
                 return
             self._next_frame += 1
@@ -224,18 +222,38 @@ class ProgrammeFeed:
                 self._stop_frames.wait(delay)
 
 
-    def _sound(self, number: int) -> bytes:
-        """The samples that go with frame ``number``: the tone, and a beep in each second's first
-        ``BEEP_S``."""
-        s = self.shape
-        per_frame = RATE // s.fps
-        first = number * per_frame
-        t = np.arange(first, first + per_frame) / RATE
-        beeping = (t % 1.0) < BEEP_S
-        frequency = np.where(beeping, s.tone_hz * s.beep_factor, s.tone_hz)
-        # The phase of each frequency runs from t = 0, so the tone is the same sine throughout.
-        mono = np.round(TONE_LEVEL * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
-        return np.repeat(mono, 2).tobytes()
+def grey_card(width: int, height: int) -> np.ndarray:
+    """A grey YUV 4:2:0 card with a gradient, so the picture is not flat (the encoder has
+    work to do)."""
+    ys = width * height
+    card = np.full(ys * 3 // 2, 128, np.uint8)
+    card[:ys] = (np.arange(ys) % width * 200 // width + 30).astype(np.uint8)
+    return card
+
+
+def stamped(card: np.ndarray, number: int, width: int, height: int) -> bytes:
+    """``card`` with frame ``number`` stamped in, as raw YUV 4:2:0."""
+    ys = width * height
+    frame = card.copy()
+    framestamp.stamp(number, frame[:ys], width=width, height=height)
+    # Grey chroma under the strip keeps the blocks black and white.
+    cw, crows = width // 2, framestamp.strip_height(height) // 2
+    frame[ys:ys + cw * crows] = 128
+    frame[ys + ys // 4:ys + ys // 4 + cw * crows] = 128
+    return frame.tobytes()
+
+
+def programme_sound(number: int, s: FeedShape) -> bytes:
+    """The samples (S16_LE stereo) that go with frame ``number``: the tone, and a beep in each
+    second's first ``BEEP_S``."""
+    per_frame = RATE // s.fps
+    first = number * per_frame
+    t = np.arange(first, first + per_frame) / RATE
+    beeping = (t % 1.0) < BEEP_S
+    frequency = np.where(beeping, s.tone_hz * s.beep_factor, s.tone_hz)
+    # The phase of each frequency runs from t = 0, so the tone is the same sine throughout.
+    mono = np.round(TONE_LEVEL * 32767 * np.sin(2 * np.pi * frequency * t)).astype("<i2")
+    return np.repeat(mono, 2).tobytes()
 
 
 def _drain(sound: queue.SimpleQueue[bytes | None], out: Any) -> None:
@@ -290,3 +308,121 @@ class _HoldingRelay:
                     time.sleep(0.0002)  # a burst, but not faster than the loopback takes it
             if ready:
                 self._out.sendto(data, self._to)
+
+
+def resizing_programme(directory: Path, sizes: list[tuple[int, int]], seconds_each: float,
+                       shape: FeedShape | None = None) -> Path:
+    """One MPEG-TS programme whose picture changes size from piece to piece, as an encoder
+    that changes resolution mid-stream sends it: one mux, one set of PIDs, clocks and
+    continuity counters throughout; only the H.264 stream starts again (a keyframe with
+    the new sequence header) at each new size.
+
+    Frame numbers run on across the pieces; the sound (tone and beeps) runs under all of
+    it. The mux is constant-rate (``MUXRATE_BPS``) so a sender can pace it by bytes.
+    Returns the ``.ts`` file.
+    """
+    shape = shape or FeedShape()
+    directory.mkdir(parents=True, exist_ok=True)
+    count = round(seconds_each * shape.fps)
+    video = directory / "programme.h264"
+    with video.open("wb") as joined:
+        for index, (width, height) in enumerate(sizes):
+            piece = directory / f"piece-{index}.h264"
+            encoder = subprocess.Popen(
+                ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+                 "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{width}x{height}",
+                 "-framerate", str(shape.fps), "-i", "pipe:0",
+                 "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
+                 "-g", str(shape.gop), "-bf", "0", "-b:v", f"{shape.bitrate_kbps}k",
+                 "-maxrate", f"{shape.bitrate_kbps * 5 // 4}k",
+                 "-bufsize", f"{shape.bitrate_kbps // 2}k", "-f", "h264", str(piece)],
+                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert encoder.stdin is not None
+            card = grey_card(width, height)
+            for number in range(index * count, (index + 1) * count):
+                encoder.stdin.write(stamped(card, number, width, height))
+            _, errors = encoder.communicate()
+            if encoder.returncode:
+                raise RuntimeError(f"ffmpeg could not encode a piece: {errors.decode()}")
+            joined.write(piece.read_bytes())
+    sound = directory / "programme.pcm"
+    sound.write_bytes(b"".join(programme_sound(n, shape) for n in range(len(sizes) * count)))
+    out = directory / "programme.ts"
+    # The raw H.264 has no timestamps: the frame rate gives them (pts = dts, no B-frames).
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
+         "-fflags", "+genpts", "-framerate", str(shape.fps), "-f", "h264", "-i", str(video),
+         "-f", "s16le", "-ar", str(RATE), "-ac", "2", "-i", str(sound),
+         "-c:v", "copy", "-bsf:v", "setts=pts=DTS", "-c:a", "aac", "-b:a", "96k",
+         "-f", "mpegts", "-muxrate", str(MUXRATE_BPS), "-muxdelay", "0.1",
+         "-pes_payload_size", "0", str(out)],
+        check=True, capture_output=True, timeout=60)
+    return out
+
+
+@dataclass
+class PacedFeed:
+    """A recorded constant-rate MPEG-TS sent live over ONE SRT connection: ``srt-live-transmit``
+    reads it from its stdin (written at the mux rate, from the first byte once the player has
+    connected) and serves it as an SRT listener that the box calls at ``url``.
+
+    ``started_at``: wall-clock time the first byte went out; the stream's second ``t`` is
+    sent at ``started_at + t``.
+    """
+
+    directory: Path
+    programme: Path
+    muxrate_bps: int = MUXRATE_BPS
+    srt_latency_ms: int = 120
+    connect_timeout_s: float = 15.0
+    started_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.srt_port = free_udp_port()
+        self._transmit: subprocess.Popen[bytes] | None = None
+        self._log = self.directory / "srt-live-transmit-paced.log"
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._send, daemon=True, name="paced-feed")
+        self.finished = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"srt://{LOCALHOST}:{self.srt_port}?latency={self.srt_latency_ms * 1000}"
+
+    def __enter__(self) -> PacedFeed:
+        # No auto-reconnect: one connection, the whole stream through it.
+        self._transmit = subprocess.Popen(
+            ["srt-live-transmit", "-a:no", f"-chunk:{TS_CHUNK}", "file://con",
+             f"srt://{LOCALHOST}:{self.srt_port}?mode=listener&latency={self.srt_latency_ms}"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log.open("wb"))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stopping.set()
+        self._thread.join(5)
+        if self._transmit is not None:
+            stop_process(self._transmit, timeout_s=3)
+
+    def _send(self) -> None:
+        # srt-live-transmit drops what it reads before a caller is there: wait for the player.
+        deadline = time.monotonic() + self.connect_timeout_s
+        while b"Accepted SRT target connection" not in self._log.read_bytes():
+            if time.monotonic() > deadline or self._stopping.wait(0.02):
+                return
+        transmit = self._transmit
+        assert transmit is not None and transmit.stdin is not None
+        data = self.programme.read_bytes()
+        per_s = self.muxrate_bps / 8
+        self.started_at = time.time()
+        start = time.monotonic()
+        try:
+            for offset in range(0, len(data), TS_CHUNK):
+                delay = start + offset / per_s - time.monotonic()
+                if delay > 0 and self._stopping.wait(delay):
+                    return
+                transmit.stdin.write(data[offset:offset + TS_CHUNK])
+                transmit.stdin.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            return
+        self.finished.set()

@@ -19,7 +19,6 @@ from diemcau.media.defs import MediaFault
 from diemcau.media.idle import (
     PROMPT_BACK,
     VIETNAM_TIME,
-    IdleView,
     clean,
     date_text,
     draw,
@@ -34,24 +33,24 @@ from tests.core.test_purity import modules_after_import
 NOW = datetime(2026, 12, 5, 9, 41, 30, tzinfo=VIETNAM_TIME)
 STARTS = datetime(2026, 12, 5, 14, 0, tzinfo=VIETNAM_TIME).timestamp()
 SIZES = [(1920, 1080), (1280, 720)]
-BASE = IdleView(site_name="UBND xã Tân Lập", room="Phòng họp tầng 2", place="p01 · d001 · c00001",
-                device_id="c00001-r1", connection="online", state="idle")
-INVITED = msgspec.structs.replace(
+BASE = IdleScreen(site_name="UBND xã Tân Lập", room="Phòng họp tầng 2",
+                  place="p01 · d001 · c00001", device_id="c00001-r1", connection="online", state="idle")
+INVITED = dataclasses.replace(
     BASE, state="invited", meeting_id="giao-ban-2026-11",
     meeting_title="Giao ban trực tuyến tháng 11: kinh tế - xã hội, quốc phòng - an ninh",
     starts_at=STARTS, invited=True)
 STATES = {
     "idle": BASE,
-    "connecting": msgspec.structs.replace(BASE, connection="connecting"),
-    "offline": msgspec.structs.replace(BASE, connection="offline"),
+    "connecting": dataclasses.replace(BASE, connection="connecting"),
+    "offline": dataclasses.replace(BASE, connection="offline"),
     "invited": INVITED,
-    "invited_mandatory": msgspec.structs.replace(INVITED, joins_itself=True),
-    "invited_too_early": msgspec.structs.replace(INVITED, join_opens_at=STARTS - 900),
-    "invited_no_way_to_join": msgspec.structs.replace(INVITED, connection="offline",
+    "invited_mandatory": dataclasses.replace(INVITED, joins_itself=True),
+    "invited_too_early": dataclasses.replace(INVITED, join_opens_at=STARTS - 900),
+    "invited_no_way_to_join": dataclasses.replace(INVITED, connection="offline",
                                                       invited=False),
-    "joining": msgspec.structs.replace(BASE, state="joining"),
-    "leaving": msgspec.structs.replace(BASE, state="leaving"),
-    "error": msgspec.structs.replace(BASE, state="error"),
+    "joining": dataclasses.replace(BASE, state="joining"),
+    "leaving": dataclasses.replace(BASE, state="leaving"),
+    "error": dataclasses.replace(BASE, state="error"),
 }
 
 
@@ -90,7 +89,7 @@ def test_each_state_draws_and_its_qr_code_reads_back_as_the_device_id(
 
 def test_the_qr_code_holds_a_long_device_id(tmp_path: Path) -> None:
     device = "c99999-phong-hop-lon-tang-3_" + "x" * 35  # 64 characters, the most allowed
-    render(msgspec.structs.replace(BASE, device_id=device), NOW, (1280, 720)).save(
+    render(dataclasses.replace(BASE, device_id=device), NOW, (1280, 720)).save(
         tmp_path / "long.png")
     assert qr_text(tmp_path / "long.png") == device
 
@@ -118,8 +117,8 @@ def test_the_site_name_is_drawn_in_real_glyphs() -> None:
     # The same name with the Vietnamese letters replaced by one DejaVu lacks draws differently.
     name = "Hội đồng xã Hữu Lũng"
     lost = "".join("\ue000" if ord(ch) > 127 else ch for ch in name)
-    real = draw(msgspec.structs.replace(BASE, site_name=name), NOW, (1280, 720))
-    boxed = draw(msgspec.structs.replace(BASE, site_name=lost), NOW, (1280, 720))
+    real = draw(dataclasses.replace(BASE, site_name=name), NOW, (1280, 720))
+    boxed = draw(dataclasses.replace(BASE, site_name=lost), NOW, (1280, 720))
     box = real.boxes["site"]
     assert real.image.crop(box).tobytes() != boxed.image.crop(box).tobytes()
 
@@ -152,7 +151,7 @@ def test_before_the_join_window_the_prompt_says_from_when() -> None:
        room=st.text(max_size=120))
 def test_any_site_name_stays_in_its_place(name: str, room: str) -> None:
     size = (1280, 720)
-    drawn = draw(msgspec.structs.replace(BASE, site_name=name, room=room), NOW, size)
+    drawn = draw(dataclasses.replace(BASE, site_name=name, room=room), NOW, size)
     boxes = drawn.boxes
     assert all(inside(box, size) for box in boxes.values()), boxes
     for text in ("site", "room"):
@@ -166,7 +165,7 @@ def test_any_site_name_stays_in_its_place(name: str, room: str) -> None:
 
 def test_a_long_title_is_shortened_and_the_prompt_keeps_its_size() -> None:
     short = draw(INVITED, NOW)
-    long = draw(msgspec.structs.replace(INVITED, meeting_title="Hội nghị " * 80), NOW)
+    long = draw(dataclasses.replace(INVITED, meeting_title="Hội nghị " * 80), NOW)
     assert long.boxes["prompt"][3] - long.boxes["prompt"][1] == (
         short.boxes["prompt"][3] - short.boxes["prompt"][1])
     assert long.boxes["title"][3] < long.boxes["prompt"][1]
@@ -190,33 +189,32 @@ def test_a_meeting_time_is_said_from_today() -> None:
 def test_the_picture_changes_on_the_minute_or_when_the_join_window_opens() -> None:
     assert next_change(BASE, NOW) == datetime(2026, 12, 5, 9, 42, tzinfo=VIETNAM_TIME)
     opens = datetime(2026, 12, 5, 9, 41, 45, tzinfo=VIETNAM_TIME)
-    view = msgspec.structs.replace(INVITED, join_opens_at=opens.timestamp())
+    view = dataclasses.replace(INVITED, join_opens_at=opens.timestamp())
     assert next_change(view, NOW) == opens
     assert next_change(view, opens) == datetime(2026, 12, 5, 9, 42, tzinfo=VIETNAM_TIME)
 
 
 def test_it_is_drawn_again_only_on_a_change_or_on_the_minute() -> None:
     assert redraw_needed(None, None, BASE, NOW)
-    same = msgspec.structs.replace(BASE)  # equal, not the same object
+    same = dataclasses.replace(BASE)  # equal, not the same object
     assert not redraw_needed(BASE, NOW, same, NOW + timedelta(seconds=29))
     assert redraw_needed(BASE, NOW, same, NOW + timedelta(seconds=30))
-    assert redraw_needed(BASE, NOW, msgspec.structs.replace(BASE, connection="offline"), NOW)
+    assert redraw_needed(BASE, NOW, dataclasses.replace(BASE, connection="offline"), NOW)
 
 
 def test_equal_views_draw_the_same_picture() -> None:
-    assert render(BASE, NOW).tobytes() == render(msgspec.structs.replace(BASE), NOW).tobytes()
+    assert render(BASE, NOW).tobytes() == render(dataclasses.replace(BASE), NOW).tobytes()
 
 
-def test_the_view_is_the_cores_screen_and_crosses_a_pipe() -> None:
-    assert [f.name for f in dataclasses.fields(IdleScreen)] == list(IdleView.__struct_fields__)
+def test_the_cores_screen_crosses_the_pipe_as_itself() -> None:
     screen = IdleScreen(site_name="UBND xã Tân Lập", room="", place="p01 · d001 · c00001",
                         device_id="c00001-r1", connection="online", state="invited",
                         meeting_id="m1", meeting_title="Giao ban", starts_at=STARTS,
                         invited=True, join_opens_at=STARTS - 900)
-    view = IdleView.of(screen)
-    assert view == IdleView(**dataclasses.asdict(screen))
-    assert msgspec.msgpack.decode(msgspec.msgpack.encode(view), type=IdleView) == view
-    assert hash(view) == hash(IdleView.of(screen))
+    # As the proxy sends it (plain data, msgpack) and the screen child decodes it.
+    wire = msgspec.msgpack.encode(msgspec.to_builtins(screen))
+    back = msgspec.convert(msgspec.msgpack.decode(wire), IdleScreen)
+    assert back == screen and hash(back) == hash(screen)
 
 
 def test_bad_input_is_a_clear_error() -> None:
@@ -227,7 +225,7 @@ def test_bad_input_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="320x180"):
         render(BASE, NOW, (100, 50))
     with pytest.raises(msgspec.ValidationError):
-        msgspec.convert({**msgspec.structs.asdict(BASE), "connection": "lost"}, IdleView)
+        msgspec.convert({**dataclasses.asdict(BASE), "connection": "lost"}, IdleScreen)
 
 
 def test_a_missing_font_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -252,8 +250,8 @@ def test_text_is_cleaned_for_one_line() -> None:
     assert clean("o" + "\u0301" * 50) == "ó" + "\u0301" * 2  # no tower of marks
 
 
-def test_importing_the_view_loads_no_pillow() -> None:
-    # The control plane builds and sends IdleView; only the screen child draws.
+def test_importing_the_module_loads_no_pillow() -> None:
+    # Pillow loads only when a picture is drawn, in the screen child.
     loaded = set(modules_after_import("diemcau.media.idle"))
     assert not loaded & {"PIL", "segno"}
     assert "PIL" in modules_after_import("PIL.Image")  # the check sees Pillow when it loads

@@ -8,6 +8,7 @@ logs each picture handed to the output); the sound from the speaker's file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,10 +21,11 @@ import numpy as np
 import pytest
 
 from diemcau.config import Screen
+from diemcau.core.idlescreen import IdleScreen
 from diemcau.media.screen import ScreenProcess
 from tests.harness.alsa import SimulatedSpeaker, make_speaker
 from tests.harness.process import stop_process
-from tests.harness.programme import FeedShape, ProgrammeFeed
+from tests.harness.programme import FeedShape, PacedFeed, ProgrammeFeed, resizing_programme
 from tests.harness.screen import (
     RATE,
     ScreenWatch,
@@ -155,6 +157,42 @@ def test_sender_killed_and_restarted_at_another_size(room: Room, tmp_path: Path)
     assert (figures["width"], figures["height"]) == (480, 270)
 
 
+def test_the_picture_changes_size_mid_stream(room: Room, tmp_path: Path) -> None:
+    # One connection throughout: 720p for 4 s, then the same stream goes on at 360p. (The
+    # record may miss a few pictures while it saves programme.png: it is not the player.)
+    ts = resizing_programme(tmp_path / "feed", [(1280, 720), (640, 360)], seconds_each=4.0)
+    change = 4 * 25  # the first frame of the second piece
+    with PacedFeed(tmp_path / "feed", ts) as feed:
+        room.screen.play("m-9", feed.url)
+        live_at, _ = room.watch.wait_state("live", 10)
+        pid = room.screen.pid
+        assert feed.finished.wait(15), "the stream was not sent"
+        time.sleep(0.5)  # its last pictures through the player
+        figures = room.watch.figures()
+        states = room.watch.states()
+        room.screen.stop_playing()
+        room.watch.wait_state("off", 5, after=live_at)
+
+    pictures = [s for s in shown(room.record) if s.number >= 0]
+    numbers = [s.number for s in pictures]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), "out of order"
+    big = [s for s in pictures if (s.width, s.height) == (1280, 720)]
+    small = [s for s in pictures if (s.width, s.height) == (640, 360)]
+    assert len(big) + len(small) == len(pictures)
+    assert big and max(s.number for s in big) < change <= min(s.number for s in small)
+    gap_s = small[0].at - big[-1].at
+    print(f"720p frames {big[0].number}..{big[-1].number}, 360p frames {small[0].number}.."
+          f"{small[-1].number}; {gap_s * 1000:.0f} ms from the last 720p picture to the first "
+          f"360p one")
+    assert len(small) > 50 and gap_s < 1.0, gap_s
+    # Within one stream: no reconnection, the same screen process; the figures say the new size.
+    assert {state for state, _ in states} == {"starting", "live"}, states
+    assert room.screen.restarts == 0 and room.screen.pid == pid
+    sizes = [(f["width"], f["height"]) for f in figures if f["state"] == "live"]
+    assert (1280, 720) in sizes and sizes[-1] == (640, 360), sizes
+    assert figures[-1]["reconnects"] == 0
+
+
 def test_backlog_at_connect_is_caught_up(room: Room, tmp_path: Path) -> None:
     with ProgrammeFeed(tmp_path / "feed") as feed:
         time.sleep(0.5)
@@ -200,13 +238,21 @@ def test_feed_without_sound_or_pictures(room: Room, tmp_path: Path, video: bool,
         live_at, detail = room.watch.wait_state("live", 12)
         assert missing in detail
         time.sleep(3)
-    if video:
-        numbers = [s.number for s in shown(room.record) if s.at > live_at and s.number >= 0]
+        figures = room.watch.figures()[-1]
+        assert room.watch.states()[-1] == ("live", detail)  # said once, and it stays so
+    numbers = [s.number for s in shown(room.record) if s.at > live_at and s.number >= 0]
+    played = stereo(room.speaker.played())
+    if video:  # pictures in order, the speaker silent
         assert len(numbers) > 40 and numbers == sorted(numbers)
-    else:
-        tail = stereo(room.speaker.played())[-RATE:, 0]
-        frequency, _ = tone_level(tail, 1000)
+        assert (figures["width"], figures["height"]) == (640, 360) and figures["frames_shown"] > 40
+        assert figures["decoder"] == "h264"
+        assert not played.size or np.abs(played).max() < 2, "sound from a feed without any"
+    else:  # the tone, no picture
+        frequency, _ = tone_level(played[-RATE:, 0], 1000)
         assert abs(frequency - 1000) < 10 or abs(frequency - 4000) < 10
+        assert numbers == []
+        assert figures["frames_shown"] == 0 and (figures["width"], figures["height"]) == (0, 0)
+        assert figures["decoder"] == "" and figures["speaker_delay_ms"] > 0
 
 
 def test_prompt_ducks_the_programme_and_plays_alone(room: Room, tmp_path: Path) -> None:
@@ -288,3 +334,51 @@ def test_an_rtsp_feed_from_gstreamers_server(room: Room, tmp_path: Path) -> None
     frequency, level = tone_level(tail, 1000)  # Opus, from GStreamer's audiotestsrc
     assert abs(frequency - 1000) < 5 and abs(level - 20 * np.log10(0.25)) < 1.5, level
 
+
+
+def test_the_idle_screen_is_the_cores_view_drawn_by_the_child(room: Room) -> None:
+    view = IdleScreen(site_name="UBND xã Tân Lập", room="Phòng họp tầng 2",
+                      place="p01 · d001 · c00001", device_id="c00001-r1", connection="online",
+                      state="idle")
+    room.screen.show_idle(view)
+    drawn = room.record / "idle.png"
+    deadline = time.monotonic() + 10
+    while not drawn.exists():
+        assert time.monotonic() < deadline, "the idle screen was not drawn"
+        time.sleep(0.1)
+    from PIL import Image
+
+    with Image.open(drawn) as image:
+        assert image.size == (1280, 720)
+    pid = room.screen.pid
+    # A view the child cannot decode (an unknown connection state): a plain screen, no crash.
+    drawn.unlink()
+    room.screen.show_idle({**dataclasses.asdict(view), "connection": "lost"})
+    time.sleep(1.0)
+    assert not drawn.exists()
+    room.screen.show_idle(view)  # and the next good one is drawn
+    deadline = time.monotonic() + 10
+    while not drawn.exists():
+        assert time.monotonic() < deadline, "the idle screen was not drawn again"
+        time.sleep(0.1)
+    assert room.screen.pid == pid and room.screen.restarts == 0
+
+
+def test_a_feed_that_is_not_a_programme(room: Room, tmp_path: Path) -> None:
+    # The server answers and sends at a programme's rate, but noise, not MPEG-TS: the player
+    # finds nothing to show, says so and tries again (the server may come right); it is not
+    # taken for a live programme, and the screen process carries on.
+    noise = tmp_path / "feed" / "noise.bin"
+    noise.parent.mkdir(parents=True)
+    noise.write_bytes(np.random.default_rng(13).integers(0, 256, 3_000_000, np.uint8).tobytes())
+    with PacedFeed(tmp_path / "feed", noise) as feed:
+        room.screen.play("m-10", feed.url)
+        pid = room.screen.pid
+        at, detail = room.watch.wait_state("reconnecting", 15)
+        states = [state for state, _ in room.watch.states()]
+        assert feed.started_at is not None, "the player never connected"
+    print(f"noise from the feed: {at - feed.started_at:.1f} s to {detail!r}")
+    assert "no picture 8 s after connecting" in detail
+    assert states == ["starting", "reconnecting"], states
+    assert shown(room.record) == [] or all(s.number < 0 for s in shown(room.record))
+    assert room.screen.pid == pid and room.screen.restarts == 0

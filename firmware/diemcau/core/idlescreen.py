@@ -2,7 +2,7 @@
 
 The supervisor calls :func:`idle_screen` after every event, as it does for
 the light, and hands the result to the screen child only when it differs
-from the last one (``media.idle.IdleView`` is the same fields on the pipe).
+from the last one; the child decodes it back into an :class:`IdleScreen`.
 The clock on the screen is the child's business: it redraws on the minute
 without being told.
 

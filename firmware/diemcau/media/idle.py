@@ -1,23 +1,22 @@
 """The TV's idle screen, drawn with Pillow: what the room sees when no meeting is on.
 
 The supervisor builds what the screen says (``core.idlescreen.idle_screen``)
-and sends it to the screen child as an :class:`IdleView`; the child draws it
-with :func:`render` and shows the picture through its player. It draws again
-only when the view changes or at :func:`next_change` (the next minute, for
-the clock; the opening of a join window): the view is a frozen struct, equal
-views draw the same picture.
+and sends it to the screen child, which decodes it back into the core's
+``IdleScreen``, draws it with :func:`render` and shows the picture through
+its player. It draws again only when the view changes or at
+:func:`next_change` (the next minute, for the clock; the opening of a join
+window): the view is a frozen dataclass, equal views draw the same picture.
 
     >>> from datetime import datetime
-    >>> view = IdleView(site_name="UBND xã Tân Lập", room="Phòng họp tầng 2",
-    ...                 place="p01 · d001 · c00001", device_id="c00001-r1",
-    ...                 connection="online", state="idle")
+    >>> view = IdleScreen(site_name="UBND xã Tân Lập", room="Phòng họp tầng 2",
+    ...                   place="p01 · d001 · c00001", device_id="c00001-r1",
+    ...                   connection="online", state="idle")
     >>> next_change(view, datetime(2026, 12, 5, 9, 41, 30, tzinfo=VIETNAM_TIME)).isoformat()
     '2026-12-05T09:42:00+07:00'
     >>> render(view, datetime(2026, 12, 5, 9, 41, 30, tzinfo=VIETNAM_TIME), (1280, 720)).size
     (1280, 720)
 
-Pillow is imported here only, and only when drawing: the control plane can
-import :class:`IdleView` to send one. Text is DejaVu Sans (Debian's
+Pillow is imported here only, and only when drawing. Text is DejaVu Sans (Debian's
 ``fonts-dejavu-core``), which has every letter of Vietnamese.
 """
 
@@ -29,10 +28,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import msgspec
-
-from ..core.idlescreen import Connection, IdleScreen
-from ..core.meeting import MeetingState
+from ..core.idlescreen import IdleScreen
 from .defs import MediaFault
 
 if TYPE_CHECKING:
@@ -69,31 +65,10 @@ PROMPT_BACK = (255, 212, 59)
 CONNECTION_COLOURS = {"online": (62, 189, 147), "connecting": AMBER, "offline": (239, 78, 78)}
 
 
-class IdleView(msgspec.Struct, frozen=True, kw_only=True):
-    """What the idle screen shows but the clock: the fields of ``core.idlescreen.IdleScreen``."""
-
-    site_name: str
-    room: str
-    place: str
-    device_id: str
-    connection: Connection
-    state: MeetingState
-    meeting_id: str = ""
-    meeting_title: str = ""
-    starts_at: float | None = None
-    invited: bool = False
-    join_opens_at: float | None = None
-    joins_itself: bool = False
-
-    @classmethod
-    def of(cls, screen: IdleScreen) -> IdleView:
-        return msgspec.convert(screen, cls, from_attributes=True)
-
-
 # ---------------------------------------------------------------- when to draw
 
 
-def next_change(view: IdleView, now: datetime) -> datetime:
+def next_change(view: IdleScreen, now: datetime) -> datetime:
     """When the picture of ``view`` next changes by itself: the next minute, or sooner the
     opening of the join window (the prompt appears then)."""
     _aware(now)
@@ -105,7 +80,7 @@ def next_change(view: IdleView, now: datetime) -> datetime:
     return minute
 
 
-def redraw_needed(shown: IdleView | None, shown_at: datetime | None, view: IdleView,
+def redraw_needed(shown: IdleScreen | None, shown_at: datetime | None, view: IdleScreen,
                   now: datetime) -> bool:
     """Whether the screen showing ``shown`` (drawn at ``shown_at``) must be drawn again."""
     if shown is None or shown_at is None or shown != view:
@@ -191,12 +166,12 @@ class Drawn:
     boxes: dict[str, Box] = field(default_factory=dict)
 
 
-def render(view: IdleView, now: datetime, size: tuple[int, int] = (1920, 1080)) -> Image.Image:
+def render(view: IdleScreen, now: datetime, size: tuple[int, int] = (1920, 1080)) -> Image.Image:
     """The idle screen of ``view`` at ``now`` (an aware time), ``size`` pixels."""
     return draw(view, now, size).image
 
 
-def draw(view: IdleView, now: datetime, size: tuple[int, int] = (1920, 1080)) -> Drawn:
+def draw(view: IdleScreen, now: datetime, size: tuple[int, int] = (1920, 1080)) -> Drawn:
     """:func:`render`, also saying where each part went (the tests check the layout)."""
     from PIL import Image, ImageDraw
 
@@ -264,7 +239,7 @@ def draw(view: IdleView, now: datetime, size: tuple[int, int] = (1920, 1080)) ->
     return canvas.drawn
 
 
-def _invitation(canvas: _Canvas, view: IdleView, now: datetime, area: Box) -> None:
+def _invitation(canvas: _Canvas, view: IdleScreen, now: datetime, area: Box) -> None:
     """The invitation's title and start, and under them what a press does: the prompt
     keeps its size and place, the title shrinks to leave it room."""
     s = canvas.scale

@@ -117,7 +117,7 @@ class Setup(msgspec.Struct, tag=True, frozen=True):
 
 
 class Show(msgspec.Struct, tag=True, frozen=True):
-    """The idle screen: an ``IdleView`` as plain data (None: a plain screen)."""
+    """The idle screen: a ``core.idlescreen.IdleScreen`` as plain data (None: a plain screen)."""
 
     view: dict[str, Any] | None = None
 

@@ -107,7 +107,7 @@ class ScreenProcess:
         self._thread.start()
 
     def show_idle(self, view: object | None) -> None:
-        """The idle screen for ``view`` (an ``IdleView``; None: a plain screen)."""
+        """The idle screen for ``view`` (a ``core.idlescreen.IdleScreen``; None: a plain screen)."""
         self._view = msgspec.to_builtins(view) if view is not None else None
         self._send(Show(self._view))
 

@@ -52,6 +52,7 @@ from ..adapters.logs import log_to_stderr, scrub_log_handlers
 from ..adapters.process import settle
 from ..config import Screen
 from ..core.backoff import backoff_delay
+from ..core.idlescreen import IdleScreen
 from ..core.scrub import scrub
 from . import framestamp, idle
 from .pipe import (
@@ -161,7 +162,9 @@ def mpv_options(cfg: Screen) -> dict[str, str]:
         "untimed": "no",
         "keep-open": "no",
         "idle": "yes",
-        "force-window": "no",
+        # A feed without pictures keeps the output (black) instead of handing the TV back
+        # to the console.
+        "force-window": "yes",
         "osc": "no",
         "input-default-bindings": "no",
         "input-vo-keyboard": "no",
@@ -327,7 +330,7 @@ class ScreenPlayer:
 
         now = datetime.now().astimezone()
         try:
-            view = msgspec.convert(self.view, idle.IdleView)
+            view = msgspec.convert(self.view, IdleScreen)  # checks each field's type
             image = idle.render(view, now, (width, height))
             self._idle_next = idle.next_change(view, now)
         except Exception as exc:  # noqa: BLE001 - a bad view must leave a screen up
