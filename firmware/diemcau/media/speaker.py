@@ -3,9 +3,9 @@
 HDMI audio on a Pi takes one client and has no software mixing (no dmix), so
 the screen process owns the speaker and nothing else opens it. The player
 (mpv, ``ao=sdl`` with SDL's ``disk`` driver, :func:`player_sound_env`) writes
-the programme as S16_LE stereo into a FIFO. :class:`Speaker`'s thread reads that FIFO a
-period at a time, mixes in the prompt waiting (ducking the programme under it)
-and writes the real speaker with pyalsaaudio. The programme comes at its
+the programme as S16_LE stereo into a FIFO. :class:`Speaker`'s thread reads what that
+FIFO holds, mixes in the prompt waiting (ducking the programme under it) and
+writes the real speaker with pyalsaaudio, all whole periods read in one write. The programme comes at its
 volume already (mpv's ``volume``, see :func:`mpv_volume`): with no prompt
 playing, a period goes to the speaker untouched.
 
@@ -151,8 +151,11 @@ class Speaker:
                     with contextlib.suppress(BlockingIOError):
                         self._buffer += os.read(self._fifo_fd, PIPE_BYTES)
             if len(self._buffer) >= self.period_bytes:
-                chunk = bytes(self._buffer[:self.period_bytes])
-                del self._buffer[:self.period_bytes]
+                # Every whole period read (a FIFO's worth is two) in one write: half the
+                # wake-ups of a period at a time, and nothing waits here longer.
+                size = len(self._buffer) // self.period_bytes * self.period_bytes
+                chunk = bytes(self._buffer[:size])
+                del self._buffer[:size]
                 self._play(chunk, programme=True)
                 quiet_since = time.monotonic()
             elif self.prompting and time.monotonic() - quiet_since > 2 * PERIOD_S:
