@@ -70,7 +70,7 @@ from .pipe import (
     Volume,
 )
 from .reference import ReferenceSender
-from .speaker import Speaker, make_fifo, player_sound_env
+from .speaker import Speaker, make_fifo, mpv_volume, player_sound_env
 
 log = logging.getLogger("diemcau.media.screen")
 
@@ -303,7 +303,7 @@ class ScreenPlayer:
             case StopPlay():
                 self._stop_playing()
             case Volume(percent=percent):
-                self.speaker.set_volume(percent)
+                self.mpv.volume = mpv_volume(percent)  # the mixer then copies the programme
             case Prompt(samples=samples, rate_hz=rate_hz, channels=channels):
                 try:
                     self.speaker.prompt(samples, rate_hz, channels)

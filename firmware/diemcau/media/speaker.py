@@ -2,12 +2,12 @@
 
 HDMI audio on a Pi takes one client and has no software mixing (no dmix), so
 the screen process owns the speaker and nothing else opens it. The player
-(mpv, ``ao=alsa``) plays the programme into an ALSA PCM of the screen
-process's own, ALSA's ``file`` plugin writing S16_LE stereo into a FIFO
-(:func:`programme_pcm_config`). :class:`Speaker`'s thread reads that FIFO a
-period at a time, applies the programme volume, mixes in the prompt waiting
-(ducking the programme under it) and writes the real speaker with
-pyalsaaudio.
+(mpv, ``ao=sdl`` with SDL's ``disk`` driver, :func:`player_sound_env`) writes
+the programme as S16_LE stereo into a FIFO. :class:`Speaker`'s thread reads what that
+FIFO holds, mixes in the prompt waiting (ducking the programme under it) and
+writes the real speaker with pyalsaaudio, all whole periods read in one write. The programme comes at its
+volume already (mpv's ``volume``, see :func:`mpv_volume`): with no prompt
+playing, a period goes to the speaker untouched.
 
 The speaker's pace is the player's clock: mpv's writes block while the small
 FIFO (``F_SETPIPE_SZ``) is full, and the FIFO empties only as fast as the
@@ -45,6 +45,16 @@ BYTES_PER_FRAME = 2 * CHANNELS
 PERIOD_S = 0.010
 PIPE_BYTES = 4096  # the smallest a pipe gets: ~21 ms at 48 kHz stereo
 F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), not named by Python 3.11
+
+
+def mpv_volume(percent: int) -> float:
+    """mpv's ``volume`` for a linear programme gain of ``percent`` % (``audio.volume``).
+
+    mpv's software volume is cubic (gain = (volume/100)³): 50 % here is 79.4 there, -6 dB.
+    """
+    return 100 * (max(0, min(100, percent)) / 100) ** (1 / 3)
+
+
 def player_sound_env(fifo: str) -> dict[str, str]:
     """The environment that makes the player's sound (mpv ``ao=sdl``) go into ``fifo``.
 
@@ -77,7 +87,6 @@ class Speaker:
         self.periods = max(2, buffer_ms // int(PERIOD_S * 1000))
         self.duck = 10 ** (duck_db / 20)
         self.on_played = on_played
-        self.volume = 1.0
         self.error = ""
         self.underruns = 0
         self.delay_s = 0.0  # what the speaker held after the last write
@@ -99,12 +108,10 @@ class Speaker:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._thread.join(2)
+        if self._thread.is_alive():  # stopped before it started: nothing to wait for
+            self._thread.join(2)
         with contextlib.suppress(OSError):
             os.close(self._fifo_fd)
-
-    def set_volume(self, percent: int) -> None:
-        self.volume = max(0, min(100, percent)) / 100
 
     def prompt(self, samples: bytes, rate_hz: int, channels: int) -> None:
         """Queue S16_LE PCM (any rate, 1 or 2 channels), converted to the speaker's format."""
@@ -144,8 +151,11 @@ class Speaker:
                     with contextlib.suppress(BlockingIOError):
                         self._buffer += os.read(self._fifo_fd, PIPE_BYTES)
             if len(self._buffer) >= self.period_bytes:
-                chunk = bytes(self._buffer[:self.period_bytes])
-                del self._buffer[:self.period_bytes]
+                # Every whole period read (a FIFO's worth is two) in one write: half the
+                # wake-ups of a period at a time, and nothing waits here longer.
+                size = len(self._buffer) // self.period_bytes * self.period_bytes
+                chunk = bytes(self._buffer[:size])
+                del self._buffer[:size]
                 self._play(chunk, programme=True)
                 quiet_since = time.monotonic()
             elif self.prompting and time.monotonic() - quiet_since > 2 * PERIOD_S:
@@ -157,17 +167,11 @@ class Speaker:
         self._write(self._mix(samples, programme))
 
     def _mix(self, programme: bytes, has_programme: bool) -> bytes:
-        import numpy as np
-
-        pcm = np.frombuffer(programme, dtype="<i2").astype(np.float32)
+        """The period for the speaker: the programme as it came, or ducked under a prompt."""
         prompt = self._take_prompt(len(programme))
-        gain = self.volume if has_programme else 0.0
-        if prompt is not None:
-            gain *= self.duck
-            pcm = pcm * gain + np.frombuffer(prompt, dtype="<i2").astype(np.float32)
-        elif gain != 1.0:
-            pcm = pcm * gain
-        return np.clip(pcm, -32768, 32767).astype("<i2").tobytes()
+        if prompt is None:
+            return programme if has_programme else bytes(len(programme))
+        return mix_prompt(programme if has_programme else None, prompt, self.duck)
 
     def _take_prompt(self, size: int) -> bytes | None:
         with self._lock:
@@ -219,6 +223,16 @@ class Speaker:
             return 0.0
         held = self.period_frames * self.periods - free
         return max(0.0, held / self.rate_hz)
+
+
+def mix_prompt(programme: bytes | None, prompt: bytes, duck: float) -> bytes:
+    """S16_LE ``prompt`` over ``programme`` (None: silence) lowered by the gain ``duck``."""
+    import numpy as np
+
+    mixed = np.frombuffer(prompt, dtype="<i2").astype(np.float32)
+    if programme is not None:
+        mixed += np.frombuffer(programme, dtype="<i2").astype(np.float32) * duck
+    return np.clip(mixed, -32768, 32767).astype("<i2").tobytes()
 
 
 def _to_speaker(samples: bytes, rate_hz: int, channels: int, out_rate_hz: int) -> bytes:

@@ -1,0 +1,64 @@
+"""The speaker's mixer: the programme passes untouched unless a prompt plays, then it ducks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diemcau.media.speaker import Speaker, make_fifo, mix_prompt, mpv_volume
+
+
+@pytest.fixture
+def speaker(tmp_path: Path) -> Iterator[Speaker]:
+    fifo = str(tmp_path / "programme.pcm")
+    make_fifo(fifo)
+    made = Speaker("null", fifo, duck_db=-18.0)  # its thread is not started: _mix alone
+    yield made
+    made.stop()
+
+
+def _noise(frames: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-32768, 32767, size=frames * 2, dtype=np.int16).astype("<i2").tobytes()
+
+
+def test_no_prompt_the_programme_passes_bit_exact(speaker: Speaker) -> None:
+    programme = _noise(speaker.period_frames, 1)
+    assert speaker._mix(programme, True) == programme
+    assert speaker._mix(programme, False) == bytes(len(programme))  # no programme: silence
+
+
+def test_a_prompt_ducks_the_programme_and_ends(speaker: Speaker) -> None:
+    programme = np.full(speaker.period_frames * 2, 8000, dtype="<i2").tobytes()
+    tone = np.full(speaker.period_frames * 2, 1000, dtype="<i2")
+    speaker.prompt(tone.tobytes(), speaker.rate_hz, 2)
+    mixed = np.frombuffer(speaker._mix(programme, True), dtype="<i2")
+    duck = 10 ** (-18 / 20)
+    assert np.all(mixed == round(1000 + 8000 * duck))
+    assert speaker._mix(programme, True) == programme  # the prompt is over: untouched again
+
+
+def test_a_prompt_alone_is_played_as_it_came(speaker: Speaker) -> None:
+    prompt = _noise(speaker.period_frames, 2)
+    speaker.prompt(prompt, speaker.rate_hz, 2)
+    assert speaker._mix(bytes(len(prompt)), False) == prompt
+
+
+def test_mixing_clips_instead_of_wrapping() -> None:
+    loud = np.full(8, 30000, dtype="<i2").tobytes()
+    assert set(np.frombuffer(mix_prompt(loud, loud, 0.5), dtype="<i2")) == {32767}
+    low = np.full(8, -30000, dtype="<i2").tobytes()
+    assert set(np.frombuffer(mix_prompt(low, low, 0.5), dtype="<i2")) == {-32768}
+
+
+@pytest.mark.parametrize("percent", [0, 1, 35, 50, 80, 100])
+def test_mpv_volume_gives_the_linear_gain_asked(percent: int) -> None:
+    # mpv's software volume: gain = (volume / 100) ** 3
+    assert (mpv_volume(percent) / 100) ** 3 == pytest.approx(percent / 100, abs=1e-12)
+
+
+def test_mpv_volume_out_of_range_is_held_in_it() -> None:
+    assert mpv_volume(-5) == 0 and mpv_volume(250) == 100
