@@ -259,7 +259,7 @@ def test_a_blank_box_enrolls_joins_rotates_keys_and_is_revoked(fleet: Fleet, bla
 
 # ---------------------------------------------------------------- renewal in a running box
 
-LIFETIME_S = 120  # renewal due after 2/3 (with the backdating, about 76 s), the alert at 5/6
+LIFETIME_S = 60  # renewal due after 2/3 (with the backdating, about 38 s), the alert at 5/6
 
 
 def _cert(path: Path) -> x509.Certificate:
