@@ -253,7 +253,7 @@ class WebConsole:
                                + (centre_dir / "centre.toml").read_text())
         self.database = f"sqlite:///{self.dir / 'console.db'}"
         self.listen = f"127.0.0.1:{free_port()}"
-        self.command_line = (f"diemcau-centre --config {self.config} console-web "
+        self.command_line = (f".venv/bin/diemcau-centre --config {self.config} console-web "
                              f"--database {self.database} --listen {self.listen}")
         self.fleet = Fleet(FleetSettings(
             broker.host, broker.port,
