@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,12 @@ from tests.harness.box import CentreKey
 from tests.harness.broker import Broker
 from tests.harness.console import TalkingBox, manifest_of, new_client_id
 from tests.harness.observer import Observer
+from tests.harness.waiting import wait_until
 
 FLEET = {"c00001-r1": "p01", "c00002-r1": "p01", "c00003-r1": "p02"}
 PASSWORD = "mat-khau-thu-nghiem"
 
 
-def wait_until(check: Callable[[], object], timeout_s: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"not true within {timeout_s} s: {check}")
 
 
 class Console:

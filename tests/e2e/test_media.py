@@ -35,6 +35,7 @@ from tests.harness.srt_listener import (
     free_udp_port,
     read_recording,
 )
+from tests.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -141,11 +142,6 @@ def start_session(sessions: list[MediaSession], events: Events, cfg: Media, url:
     return session
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = EVENT_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def stream_for(events: Events, frames_sent: int) -> None:
@@ -257,7 +253,7 @@ def test_stop_is_prompt_while_connecting_to_nobody(
     cfg = media_config(microphone, connect_timeout_ms=30_000)
     caplog.set_level(logging.INFO, logger="diemcau.media")
     session = start_session(sessions, events, cfg, f"srt://127.0.0.1:{free_udp_port()}")
-    wait_until(lambda: "connecting to" in caplog.text)
+    wait_until(lambda: "connecting to" in caplog.text, EVENT_TIMEOUT_S)
     session.stop()
     assert session.join(5), "the worker is still stuck in the SRT connect"
     events.drain()

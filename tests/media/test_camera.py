@@ -12,7 +12,6 @@ import inspect
 import os
 import subprocess
 import threading
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from diemcau.media.camera import (
 )
 from diemcau.media.defs import PROFILES, MediaFault, VideoProfile
 from tests.harness import fake_picamera2
+from tests.harness.waiting import wait_until
 
 SMALL = VideoProfile(320, 240, 15, 300)
 
@@ -148,11 +148,6 @@ def play_into_pipe(tmp_path: Path, camera: UsbCamera, data: list[bytes]) -> None
     assert not opening.is_alive()
 
 
-def wait_until(condition: object, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.01)
 
 
 def test_a_live_camera_hands_over_its_newest_picture_never_a_stale_one(
@@ -163,7 +158,7 @@ def test_a_live_camera_hands_over_its_newest_picture_never_a_stale_one(
                        demuxer_options={"framerate": "10"}, live=True)
     try:
         play_into_pipe(tmp_path, camera, greys)
-        wait_until(lambda: camera.received == 10)  # the camera ran on without us
+        wait_until(lambda: camera.received == 10, 20.0)  # the camera ran on without us
         newest = camera.read()
         assert camera.skipped == 9
         levels = [luma(p).mean() for p in pictures(greys)]
@@ -183,7 +178,7 @@ def test_a_live_h264_camera_keeps_every_packet_in_order(tmp_path: Path,
                        demuxer_options={"framerate": "15"}, live=True)
     try:
         play_into_pipe(tmp_path, camera, [clips["h264"].read_bytes()])
-        wait_until(lambda: camera.received == 30)
+        wait_until(lambda: camera.received == 30, 20.0)
         packets = [camera.read() for _ in range(30)]
         with pytest.raises(MediaFault, match="stopped delivering"):
             camera.read()
