@@ -259,6 +259,33 @@ class Session:
                 return got
             # Acks nobody waits for any more (a timed-out wait) are dropped.
 
+    @property
+    def connected(self) -> bool:
+        """paho holds a connection the broker has accepted, now."""
+        return self._client.is_connected()
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        """For a connection that only publishes: wait (up to ``timeout_s``) until paho has
+        connected again by itself, and forget the drops, reconnects and stale acknowledgements
+        seen meanwhile, so a publish does not stop at a drop that is over. True if connected."""
+        deadline = time.monotonic() + timeout_s
+        while not self.connected:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        # Messages are kept for receive(); acknowledgements nobody waits for are dropped.
+        kept = [h for h in self._inbox if isinstance(h, Received)]
+        while True:
+            try:
+                got = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(got, Received):
+                kept.append(got)
+        self._inbox = collections.deque(kept)
+        # A drop after the check above is still seen by the next publish (is_connected says so).
+        return self.connected
+
     def _wait_for(self, wanted: Callable[[Happening], bool], timeout_s: float) -> Happening | None:
         """Wait for one happening; keep the others, in order, for :meth:`receive`."""
         deadline = time.monotonic() + timeout_s

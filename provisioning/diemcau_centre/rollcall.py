@@ -327,6 +327,21 @@ def resend_keeps_id(exp: float, now: float, margin_s: float = RESEND_MARGIN_S) -
     return now + margin_s < exp
 
 
+def send_again_to(report: Report, exp: float, now: float) -> tuple[str, ...]:
+    """The boxes a command goes to again, same id, once the centre's connection to the
+    broker is back after a drop: each expected box without a final answer (silent, or
+    only acknowledged), while the command is valid (``exp``, the centre's clock).
+
+    Whoever saw the drop cannot tell what was lost: the broker saves on a timer, so
+    it may have lost the command unsaved; and the centre's session is clean, so
+    answers given while it was away are gone. Sent again, a box that had it answers
+    ``duplicate`` with its latest result, and one that had not runs it.
+    """
+    if now >= exp:
+        return ()
+    return tuple(sorted(report.buckets["silent"] + report.buckets["acknowledged"]))
+
+
 # ---------------------------------------------------------------- text
 
 

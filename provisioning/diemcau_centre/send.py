@@ -178,6 +178,15 @@ class ReplyLine:
         return f"{self.device}  {r.status:<11} {r.code:>3}  {detail or '-'}  ({self.latency_ms:.0f} ms)"
 
 
+def answer_status(reply: Reply) -> str:
+    """What a reply says about the command: a ``duplicate`` (the command came again) stands
+    for its first result, still ``in_progress`` perhaps; one that does not say, ``failed``."""
+    if reply.status != "duplicate":
+        return reply.status
+    first = reply.first_status
+    return first if first is not None and first != "duplicate" else "failed"
+
+
 def group_members(devices: Iterable[tuple[str, Iterable[str]]], group: str) -> set[str]:
     """The device ids of ``group`` (``all``, ``p01``, ...), from (id, groups) pairs."""
     return {dev for dev, groups in devices if group in groups}
@@ -218,7 +227,10 @@ class Replies:
             return None
         if reply.id != self.jti:
             return None
-        self.last[parsed.dev] = reply
+        old = self.last.get(parsed.dev)
+        if not (reply.status == "duplicate" and old is not None
+                and answer_status(old) in FINAL_STATUSES):
+            self.last[parsed.dev] = reply  # a repeat's answer never hides the final one
         return ReplyLine(parsed.dev, reply, (at_mono - self.sent_at) * 1000.0)
 
     @property
@@ -226,9 +238,10 @@ class Replies:
         """Every box that should answer gave a final answer (a group without a manifest: never)."""
         dev = self.target.device
         if dev is not None:
-            return dev in self.last and self.last[dev].status in FINAL_STATUSES
+            return dev in self.last and answer_status(self.last[dev]) in FINAL_STATUSES
         return bool(self.expected) and all(
-            d in self.last and self.last[d].status in FINAL_STATUSES for d in self.expected)
+            d in self.last and answer_status(self.last[d]) in FINAL_STATUSES
+            for d in self.expected)
 
     @property
     def missing(self) -> set[str]:
@@ -241,7 +254,7 @@ class Replies:
     def exit_code(self) -> int:
         if not self.last or self.missing:
             return 1
-        return 0 if all(r.status in OK_STATUSES for r in self.last.values()) else 1
+        return 0 if all(answer_status(r) in OK_STATUSES for r in self.last.values()) else 1
 
     def summary(self) -> str:
         counts = self.counts()
@@ -274,16 +287,28 @@ def no_reply_message(target: Target, timeout_s: float, ttl_s: int, state: State 
 # ---------------------------------------------------------------- I/O
 
 
+class Published(typing.NamedTuple):
+    jti: str
+    token: str  # the signed command: what is sent again, unchanged, after a lost broker
+    sent_at: float  # time.monotonic() at publish
+
+
 def publish_command(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
                     args: dict[str, Any], *, ttl_s: int = 120, jti: str | None = None
-                    ) -> tuple[str, float]:
-    """Sign one command and publish it (QoS 1, expiring with it); return (its id, sent at).
+                    ) -> Published:
+    """Sign one command and publish it (QoS 1, expiring with it), acknowledged by the broker.
 
     The one place a command is signed and sent: ``send`` and the web console use it.
     """
     jti = jti or uuid.uuid4().hex
-    token = sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti)
-    return jti, session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s)
+    token = command_token(key, kid, target, cmd, args, ttl_s=ttl_s, jti=jti)
+    return Published(jti, token, session.publish(target.cmd_topic, token, qos=1, expiry_s=ttl_s))
+
+
+def command_token(key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
+                  args: dict[str, Any], *, ttl_s: int, jti: str) -> str:
+    """The signed command for ``target``, valid ``ttl_s`` from now."""
+    return sign_command(key, kid, aud=target.aud, cmd=cmd, args=args, ttl_s=ttl_s, jti=jti)
 
 
 def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd: str,
@@ -295,23 +320,35 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
     then stops once each has given a final answer, and names those that did not.
     """
     state_topic = device_topic(target.device, "state") if target.device else None
+    filters = [target.reply_filter] + ([state_topic] if state_topic else [])
     # Subscribe first: a box on loopback answers faster than a late subscription.
-    session.subscribe([target.reply_filter] + ([state_topic] if state_topic else []))
-    jti, sent_at = publish_command(session, key, kid, target, cmd, args, ttl_s=ttl_s)
+    session.subscribe(filters)
+    jti, token, sent_at = publish_command(session, key, kid, target, cmd, args, ttl_s=ttl_s)
     replies = Replies(jti, target, sent_at, expected if target.is_group else None)
     print(f"sent {cmd} to {target.aud} (id {jti}, expires in {ttl_s} s); waiting up to "
           f"{timeout_s:g} s for replies", file=err, flush=True)
 
     state: State | None = None
     deadline = sent_at + timeout_s
+    down: str | None = None  # why the connection is down, while it is
     while not replies.finished:
         got = session.receive(deadline - time.monotonic())
         if got is None:
             break
         if isinstance(got, Disconnected):
-            raise MqttError(f"lost the connection to the broker while waiting for replies "
-                            f"({got.reason}); the command was sent and may still run")
+            # The broker saves on a timer: gone, it may have lost the command it
+            # acknowledged (queued for a box that is offline). paho connects again by itself.
+            down = got.reason
+            print(f"lost the connection to the broker ({down}); waiting for it", file=err,
+                  flush=True)
+            continue
         if isinstance(got, Connected):
+            if down is not None and not got.failed:
+                try:
+                    _send_again(session, filters, target, token, replies, ttl_s, err)
+                    down = None
+                except MqttError as exc:  # gone again: the next Connected tries again
+                    down = str(exc)
             continue
         if isinstance(got, Received) and got.topic == state_topic:
             try:
@@ -322,6 +359,10 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
         line = replies.take(got.topic, got.payload, got.at_mono)
         if line is not None:
             print(line.text(), file=out, flush=True)
+    if down is not None and not replies.finished:
+        raise MqttError(f"lost the connection to the broker while waiting for replies ({down}) "
+                        f"and it did not come back within {timeout_s:g} s; the command was "
+                        f"sent (id {jti}) and may still run")
 
     if target.is_group:
         print(replies.summary(), file=out, flush=True)
@@ -336,10 +377,24 @@ def send(session: Session, key: Ed25519PrivateKey, kid: str, target: Target, cmd
         print(no_reply_message(target, timeout_s, ttl_s, state), file=err)
         return 1
     last = replies.last[target.aud]
-    if last.status not in FINAL_STATUSES:
-        print(f"no final result within {timeout_s:g} s; the last answer was {last.status}",
-              file=err)
+    if answer_status(last) not in FINAL_STATUSES:
+        print(f"no final result within {timeout_s:g} s; the last answer was "
+              f"{answer_status(last)}", file=err)
     return replies.exit_code()
+
+
+def _send_again(session: Session, filters: list[str], target: Target, token: str,
+                replies: Replies, ttl_s: int, err: TextIO) -> None:
+    """The connection is back: subscribe again (a clean session forgot our subscriptions)
+    and, unless the answer is in, publish the same token again; a box that had it answers
+    ``duplicate`` with its result, one that did not runs it."""
+    session.subscribe(filters)
+    if replies.finished:
+        return
+    left = max(int(ttl_s - (time.monotonic() - replies.sent_at)), 1)
+    session.publish(target.cmd_topic, token, qos=1, expiry_s=left)
+    print(f"connected again: sent the command again, same id, to {target.aud}", file=err,
+          flush=True)
 
 
 # ---------------------------------------------------------------- roll-call (a group, a manifest)
@@ -374,9 +429,10 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
 
     ``token``: the signed command and its expiry (s). The broker saves on a timer
     (``BROKER_LOSS_WINDOW_S``), so a broker that goes away may have lost the
-    command it acknowledged, with the copies it queued for offline boxes. Once
-    the connection is back, the command goes again, same id, to each box that
-    has not answered (a box that had it answers ``duplicate`` with its result).
+    command it acknowledged, with the copies it queued for offline boxes; and
+    our clean session missed what the boxes said meanwhile. Once the connection
+    is back, the command goes again, same id, to each box without a final answer
+    (a box that had it answers ``duplicate`` with its latest result).
     """
     every = PROGRESS_EVERY_S if tty else PROGRESS_EVERY_PIPED_S
     next_line = time.monotonic() + every
@@ -412,13 +468,20 @@ def _wait(session: Session, call: RollCall, record: RunRecord, deadline: float, 
                   file=err, flush=True)
             continue
         if isinstance(got, Connected) and down is not None and not got.failed:
+            assert token is not None
+            try:
+                subscribe_roll_call(session)  # a clean session: it forgot our subscriptions
+                # Answers given while we were away are gone too: a box that has one answers
+                # the repeat with it (duplicate), so each box without a final answer gets it.
+                left = call.unfinished_boxes()
+                session.publish_many([(device_topic(dev, "cmd"), token[0]) for dev in left],
+                                     qos=1, expiry_s=token[1])
+            except MqttError as exc:  # gone again: the next Connected tries again
+                down = str(exc)
+                continue
             down = None
-            subscribe_roll_call(session)  # a clean session: the broker forgot our subscriptions
-            silent = call.silent_boxes()
-            session.publish_many([(device_topic(dev, "cmd"), token[0]) for dev in silent],
-                                 qos=1, expiry_s=token[1])
-            print(f"connected again: sent {call.cmd} again, same id, to the {len(silent)} "
-                  f"box(es) that have not answered", file=err, flush=True)
+            print(f"connected again: sent {call.cmd} again, same id, to the {len(left)} "
+                  f"box(es) without a final answer", file=err, flush=True)
             continue
         if not isinstance(got, Received):
             continue

@@ -264,6 +264,31 @@ def test_replies_to_one_box_finish_on_a_final_status() -> None:
     assert replies.exit_code() == 1
 
 
+def test_a_repeat_answered_as_a_duplicate_stands_for_its_first_result() -> None:
+    """After a lost broker `send` sends the command again; the box answers the repeat from
+    its replay cache: ``duplicate`` with its first status, perhaps not final yet."""
+    def dup(first: str | None) -> bytes:
+        return encode(Reply(id="j1", cmd="meeting.join", status="duplicate", code=200,  # type: ignore[arg-type]
+                            detail="", ts=T0, first_status=first))  # type: ignore[arg-type]
+
+    topic = device_topic("c00001-r1", "reply")
+    replies = Replies("j1", parse_target("c00001-r1"), sent_at=0.0)
+    replies.take(topic, reply("j1", "accepted", 202), 0.1)
+    replies.take(topic, dup("in_progress"), 0.2)
+    assert not replies.finished  # still joining: its final answer is still to come
+    replies.take(topic, reply("j1", "succeeded"), 0.3)
+    replies.take(topic, dup("succeeded"), 0.4)  # a late repeat hides nothing
+    assert replies.finished and replies.exit_code() == 0
+    assert replies.last["c00001-r1"].status == "succeeded"
+
+    only_repeat = Replies("j1", parse_target("c00001-r1"), sent_at=0.0)
+    only_repeat.take(topic, dup("succeeded"), 0.1)
+    assert only_repeat.finished and only_repeat.exit_code() == 0
+    unknown = Replies("j1", parse_target("c00001-r1"), sent_at=0.0)
+    unknown.take(topic, dup(None), 0.1)  # an older box that does not say how it went
+    assert unknown.finished and unknown.exit_code() == 1
+
+
 def test_replies_from_a_group_add_up() -> None:
     replies = Replies("j1", parse_target("group:p01"), sent_at=0.0)
     assert replies.exit_code() == 1  # nobody answered

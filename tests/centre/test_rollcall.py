@@ -13,6 +13,7 @@ from diemcau_centre.rollcall import (
     progress_line,
     render_report,
     resend_keeps_id,
+    send_again_to,
 )
 
 CID = "cmd-1"
@@ -168,3 +169,23 @@ def test_a_box_that_stopped_speaking_is_silent_offline_with_when_it_was_last_hea
         call.report(1100.0))
     assert not call.settled(1100.0) and call.settled(1141.0)
     assert call.why_silent("c00001-r1").why == "online"  # without a time: presence only
+
+
+@given(st.lists(st.sampled_from(DEVICES), min_size=1, unique=True), st.lists(replies),
+       st.floats(-100, 100))
+def test_after_a_drop_the_command_goes_again_to_each_box_without_a_final_answer(
+        expected: list[str], got: list[tuple[str, Reply]], left_s: float) -> None:
+    """Whatever the boxes answered (other commands, repeats, garbage statuses), while the
+    command is valid: exactly the expected boxes without a final answer; after: none."""
+    call = RollCall(CID, "meeting.join", expected_of(expected))
+    for n, (dev, r) in enumerate(got):
+        call.take_reply(dev, r, float(n))
+    now = 1000.0
+    exp = now + left_s
+    again = send_again_to(call.report(now), exp=exp, now=now)
+    if exp <= now:
+        assert again == ()
+        return
+    assert set(again) == set(call.unfinished_boxes()) <= set(expected)
+    final = {d for d, a in call.answers.items() if a.final}
+    assert not final & set(again) and set(expected) - final == set(again)

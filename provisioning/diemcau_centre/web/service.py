@@ -10,6 +10,16 @@ that waiting for the broker's acknowledgement never holds up the reading.
     service.start()
     jti = service.broadcast(operator, "meeting.join", {...}, BoxFilter(province="p01"))
     service.stop()
+
+The broker saves on a timer, so one that goes away may take with it a command it
+acknowledged but had not saved (the copies queued for boxes that are offline);
+and the service's connections are clean sessions, so answers the boxes gave
+while it was away never reach it. The service keeps each command it sent (its
+signed tokens) until it expires; when the reading connection comes back after
+a drop, each goes again, same token, to its boxes without a final answer
+(:func:`~diemcau_centre.rollcall.send_again_to`): a box that had it answers
+``duplicate`` with its latest result, one that had not runs it. The audit log
+says so.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,7 +39,8 @@ from diemcau.protocol import alert_topic, device_topic
 from diemcau.protocol.messages import DEFAULT_TTL_S
 
 from ..mqtt import Connected, Disconnected, MqttError, Received, Session
-from ..send import UsageError, build_args, check_command, parse_target, publish_command
+from ..rollcall import send_again_to
+from ..send import UsageError, build_args, check_command, command_token, parse_target
 from .store import BoxFilter, Changes, FleetDb, Message, Operator, Scope
 
 log = logging.getLogger("diemcau_centre.web.service")
@@ -46,8 +58,26 @@ SWEEP_S = 10.0
 PRUNE_EVERY_S = 3600.0
 
 
+# How long a command waits for the sending connection to be back before it is refused.
+SEND_WAIT_S = 5.0
+# Who the audit log names for what the console does by itself (not a user name: 1-64
+# printable characters a login could take, but nobody is made with these brackets).
+CONSOLE_ACTOR = "(console)"
+
+
 class CommandRefused(Exception):
     """A command the operator may not or cannot send: nothing was sent."""
+
+
+@dataclass(slots=True)
+class SentCommand:
+    """A command the console sent, kept until it expires: what goes again after a drop."""
+
+    jti: str  # its roll-call's id
+    cmd: str
+    tokens: dict[str, str]  # device -> the signed command it was sent (a group: one token)
+    exp: float  # time.time() when it expires
+    published: bool = False  # every message acknowledged by the broker once
 
 
 class CentreService:
@@ -72,6 +102,12 @@ class CentreService:
         self._listeners: list[Callable[[Changes], None]] = []
         self.connected = False
         self.ingested = 0
+        # The commands sent and not expired: what goes again after a drop.
+        self._open: dict[str, SentCommand] = {}
+        self._open_lock = threading.Lock()
+        self._resending = threading.Lock()  # one thread sending again at a time
+        self._resend_wanted = threading.Event()
+        self.sent_again = 0  # messages sent again after the broker came back
 
     @property
     def can_send(self) -> bool:
@@ -120,6 +156,8 @@ class CentreService:
                     self.connected = False
                 elif isinstance(got, Connected):
                     self._resubscribe()
+                    if self.connected:
+                        self._start_sending_again()
                 elif isinstance(got, Received):
                     batch.append(Message(got.topic, got.payload, got.at, got.retain))
                     if deadline is None:
@@ -157,6 +195,8 @@ class CentreService:
         (nothing arrives to say so; the browsers are told); and, once an hour, the
         timeline older than the database's ``history_days`` is deleted."""
         now = time.time() if now is None else now
+        if self._forget_expired(now) and self.connected:
+            self._start_sending_again()  # sends that failed while only that connection was down
         changes = Changes()
         try:
             if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
@@ -222,22 +262,24 @@ class CentreService:
             group = "all"
         jti = uuid.uuid4().hex
         with self._send_lock:
+            self._ready_to_send()
             if group is not None:
                 target = parse_target(f"group:{group}")
                 # Expected: the group's boxes in the manifest (and any seen since).
                 self.db.record_command(jti=jti, operator=operator.username, cmd=cmd, args=args,
                                        target=target.aud, expected=devices,
                                        sent_at=time.time())
-                publish_command(self._send, self._key, self._kid, target, cmd, args,
-                                ttl_s=ttl_s, jti=jti)
+                token = command_token(self._key, self._kid, target, cmd, args, ttl_s=ttl_s,
+                                      jti=jti)
+                sent = SentCommand(jti, cmd, dict.fromkeys(devices, token),
+                                   exp=time.time() + ttl_s)
+                self._publish(sent, [(target.cmd_topic, token)], ttl_s)
             else:
                 tokens = {d: uuid.uuid4().hex for d in devices}
                 self.db.record_command(jti=jti, operator=operator.username, cmd=cmd, args=args,
                                        target=_describe(flt), expected=devices,
                                        sent_at=time.time(), tokens=tokens)
-                for dev in devices:
-                    publish_command(self._send, self._key, self._kid, parse_target(dev), cmd,
-                                    args, ttl_s=ttl_s, jti=tokens[dev])
+                self._send_each(jti, cmd, args, tokens, ttl_s)
         log.info("%s sent %s to %d box(es) (id %s)", operator.username, cmd, len(devices), jti)
         return jti
 
@@ -255,13 +297,125 @@ class CentreService:
         new = uuid.uuid4().hex
         tokens = {d: uuid.uuid4().hex for d in silent}
         with self._send_lock:
+            self._ready_to_send()
             self.db.record_command(jti=new, operator=operator.username, cmd=roll.cmd, args=args,
                                    target=f"silent of {jti[:8]}", expected=silent,
                                    sent_at=time.time(), tokens=tokens)
-            for dev in silent:
-                publish_command(self._send, self._key, self._kid, parse_target(dev), roll.cmd,
-                                args, ttl_s=ttl_s, jti=tokens[dev])
+            self._send_each(new, roll.cmd, args, tokens, ttl_s)
         return new
+
+    # ------------------------------------------------------------ what the broker may lose
+
+    def _ready_to_send(self) -> None:
+        """The sending connection is up (paho reconnects it by itself), or refuse."""
+        assert self._send is not None
+        if not self._send.wait_connected(SEND_WAIT_S):
+            raise CommandRefused(f"the broker at {self._send.where} cannot be reached now: "
+                                 f"nothing was sent; try again")
+
+    def _send_each(self, jti: str, cmd: str, args: dict[str, Any], tokens: dict[str, str],
+                   ttl_s: int) -> None:
+        """One command per box (``tokens``: device -> its id), kept as one :class:`SentCommand`."""
+        assert self._key is not None
+        signed = {dev: command_token(self._key, self._kid, parse_target(dev), cmd, args,
+                                     ttl_s=ttl_s, jti=token_id)
+                  for dev, token_id in tokens.items()}
+        sent = SentCommand(jti, cmd, signed, exp=time.time() + ttl_s)
+        self._publish(sent, [(device_topic(dev, "cmd"), token) for dev, token in signed.items()],
+                      ttl_s)
+
+    def _publish(self, sent: SentCommand, messages: list[tuple[str, str]], ttl_s: int) -> None:
+        """Publish every (topic, token) and wait for the broker's acknowledgements.
+
+        The command is kept from before the first publish: a broker gone meanwhile
+        gets it (for every box without a final answer) when it is back. A refusal, not
+        a lost connection, is the operator's to see.
+        """
+        assert self._send is not None
+        with self._open_lock:
+            self._open[sent.jti] = sent
+        try:
+            self._send.publish_many(messages, qos=1, expiry_s=ttl_s)
+        except MqttError:
+            if self._send.connected:  # refused: nothing to send again
+                with self._open_lock:
+                    self._open.pop(sent.jti, None)
+                raise
+            log.warning("the broker went away while %s (id %s) was being sent; it goes again "
+                        "when the connection is back", sent.cmd, sent.jti)
+            return
+        sent.published = True
+
+    def _forget_expired(self, now: float) -> bool:
+        """Forget the commands that expired; True if some were not wholly published."""
+        with self._open_lock:
+            for jti in [j for j, sent in self._open.items() if sent.exp <= now]:
+                del self._open[jti]
+            return not all(sent.published for sent in self._open.values())
+
+    def open_commands(self) -> list[str]:
+        """The ids of the commands sent and not expired, oldest first: what goes again (to the
+        boxes without a final answer) when the connection to the broker comes back."""
+        with self._open_lock:
+            return list(self._open)
+
+    def _start_sending_again(self) -> None:
+        if self._key is not None and self._send is not None:
+            threading.Thread(target=self._send_again, name="centre-resend",
+                             daemon=True).start()
+
+    def _send_again(self) -> None:
+        """Each command still valid goes again, same token, to each of its boxes without a
+        final answer; on the sending connection once it is back."""
+        assert self._send is not None
+        if not self._resending.acquire(blocking=False):
+            self._resend_wanted.set()  # the running one goes round once more
+            return
+        try:
+            while True:
+                self._resend_wanted.clear()
+                with self._send_lock:
+                    while not self._send.wait_connected(SEND_WAIT_S):
+                        if self._stop.is_set():
+                            return
+                        log.warning("the sending connection is not back yet; the commands to "
+                                    "send again wait for it")
+                    self._forget_expired(time.time())
+                    with self._open_lock:
+                        commands = list(self._open.values())
+                    for sent in commands:
+                        self._send_again_one(sent)
+                if not self._resend_wanted.is_set():
+                    return
+        except Exception:  # noqa: BLE001 - a thread of its own: say why; the next drop retries
+            log.exception("could not send the commands again")
+        finally:
+            self._resending.release()
+
+    def _send_again_one(self, sent: SentCommand) -> None:
+        assert self._send is not None
+        now = time.time()
+        roll = self.db.rollcall(Scope.everything(), sent.jti, now)
+        boxes = () if roll is None else send_again_to(roll.report, sent.exp, now)
+        # A group command goes to each box on its own topic (what `resend` does).
+        messages = [(device_topic(dev, "cmd"), sent.tokens[dev]) for dev in boxes
+                    if dev in sent.tokens]
+        if messages:
+            try:
+                self._send.publish_many(messages, qos=1, expiry_s=max(int(sent.exp - now), 1))
+            except MqttError as exc:
+                log.warning("could not send %s (id %s) again: %s", sent.cmd, sent.jti, exc)
+                return
+        sent.published = True
+        if not messages:
+            return
+        self.sent_again += len(messages)
+        text = (f"{sent.cmd} (id {sent.jti}) sent again by the console, same id, to "
+                f"{len(messages)} box(es) without a final answer: the connection to the broker "
+                f"came back (a broker gone may have lost the command unsaved, and answers made "
+                f"while the console was away did not reach it)")
+        log.info("%s", text)
+        self.db.note(CONSOLE_ACTOR, "resend", text)
 
 
 def _describe(flt: BoxFilter) -> str:
