@@ -252,3 +252,21 @@ def test_failed_logins_are_limited_per_name_and_per_address(console: Console) ->
               if a["action"] == "login_locked"]
     assert ("hanoi", "too many failed logins (from 10.0.0.1)") in locked
     assert ("ai-do-4", "too many failed logins (from 10.0.0.3)") in locked
+
+
+def test_a_broadcast_after_the_broker_restarted_goes_out(console: Console, broker: Broker
+                                                         ) -> None:
+    """The sending connection saw the drop and came back by itself: the next command goes
+    out (it does not stop at the drop that is over)."""
+    broker.restart()
+    wait_until(lambda: console.service.connected
+               and all(box._client.is_connected() for box in console.boxes), timeout_s=15)
+    hanoi = console.client("hanoi")
+    r = hanoi.post("/broadcast", data={
+        "cmd": "meeting.invite", "province": "p01", "csrf": csrf(hanoi),
+        "meeting.invite:meeting_id": "hop-sau-khi-khoi-dong-lai"})
+    assert r.status_code == 303, r.text
+    jti = r.headers["location"].rsplit("/", 1)[1]
+    roll = wait_until(lambda: (lambda rc: rc if rc and rc.complete else None)(
+        console.db.rollcall(Scope.everything(), jti)))
+    assert roll.report.counts.succeeded == 2  # type: ignore[attr-defined]

@@ -107,6 +107,7 @@ class CentreService:
         self._open_lock = threading.Lock()
         self._resending = threading.Lock()  # one thread sending again at a time
         self._resend_wanted = threading.Event()
+        self._resend_all = False  # after a drop: every command; else only those cut short
         self.sent_again = 0  # messages sent again after the broker came back
 
     @property
@@ -157,7 +158,7 @@ class CentreService:
                 elif isinstance(got, Connected):
                     self._resubscribe()
                     if self.connected:
-                        self._start_sending_again()
+                        self._start_sending_again(everything=True)
                 elif isinstance(got, Received):
                     batch.append(Message(got.topic, got.payload, got.at, got.retain))
                     if deadline is None:
@@ -196,7 +197,8 @@ class CentreService:
         timeline older than the database's ``history_days`` is deleted."""
         now = time.time() if now is None else now
         if self._forget_expired(now) and self.connected:
-            self._start_sending_again()  # sends that failed while only that connection was down
+            # Sends cut short while only the sending connection was down.
+            self._start_sending_again(everything=False)
         changes = Changes()
         try:
             if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_S:
@@ -359,38 +361,49 @@ class CentreService:
         with self._open_lock:
             return list(self._open)
 
-    def _start_sending_again(self) -> None:
-        if self._key is not None and self._send is not None:
+    def _start_sending_again(self, *, everything: bool) -> None:
+        """``everything``: the reading connection came back after a drop, so every command
+        goes again; else only those the broker went away in the middle of."""
+        if self._key is None or self._send is None:
+            return
+        if everything:
+            self._resend_all = True
+        self._resend_wanted.set()
+        if not self._resending.locked():
             threading.Thread(target=self._send_again, name="centre-resend",
                              daemon=True).start()
 
     def _send_again(self) -> None:
         """Each command still valid goes again, same token, to each of its boxes without a
-        final answer; on the sending connection once it is back."""
+        final answer; on the sending connection once it is back. One thread at a time; a
+        request made while it runs makes it go round once more."""
+        while not self._stop.is_set() and self._resending.acquire(blocking=False):
+            try:
+                while self._resend_wanted.is_set() and not self._stop.is_set():
+                    self._resend_wanted.clear()
+                    self._send_again_now()
+            except Exception:  # noqa: BLE001 - a thread of its own: say why; a drop retries
+                log.exception("could not send the commands again")
+            finally:
+                self._resending.release()
+            if not self._resend_wanted.is_set():  # else: asked after our last look
+                return
+
+    def _send_again_now(self) -> None:
         assert self._send is not None
-        if not self._resending.acquire(blocking=False):
-            self._resend_wanted.set()  # the running one goes round once more
-            return
-        try:
-            while True:
-                self._resend_wanted.clear()
-                with self._send_lock:
-                    while not self._send.wait_connected(SEND_WAIT_S):
-                        if self._stop.is_set():
-                            return
-                        log.warning("the sending connection is not back yet; the commands to "
-                                    "send again wait for it")
-                    self._forget_expired(time.time())
-                    with self._open_lock:
-                        commands = list(self._open.values())
-                    for sent in commands:
-                        self._send_again_one(sent)
-                if not self._resend_wanted.is_set():
+        with self._send_lock:
+            while not self._send.wait_connected(SEND_WAIT_S):
+                if self._stop.is_set():
                     return
-        except Exception:  # noqa: BLE001 - a thread of its own: say why; the next drop retries
-            log.exception("could not send the commands again")
-        finally:
-            self._resending.release()
+                log.warning("the sending connection is not back yet; the commands to send "
+                            "again wait for it")
+            everything, self._resend_all = self._resend_all, False
+            self._forget_expired(time.time())
+            with self._open_lock:
+                commands = [sent for sent in self._open.values()
+                            if everything or not sent.published]
+            for sent in commands:
+                self._send_again_one(sent)
 
     def _send_again_one(self, sent: SentCommand) -> None:
         assert self._send is not None
