@@ -276,3 +276,33 @@ def test_an_installed_update_waits_for_the_meeting_to_end(tmp_path: Path) -> Non
         assert stops == [StopRequested("restarting into release 9.9.9")]
     finally:
         box.close()
+
+
+def test_a_quiet_box_forgets_what_the_broker_acknowledged_at_its_next_health_report(
+        box: StandinBox) -> None:
+    """Health is QoS 0 (no PUBACK): the status goes again while acknowledged rows are kept,
+    and its PUBACK prunes them, so a reconnect much later sends nothing old again."""
+    from diemcau.core.events import HealthDue
+
+    outbox = box.supervisor.a.outbox
+    box.handle(box.link.up())
+    box.handle(box.command("device.identify", {"duration_s": 5}, jti="i1"))
+    box.handle(*(Delivered(p.mid) for p in box.link.published))
+    assert outbox.kept() > 0 and outbox.pending() == []
+    status = device_topic(DEV, "status")
+
+    box.now[0] += RESEND_GRACE_S + 1
+    mark = len(box.link.published)
+    box.handle(HealthDue())
+    again = [p for p in box.link.published[mark:] if p.topic == status]
+    assert len(again) == 1 and again[0].qos == 1 and again[0].retain
+    box.handle(Delivered(again[0].mid))
+    assert outbox.kept() == 0
+
+    mark = len(box.link.published)
+    box.handle(HealthDue())  # nothing kept: no status again (it has not changed)
+    assert [p.topic for p in box.link.published[mark:]] == [device_topic(DEV, "health")]
+    box.handle(box.link.down())
+    mark = len(box.link.published)
+    box.handle(box.link.up())
+    assert not any(b'"i1"' in p.payload for p in box.link.published[mark:])

@@ -83,6 +83,11 @@ class Outbox:
         cur = self._db.execute("DELETE FROM outbox WHERE acked_at < ?", (acked_before,))
         return cur.rowcount
 
+    def kept(self) -> int:
+        """Acknowledged messages still kept, waiting to be pruned."""
+        return int(self._db.execute(
+            "SELECT count(*) FROM outbox WHERE acked_at IS NOT NULL").fetchone()[0])
+
     def reopen(self) -> int:
         """Every acknowledged message still kept is pending again (the broker may have
         lost it); how many."""

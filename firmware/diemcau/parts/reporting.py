@@ -10,8 +10,10 @@ its PUBACK, and when the link comes back the box sends it again, unchanged
 (same event ``seq``, same reply id: the centre drops the repeat). The grace
 is counted by the broker's later acknowledgements, not by when the box saw
 the link drop: a broker that dies without closing its connections is found
-out only by the keepalive, long after. ``status``, ``meta`` and ``health``
-are retained or periodic, so they are published at once when the link is up.
+out only by the keepalive, long after; a box with nothing more to send
+publishes its retained status again at its next health report, for a
+PUBACK. ``status``, ``meta`` and ``health`` are retained or periodic, so
+they are published at once when the link is up.
 """
 
 from __future__ import annotations
@@ -220,7 +222,10 @@ class Reporting:
                                  programme=programme, alerts=self.alerts.codes)
         if self._link.connected:
             self.publish(device_topic(self._dev, "health"), encode(message), qos=0)
-        self.publish_status()
+        # Health has no PUBACK: a box with nothing more to say would keep what the broker
+        # acknowledged until its next reliable message, and send it again at every
+        # reconnect. Its retained status again (QoS 1): that PUBACK ends the grace.
+        self.publish_status(force=bool(self._outbox.kept()))
         return reading
 
 
