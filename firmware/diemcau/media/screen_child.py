@@ -78,6 +78,7 @@ log = logging.getLogger("diemcau.media.screen")
 TICK_S = 0.1
 LAG_WINDOW_S = 1.0
 EDGE_S = 2.0  # catching up and the lag no smaller for this long: at the live edge
+MAX_EDGE_MS = 250  # the most a live edge found so moves the bound (a stall is no edge)
 FIGURES_S = 1.0
 PERIOD_SAMPLES = 40  # steps between pictures watched to know the feed's picture period
 MAX_STEP_S = 2.0  # the position moved more than this between ticks: the feed's clock jumped
@@ -261,6 +262,9 @@ class ScreenPlayer:
         self._audio_delay = 0.0
         self._cached: collections.deque[tuple[float, float]] = collections.deque()
         self._catchup_best = 0.0
+        # How far behind this feed's live edge is, once a catch-up found it could get no
+        # nearer (audio packed in long packets); 0 until then.
+        self._edge_ms = 0.0
         self._catchup_best_at = 0.0
         self.counters = {"reconnects": 0, "catchups": 0}
 
@@ -376,6 +380,7 @@ class ScreenPlayer:
         self._last_pos = None
         self._cached.clear()
         self._frame_period = None  # measured again: the feed may have changed
+        self._edge_ms = 0.0  # and its live edge found again
         self._set_speed(1.0)
         self._pitch_correction(False)
         self.mpv.command("loadfile", self.url, "replace")
@@ -530,7 +535,7 @@ class ScreenPlayer:
             self.counters["catchups"] += 1
             log.warning("programme %.1f s behind: loading it again", lag_s)
             self._load("reconnecting", f"{lag_s:.1f} s behind the live feed: loading it again")
-        elif lag_s * 1000 > self.cfg.lag_bound_ms and speed <= 1.0:
+        elif lag_s * 1000 > self.cfg.lag_bound_ms + self._edge_ms and speed <= 1.0:
             self.counters["catchups"] += 1
             log.info("programme %.2f s behind: playing at %.2fx to catch up", lag_s,
                      self.cfg.catchup_speed)
@@ -543,7 +548,11 @@ class ScreenPlayer:
                 self._catchup_best, self._catchup_best_at = lag_s, now
             # Under the target, or no nearer for a while: the live edge of this feed (whose
             # packets may come in chunks longer than the target) is reached.
-            if lag_s * 1000 < self.cfg.lag_target_ms or now - self._catchup_best_at > EDGE_S:
+            at_edge = now - self._catchup_best_at > EDGE_S
+            if lag_s * 1000 < self.cfg.lag_target_ms or at_edge:
+                if at_edge:  # this feed's floor: the bound counts from there from now on
+                    self._edge_ms = min(self._catchup_best * 1000, MAX_EDGE_MS)
+                    log.info("programme at its live edge %.0f ms behind", self._edge_ms)
                 self._set_speed(1.0)
                 self._pitch_correction(False)
                 self._cached.clear()
