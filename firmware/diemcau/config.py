@@ -252,8 +252,8 @@ class Screen(_Section, kw_only=True, forbid_unknown_fields=True):
     audio_buffer_ms: int = 40  # the speaker's ALSA buffer (4 periods)
     # The lag rule: behind the live edge by more than lag_bound_ms, play faster until
     # back under lag_target_ms; more than lag_reload_ms behind, reload the feed.
-    lag_bound_ms: int = 400
-    lag_target_ms: int = 150
+    lag_bound_ms: int = 150
+    lag_target_ms: int = 60
     lag_reload_ms: int = 4000
     catchup_speed: float = 1.5
     stall_s: float = 2.0  # no new picture (or sound) this long while live: reconnect

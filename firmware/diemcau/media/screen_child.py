@@ -39,6 +39,7 @@ import queue
 import random
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -77,7 +78,10 @@ log = logging.getLogger("diemcau.media.screen")
 TICK_S = 0.1
 LAG_WINDOW_S = 1.0
 EDGE_S = 2.0  # catching up and the lag no smaller for this long: at the live edge
+MAX_EDGE_MS = 250  # the most a live edge found so moves the bound (a stall is no edge)
 FIGURES_S = 1.0
+PERIOD_SAMPLES = 40  # steps between pictures watched to know the feed's picture period
+MAX_STEP_S = 2.0  # the position moved more than this between ticks: the feed's clock jumped
 START_TIMEOUT_S = 8.0  # connected (or not) but no picture yet: load again
 SCHEMES = ("srt", "rtsp", "rtsps")
 DEFAULT_SIZE = (1280, 720)
@@ -228,9 +232,16 @@ class ScreenPlayer:
         self.mpv = mpv.MPV(log_handler=self._mpv_log, loglevel="error",
                            **mpv_options(cfg))
         self.mpv.register_event_callback(self._on_event)
-        self._positions = 0  # new playback positions seen: one per picture shown
-        self._position: float | None = None
-        self.mpv.observe_property("time-pos", self._on_position)
+        # Pictures shown: the time played (the position read on the tick) over the picture
+        # period. Observing the position all along woke this process at every picture
+        # (python-mpv's event thread): 0.2-0.3 % of a core, and as much again in mpv's core.
+        self._frames_shown = 0.0
+        self._played_s = 0.0  # since the last count
+        self._frame_period: float | None = None
+        self._sampling = False
+        self._steps: list[float] = []
+        self._step_from: float | None = None
+        self._speed = 1.0  # as last set: read back from mpv only for the figures
         if self._recorder is not None:
             self._recorder.start(self.mpv)
         # What is wanted, and what the player is doing about it.
@@ -251,6 +262,9 @@ class ScreenPlayer:
         self._audio_delay = 0.0
         self._cached: collections.deque[tuple[float, float]] = collections.deque()
         self._catchup_best = 0.0
+        # How far behind this feed's live edge is, once a catch-up found it could get no
+        # nearer (audio packed in long packets); 0 until then.
+        self._edge_ms = 0.0
         self._catchup_best_at = 0.0
         self.counters = {"reconnects": 0, "catchups": 0}
 
@@ -365,7 +379,9 @@ class ScreenPlayer:
         self._loaded_at = time.monotonic()
         self._last_pos = None
         self._cached.clear()
-        self.mpv.speed = 1.0
+        self._frame_period = None  # measured again: the feed may have changed
+        self._edge_ms = 0.0  # and its live edge found again
+        self._set_speed(1.0)
         self._pitch_correction(False)
         self.mpv.command("loadfile", self.url, "replace")
         self._set_state(state, detail)
@@ -409,12 +425,6 @@ class ScreenPlayer:
                         for k, v in event.as_dict().items()}
         self._events.put((name, data))
 
-    def _on_position(self, _name: str, value: Any) -> None:
-        """mpv's event thread: the position moves with each picture handed to the output."""
-        if isinstance(value, float) and (self._position is None or value > self._position):
-            self._positions += 1
-        self._position = value if isinstance(value, float) else None
-
     def _mpv_log(self, level: str, prefix: str, text: str) -> None:
         log.warning("mpv %s: %s", prefix, scrub(text.rstrip()))
 
@@ -435,6 +445,7 @@ class ScreenPlayer:
 
     def _went_live(self) -> None:
         self._attempt = 0
+        self._sample_frame_period()
         self._progress_at = time.monotonic()
         self._set_state("live", self._missing())
 
@@ -487,6 +498,8 @@ class ScreenPlayer:
             return
         pos = self._get("time-pos")
         if isinstance(pos, (int, float)) and pos != self._last_pos:
+            if self._last_pos is not None and 0 < pos - self._last_pos <= MAX_STEP_S:
+                self._played_s += pos - self._last_pos
             self._last_pos = pos
             self._progress_at = now
         elif now - self._progress_at > self.cfg.stall_s:
@@ -517,17 +530,17 @@ class ScreenPlayer:
         return min(value for _, value in self._cached)
 
     def _catch_up(self, lag_s: float, now: float) -> None:
-        speed = self._get("speed") or 1.0
+        speed = self._speed
         if lag_s * 1000 > self.cfg.lag_reload_ms:
             self.counters["catchups"] += 1
             log.warning("programme %.1f s behind: loading it again", lag_s)
             self._load("reconnecting", f"{lag_s:.1f} s behind the live feed: loading it again")
-        elif lag_s * 1000 > self.cfg.lag_bound_ms and speed <= 1.0:
+        elif lag_s * 1000 > self.cfg.lag_bound_ms + self._edge_ms and speed <= 1.0:
             self.counters["catchups"] += 1
             log.info("programme %.2f s behind: playing at %.2fx to catch up", lag_s,
                      self.cfg.catchup_speed)
             self._pitch_correction(True)
-            self.mpv.speed = self.cfg.catchup_speed
+            self._set_speed(self.cfg.catchup_speed)
             self._cached.clear()  # judge the lag afresh at the new speed
             self._catchup_best, self._catchup_best_at = lag_s, now
         elif speed > 1.0:
@@ -535,10 +548,47 @@ class ScreenPlayer:
                 self._catchup_best, self._catchup_best_at = lag_s, now
             # Under the target, or no nearer for a while: the live edge of this feed (whose
             # packets may come in chunks longer than the target) is reached.
-            if lag_s * 1000 < self.cfg.lag_target_ms or now - self._catchup_best_at > EDGE_S:
-                self.mpv.speed = 1.0
+            at_edge = now - self._catchup_best_at > EDGE_S
+            if lag_s * 1000 < self.cfg.lag_target_ms or at_edge:
+                if at_edge:  # this feed's floor: the bound counts from there from now on
+                    self._edge_ms = min(self._catchup_best * 1000, MAX_EDGE_MS)
+                    log.info("programme at its live edge %.0f ms behind", self._edge_ms)
+                self._set_speed(1.0)
                 self._pitch_correction(False)
                 self._cached.clear()
+
+    def _set_speed(self, speed: float) -> None:
+        self.mpv.speed = self._speed = speed
+
+    def _sample_frame_period(self) -> None:
+        """Watch the position picture by picture for a moment: the feed's picture period.
+
+        With the low-latency profile mpv knows no frame rate of a live feed (it probes
+        no stream info and keeps no frames ahead), so the period is measured here, once
+        per load, and the watching stops: it woke this process at every picture.
+        """
+        self._steps.clear()
+        self._step_from = None
+        if not self._sampling:
+            self._sampling = True
+            self.mpv.observe_property("time-pos", self._on_position)
+
+    def _on_position(self, _name: str, value: Any) -> None:
+        """mpv's event thread, while sampling: the steps between pictures' positions."""
+        if isinstance(value, float):
+            if self._step_from is not None and 0 < value - self._step_from < MAX_STEP_S:
+                self._steps.append(value - self._step_from)
+            self._step_from = value
+
+    def _count_frames(self) -> None:
+        """Turn the time played since the last count into pictures, at the feed's rate."""
+        if self._sampling and len(self._steps) >= PERIOD_SAMPLES:
+            self.mpv.unobserve_property("time-pos", self._on_position)
+            self._sampling = False
+            self._frame_period = statistics.median(self._steps)
+        if self._frame_period:
+            self._frames_shown += self._played_s / self._frame_period
+            self._played_s = 0.0
 
     def _pitch_correction(self, on: bool) -> None:
         """Voices at their pitch while faster; off again after, or its buffer stays as lag."""
@@ -559,13 +609,15 @@ class ScreenPlayer:
 
     def figures(self, lag_s: float | None) -> dict[str, Any]:
         params = self._get("video-params") or {}
+        if params:
+            self._count_frames()
         avsync = self._get("avsync")
         hwdec = self._get("hwdec-current")
         codec = str(self._get("video-codec") or "").split(" ")[0]  # "h264 (H.264 / AVC …)"
         decoder = f"{codec}_{hwdec}" if codec and hwdec and hwdec != "no" else codec
         return {
             "state": self.state,
-            "frames_shown": self._positions if params else 0,
+            "frames_shown": round(self._frames_shown) if params else 0,
             "frames_dropped": int((self._get("frame-drop-count") or 0)
                                   + (self._get("decoder-frame-drop-count") or 0)),
             "lag_ms": round(lag_s * 1000) if lag_s is not None else None,
