@@ -108,6 +108,7 @@ def broadcast(work: Path, boxes: int, autosave_name: str) -> tuple[str, str]:
                        "centre": [psutil.Process()],
                        "boxes": [psutil.Process(pid) for pid in fleet.pids]}
             before = {name: _cpu(ps) for name, ps in watched.items()}
+            sent_wall = time.time()
             sent = session.publish(group_cmd_topic("all"), token, qos=1, expiry_s=120)
             all_acked = None
             deadline = sent + 600
@@ -122,9 +123,15 @@ def broadcast(work: Path, boxes: int, autosave_name: str) -> tuple[str, str]:
             used = ", ".join(f"{name} {_cpu(ps) - before[name]:.1f}"
                              for name, ps in watched.items())
             session.close()
+            stats = fleet.stats()
         figure = (f"all acked {all_acked:.2f} s, all final {final:.2f} s" if all_acked
                   else f"{counts.answered} of {boxes} acked in {final:.0f} s")
         figure += f"; CPU s: {used}"
+        # Where the time went, from the centre's publish (one clock: one machine).
+        figure += (f"; boxes got it {stats.first_message_at - sent_wall:.2f}-"
+                   f"{stats.last_message_at - sent_wall:.2f} s, last accepted out "
+                   f"{stats.last_accepted_at - sent_wall:.2f} s, last final out "
+                   f"{stats.last_final_at - sent_wall:.2f} s")
     finally:
         broker.stop()
 
