@@ -17,8 +17,10 @@ It lives with the tests, not in the centre's package: nothing in production
 runs it, and the centre must never grow a second box.
 
 Each process runs one asyncio loop driving paho clients through paho's
-external-loop hooks (a socket reader and writer per client, one timer for
-all): paho's own thread per client would be 10,000 threads.
+external-loop hooks (a socket reader per client; what they have to send is
+written once a turn of the loop for all of them, with a writer only for a
+socket that is full; one timer for all): paho's own thread per client would
+be 10,000 threads.
 
     fleet = Fleet(FleetSettings(host, port, devices(2000), centre_keys, offline=0.05,
                                 failing=0.01), processes=4)
@@ -518,8 +520,8 @@ class _Sim:
         elif what == "offline":
             for box in self.offline:
                 box.vanish()
-            # Every box is made: the collector need not walk 10,000 clients again and
-            # again while they answer (its full passes stalled the loop).
+            # Every box is made: the collector need not walk 10,000 clients again while
+            # they answer (about 0.2 of the boxes' 2.3 CPU s in a broadcast to 10,000).
             gc.collect()
             gc.freeze()
             self.pipe.send(None)
