@@ -26,6 +26,7 @@ from tests.bench import before, echo, media
 from tests.bench import broker as broker_bench
 from tests.bench import console as console_bench
 from tests.bench import fleet as fleet_bench
+from tests.bench import ingest as ingest_bench
 from tests.bench import screen as screen_bench
 from tests.harness.alsa import make_microphone
 from tests.harness.box import Box, CentreKey
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     broker_bench.main([])
     # The centre at fleet scale: a broadcast's roll-call, reconnect storms, the web console.
     fleet_bench.main([])
+    ingest_bench.main([])  # the centre's share of a broadcast, the boxes out of the way
     console_bench.main([])
     print(f"\nFigures only: nothing here is asserted. Memory soak: {options.soak_minutes:g} min"
           " live at 720p30 (--soak-minutes N for longer).")
