@@ -108,7 +108,7 @@ class ProgrammeFeed:
             options += f"&passphrase={self.passphrase}"
         log = (self.directory / "srt-live-transmit.log").open("ab")
         self._transmit = subprocess.Popen(
-            ["srt-live-transmit", "-a:yes", "-q", f"udp://{LOCALHOST}:{self._relay_port}",
+            ["srt-live-transmit", "-a:yes", f"udp://{LOCALHOST}:{self._relay_port}",
              f"srt://{LOCALHOST}:{self.srt_port}?{options}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self._hold.start()
@@ -157,6 +157,15 @@ class ProgrammeFeed:
             self._ffmpeg.wait()
         if self._frames is not None:
             self._frames.join(5)
+
+    def wait_connected(self, timeout_s: float, count: int = 1) -> None:
+        """Until ``srt-live-transmit`` has accepted ``count`` players' connections in all."""
+        log = self.directory / "srt-live-transmit.log"
+        deadline = time.monotonic() + timeout_s
+        while log.read_bytes().count(b"Accepted SRT target connection") < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no player connected within {timeout_s} s")
+            time.sleep(0.01)
 
     def hold(self) -> None:
         self._hold.holding = True

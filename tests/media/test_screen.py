@@ -214,6 +214,30 @@ def test_backlog_at_connect_is_caught_up(room: Room, tmp_path: Path) -> None:
     assert figures["speed"] == 1.0
 
 
+def test_a_small_backlog_at_connect_comes_back_under_the_bound(room: Room,
+                                                                tmp_path: Path) -> None:
+    # What the former 400 ms bound left alone for a whole meeting: a player that starts a
+    # few hundred ms behind the edge. The feed is held from just after the player connects,
+    # then sent on in one burst.
+    with ProgrammeFeed(tmp_path / "feed", shape=FeedShape(gop=5)) as feed:
+        time.sleep(0.5)
+        room.screen.play("m-11", feed.url)
+        feed.wait_connected(10)
+        feed.hold()
+        time.sleep(0.45)
+        feed.release()
+        room.watch.wait_state("live", 10)
+        time.sleep(4)
+        figures = [f for f in room.watch.figures() if f["state"] == "live"]
+    print(f"lag by the box's figures, ms: {[f['lag_ms'] for f in figures]}; "
+          f"catch-ups {figures[-1]['catchups']}")
+    assert figures[-1]["catchups"] >= 1  # it was behind by more than the bound
+    assert figures[-1]["reconnects"] == 0
+    # By its own measure, the box is back under the bound and plays at the stream's pace.
+    assert all(f["lag_ms"] is not None and f["lag_ms"] < 150 for f in figures[-2:]), figures
+    assert figures[-1]["speed"] == 1.0
+
+
 def test_bad_play_urls(room: Room) -> None:
     room.screen.play("m-4", "srt://media.example:notaport?streamid=x")
     _, detail = room.watch.wait_state("error", 10)

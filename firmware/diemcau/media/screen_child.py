@@ -7,7 +7,8 @@ reads a ``Setup`` (the ``[screen]`` section), then obeys ``Show`` (the idle
 screen), ``Play`` (the programme feed full screen), ``StopPlay``, ``Volume``,
 ``Prompt`` and ``Stop`` (:mod:`diemcau.media.pipe`), and sends up the
 programme's state and figures. One thread owns the player: the pipe's
-messages, mpv's events and a tick every ``TICK_S`` all land in its loop.
+messages, mpv's events and a tick (every 0.1 s, or 0.5 s while the programme plays
+well within the lag rule: :func:`diemcau.core.lag.LagRule.tick_s`) all land in its loop.
 
 The rules (docs/farend.md):
 
@@ -19,7 +20,8 @@ The rules (docs/farend.md):
   mpv's ``demuxer-cache-duration`` (the demuxer reads ahead up to
   ``lag_reload_ms``, so all of a backlog shows). Over ``lag_bound_ms`` the
   player plays at ``catchup_speed`` (pitch kept) until under
-  ``lag_target_ms``; over ``lag_reload_ms`` it loads the feed again.
+  ``lag_target_ms``; over ``lag_reload_ms`` it loads the feed again. The rule
+  itself is pure: :mod:`diemcau.core.lag`.
 - **Stall**: no new picture (or sound, for a feed without pictures) for
   ``stall_s`` while live: reconnect.
 - **Sound**: mpv writes it into a FIFO that :class:`~diemcau.media.speaker.Speaker`
@@ -30,7 +32,6 @@ The rules (docs/farend.md):
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import logging
 import math
@@ -54,6 +55,7 @@ from ..adapters.process import settle
 from ..config import Screen
 from ..core.backoff import backoff_delay
 from ..core.idlescreen import IdleScreen
+from ..core.lag import FAST_TICK_S, RELOAD, SLOW_DOWN, SPEED_UP, LagRule
 from ..core.scrub import scrub
 from . import framestamp, idle
 from .pipe import (
@@ -75,10 +77,6 @@ from .speaker import Speaker, make_fifo, mpv_volume, player_sound_env
 
 log = logging.getLogger("diemcau.media.screen")
 
-TICK_S = 0.1
-LAG_WINDOW_S = 1.0
-EDGE_S = 2.0  # catching up and the lag no smaller for this long: at the live edge
-MAX_EDGE_MS = 250  # the most a live edge found so moves the bound (a stall is no edge)
 FIGURES_S = 1.0
 PERIOD_SAMPLES = 40  # steps between pictures watched to know the feed's picture period
 MAX_STEP_S = 2.0  # the position moved more than this between ticks: the feed's clock jumped
@@ -174,7 +172,7 @@ def mpv_options(cfg: Screen) -> dict[str, str]:
         "input-vo-keyboard": "no",
         "terminal": "no",
         "image-display-duration": "inf",
-        # Only while catching up (see _catch_up): scaletempo, once in, keeps ~130 ms of sound.
+        # Only while catching up (see _lag_s): scaletempo, once in, keeps ~130 ms of sound.
         "audio-pitch-correction": "no",
         # Into the FIFO the speaker's mixer reads: SDL's "disk" audio driver (see speaker.py).
         "ao": "sdl",
@@ -241,7 +239,6 @@ class ScreenPlayer:
         self._sampling = False
         self._steps: list[float] = []
         self._step_from: float | None = None
-        self._speed = 1.0  # as last set: read back from mpv only for the figures
         if self._recorder is not None:
             self._recorder.start(self.mpv)
         # What is wanted, and what the player is doing about it.
@@ -260,12 +257,8 @@ class ScreenPlayer:
         self._figures_at = 0.0
         self._idle_next: datetime | None = None
         self._audio_delay = 0.0
-        self._cached: collections.deque[tuple[float, float]] = collections.deque()
-        self._catchup_best = 0.0
-        # How far behind this feed's live edge is, once a catch-up found it could get no
-        # nearer (audio packed in long packets); 0 until then.
-        self._edge_ms = 0.0
-        self._catchup_best_at = 0.0
+        self.lag = LagRule(bound_ms=cfg.lag_bound_ms, target_ms=cfg.lag_target_ms,
+                           reload_ms=cfg.lag_reload_ms, catchup_speed=cfg.catchup_speed)
         self.counters = {"reconnects": 0, "catchups": 0}
 
     # -- the loop
@@ -280,10 +273,17 @@ class ScreenPlayer:
             self._drain_events()
             self._tick(time.monotonic())
             try:
-                pending = self.channel.receive(ScreenDown, timeout_s=TICK_S)
+                pending = self.channel.receive(ScreenDown, timeout_s=self._tick_s())
             except PipeClosed:
                 log.warning("the control plane has gone: the screen process ends")
                 return 0
+
+    def _tick_s(self) -> float:
+        """Until the next look at the player: slower while live and well under the lag bound
+        (each look wakes this process and mpv's core), fast while anything may need acting on."""
+        if self.url and self.state == "live" and self._reload_at is None:
+            return self.lag.tick_s()
+        return FAST_TICK_S
 
     def _send_reference(self, period: bytes, heard_at: float) -> None:
         """One stereo period as played, downmixed to mono, stamped on the monotonic clock."""
@@ -378,9 +378,9 @@ class ScreenPlayer:
         self._file_loaded = False
         self._loaded_at = time.monotonic()
         self._last_pos = None
-        self._cached.clear()
+        self._stop_sampling()
         self._frame_period = None  # measured again: the feed may have changed
-        self._edge_ms = 0.0  # and its live edge found again
+        self.lag.restart()  # and its live edge found again
         self._set_speed(1.0)
         self._pitch_correction(False)
         self.mpv.command("loadfile", self.url, "replace")
@@ -388,6 +388,7 @@ class ScreenPlayer:
 
     def _stop_playing(self) -> None:
         self.url = ""
+        self._stop_sampling()
         self.meeting_id = ""
         self._reload_at = None
         if self.showing == "programme":
@@ -407,6 +408,7 @@ class ScreenPlayer:
         delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s,
                               random.random)
         self._attempt += 1
+        self._stop_sampling()
         self.counters["reconnects"] += 1
         self._reload_at = time.monotonic() + delay
         self._set_state("reconnecting", f"{why}; trying again in {delay:.1f} s")
@@ -464,6 +466,7 @@ class ScreenPlayer:
         error = str(data.get("file_error", "") or "")
         if reason == "error" and self._file_loaded and any(u in error for u in UNPLAYABLE):
             self._reload_at = None
+            self._stop_sampling()
             self.url = ""  # an unplayable feed is not tried again
             self._set_state("error", f"the programme feed has nothing the player can show "
                                      f"({error})")
@@ -506,59 +509,42 @@ class ScreenPlayer:
             self._retry(f"nothing new shown for {self.cfg.stall_s:.1f} s")
             return
         lag_s = self._lag_s(now)
-        if lag_s is not None:
-            self._catch_up(lag_s, now)
+        if self.state != "live":
+            return  # loaded again: the lag was past lag_reload_ms
         self._follow_speaker()
-        if now - self._figures_at >= FIGURES_S:
+        # Ticks come every 0.1 or 0.5 s: a little early still counts as a second.
+        if now - self._figures_at >= FIGURES_S - 0.05:
             self._figures_at = now
             self._set_state("live", self._missing())  # says so only if it changed
             self.channel.send(PlayFigures(self.figures(lag_s)))
 
     def _lag_s(self, now: float) -> float | None:
-        """The least data waiting ahead of playback over the last ``LAG_WINDOW_S``.
-
-        What waits in the demuxer swings by a packet interval or two as audio and
-        video packets arrive; at the live edge it drops near zero now and then. Behind
-        the edge it never does: the least of the window is the lag.
-        """
+        """The lag rule's measure (:mod:`diemcau.core.lag`), after acting on a new sample."""
         cached = self._get("demuxer-cache-duration")
         if not isinstance(cached, (int, float)):
             return None
-        self._cached.append((now, float(cached)))
-        while self._cached and self._cached[0][0] < now - LAG_WINDOW_S:
-            self._cached.popleft()
-        return min(value for _, value in self._cached)
-
-    def _catch_up(self, lag_s: float, now: float) -> None:
-        speed = self._speed
-        if lag_s * 1000 > self.cfg.lag_reload_ms:
+        action = self.lag.observe(now, float(cached))
+        lag_s = self.lag.lag_s
+        assert lag_s is not None
+        if action == RELOAD:
             self.counters["catchups"] += 1
             log.warning("programme %.1f s behind: loading it again", lag_s)
             self._load("reconnecting", f"{lag_s:.1f} s behind the live feed: loading it again")
-        elif lag_s * 1000 > self.cfg.lag_bound_ms + self._edge_ms and speed <= 1.0:
+        elif action == SPEED_UP:
             self.counters["catchups"] += 1
             log.info("programme %.2f s behind: playing at %.2fx to catch up", lag_s,
-                     self.cfg.catchup_speed)
+                     self.lag.speed)
             self._pitch_correction(True)
-            self._set_speed(self.cfg.catchup_speed)
-            self._cached.clear()  # judge the lag afresh at the new speed
-            self._catchup_best, self._catchup_best_at = lag_s, now
-        elif speed > 1.0:
-            if lag_s < self._catchup_best - 0.02:
-                self._catchup_best, self._catchup_best_at = lag_s, now
-            # Under the target, or no nearer for a while: the live edge of this feed (whose
-            # packets may come in chunks longer than the target) is reached.
-            at_edge = now - self._catchup_best_at > EDGE_S
-            if lag_s * 1000 < self.cfg.lag_target_ms or at_edge:
-                if at_edge:  # this feed's floor: the bound counts from there from now on
-                    self._edge_ms = min(self._catchup_best * 1000, MAX_EDGE_MS)
-                    log.info("programme at its live edge %.0f ms behind", self._edge_ms)
-                self._set_speed(1.0)
-                self._pitch_correction(False)
-                self._cached.clear()
+            self._set_speed(self.lag.speed)
+        elif action == SLOW_DOWN:
+            if self.lag.edge_ms:
+                log.info("programme at its live edge %.0f ms behind", self.lag.edge_ms)
+            self._set_speed(1.0)
+            self._pitch_correction(False)
+        return lag_s
 
     def _set_speed(self, speed: float) -> None:
-        self.mpv.speed = self._speed = speed
+        self.mpv.speed = speed  # read back from mpv only for the figures
 
     def _sample_frame_period(self) -> None:
         """Watch the position picture by picture for a moment: the feed's picture period.
@@ -580,12 +566,21 @@ class ScreenPlayer:
                 self._steps.append(value - self._step_from)
             self._step_from = value
 
+    def _stop_sampling(self) -> None:
+        """Stop watching the position (measured or not): a stop, a reload, a failure."""
+        if self._sampling:
+            self._sampling = False
+            with contextlib.suppress(Exception):
+                self.mpv.unobserve_property("time-pos", self._on_position)
+        self._steps.clear()
+        self._step_from = None
+
     def _count_frames(self) -> None:
         """Turn the time played since the last count into pictures, at the feed's rate."""
         if self._sampling and len(self._steps) >= PERIOD_SAMPLES:
-            self.mpv.unobserve_property("time-pos", self._on_position)
-            self._sampling = False
-            self._frame_period = statistics.median(self._steps)
+            period = statistics.median(self._steps)
+            self._stop_sampling()
+            self._frame_period = period
         if self._frame_period:
             self._frames_shown += self._played_s / self._frame_period
             self._played_s = 0.0
