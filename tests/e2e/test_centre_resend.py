@@ -28,7 +28,7 @@ from diemcau.config import Mqtt, Tls
 from diemcau_centre.mqtt import Session
 from diemcau_centre.send import parse_target, send
 from diemcau_centre.web.service import CONSOLE_ACTOR, CentreService
-from diemcau_centre.web.store import BoxFilter, FleetDb, Scope
+from diemcau_centre.web.store import BoxFilter, FleetDb, Operator, Scope
 from tests.harness.box import CentreKey, start_box
 from tests.harness.broker import Broker
 from tests.harness.console import manifest_of, new_client_id
@@ -48,6 +48,21 @@ def centre_mqtt(broker: Broker) -> Mqtt:
     # Short keepalive and reconnect delays: the test waits for paho's own reconnect.
     return Mqtt(host=broker.host, port=broker.port, tls=Tls(enabled=False), keepalive_s=5,
                 reconnect_min_s=0.5, reconnect_max_s=1.0)
+
+
+def console_and_fleet(broker: Broker, centre: CentreKey, tmp_path: Path
+                      ) -> tuple[FleetDb, Operator, FleetSettings, CentreService]:
+    """A console for province p01 (the real box and SIMULATED simulated ones) and its fleet."""
+    simulated = devices(SIMULATED, provinces=1, start=2)
+    db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}")
+    db.load_manifest(manifest_of({DEV: "p01"} | {dev: "p01" for dev, _ in simulated}))
+    admin = db.add_operator("admin", "mat-khau-thu-nghiem", "admin")
+    settings = FleetSettings(broker.host, broker.port, simulated,
+                             {centre.kid: centre.public_text}, reconnect_min_s=0.2,
+                             reconnect_max_s=1.0)
+    service = CentreService(db, centre_mqtt(broker), new_client_id(), key=centre.private,
+                            kid=centre.kid, batch_s=0.05, sweep_s=0.2)
+    return db, admin, settings, service
 
 
 def test_a_send_to_one_box_gets_its_answer_though_the_broker_lost_the_command(
@@ -90,15 +105,7 @@ def test_a_console_broadcast_accounts_for_every_box_though_the_broker_lost_it(
         tmp_path: Path) -> None:
     box = start_box(make_box, observer, tmp_path)
     box.stop()  # offline, its session kept
-    simulated = devices(SIMULATED, provinces=1, start=2)
-    db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}")
-    db.load_manifest(manifest_of({DEV: "p01"} | {dev: "p01" for dev, _ in simulated}))
-    admin = db.add_operator("admin", "mat-khau-thu-nghiem", "admin")
-    settings = FleetSettings(broker.host, broker.port, simulated,
-                             {centre.kid: centre.public_text}, reconnect_min_s=0.2,
-                             reconnect_max_s=1.0)
-    service = CentreService(db, centre_mqtt(broker), new_client_id(), key=centre.private,
-                            kid=centre.kid, batch_s=0.05, sweep_s=0.2)
+    db, admin, settings, service = console_and_fleet(broker, centre, tmp_path)
     province = BoxFilter(province="p01")
     with Fleet(settings, processes=1) as fleet:
         service.start()
@@ -149,15 +156,7 @@ def test_an_answer_given_while_the_console_was_away_comes_again(
     the repeat with its result."""
     box = start_box(make_box, observer, tmp_path)
     box.stop()
-    simulated = devices(SIMULATED, provinces=1, start=2)
-    db = FleetDb(f"sqlite:///{tmp_path / 'console.db'}")
-    db.load_manifest(manifest_of({DEV: "p01"} | {dev: "p01" for dev, _ in simulated}))
-    admin = db.add_operator("admin", "mat-khau-thu-nghiem", "admin")
-    settings = FleetSettings(broker.host, broker.port, simulated,
-                             {centre.kid: centre.public_text}, reconnect_min_s=0.2,
-                             reconnect_max_s=1.0)
-    service = CentreService(db, centre_mqtt(broker), new_client_id(), key=centre.private,
-                            kid=centre.kid, batch_s=0.05, sweep_s=0.2)
+    db, admin, settings, service = console_and_fleet(broker, centre, tmp_path)
     with Fleet(settings, processes=1) as fleet:
         service.start()
         try:
