@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from diemcau_centre.broker_config import durability_lines
@@ -216,6 +217,19 @@ class Broker:
         if self._proc.stderr:
             self._proc.stderr.close()
         self._proc = None
+
+    def crash_once(self, acknowledged: Callable[[], bool], saved_at: float,
+                   within_s: float) -> float:
+        """SIGKILL as soon as ``acknowledged()`` (what the test sent has its PUBACK), inside
+        the save window that began at ``saved_at`` (monotonic); start again. Returns how
+        long after the save it died (the test fails if not within ``within_s``)."""
+        while not acknowledged():
+            assert time.monotonic() - saved_at < within_s, "not acknowledged inside the window"
+            time.sleep(0.005)
+        self.crash()
+        crashed_after = time.monotonic() - saved_at
+        self.start()
+        return crashed_after
 
     def restart(self, down_s: float = 0.0, *, crash: bool = False) -> None:
         """Stop (SIGTERM, or SIGKILL with ``crash``), wait ``down_s``, start again."""
