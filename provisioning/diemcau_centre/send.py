@@ -44,7 +44,14 @@ from diemcau.protocol.arguments import ARGS
 
 from .fleet import GONE_STATES, clean
 from .mqtt import Connected, Disconnected, MqttError, Received, Session
-from .rollcall import RollCall, progress_line, render_report, report_record, resend_keeps_id
+from .rollcall import (
+    RollCall,
+    effective,
+    progress_line,
+    render_report,
+    report_record,
+    resend_keeps_id,
+)
 from .runs import Answered, RunRecord, RunStore
 
 OK_STATUSES = frozenset({"succeeded", "accepted"})
@@ -180,11 +187,8 @@ class ReplyLine:
 
 def answer_status(reply: Reply) -> str:
     """What a reply says about the command: a ``duplicate`` (the command came again) stands
-    for its first result, still ``in_progress`` perhaps; one that does not say, ``failed``."""
-    if reply.status != "duplicate":
-        return reply.status
-    first = reply.first_status
-    return first if first is not None and first != "duplicate" else "failed"
+    for its first result, as the roll-call counts it (:func:`~.rollcall.effective`)."""
+    return effective(reply, 0.0).status
 
 
 def group_members(devices: Iterable[tuple[str, Iterable[str]]], group: str) -> set[str]:
