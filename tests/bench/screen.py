@@ -8,8 +8,12 @@ encoded by ffmpeg and served by ``srt-live-transmit``. Measured on loopback:
   lag rule has had its say (the first ``SETTLE_S``). The reference is libmpv with only
   mpv's ``--profile=low-latency`` (and ``vo=null``, ``ao=null``), watched the same way.
 - **CPU and memory**: the box's screen process (player, mixer, speaker; no recording)
-  and the ``mpv`` command line with ``--profile=low-latency --vo=null --ao=null`` on
-  the same feed, in turn, ``ROUNDS`` times each.
+  and the ``mpv`` command line with ``--profile=low-latency --vo=null``, its sound to a
+  speaker like the box's (``--ao=alsa``) and, a second reference, to none (``--ao=null``),
+  all three playing the same packets at the same time (an SRT listener each, fed alike),
+  their CPU read over the same ``ROUNDS`` windows. Measured in turn instead, they saw
+  different moments of a shared machine: rounds of one player varied by 10-25 %, more
+  than the gap measured.
 
     from tests.bench import screen
     screen.run(work / "screen", row)
@@ -30,7 +34,7 @@ from diemcau.config import Screen
 from diemcau.core.events import ProgrammeFiguresUpdated
 from diemcau.media.screen import ScreenProcess
 from diemcau.media.screen_child import Recorder
-from tests.harness.alsa import make_speaker
+from tests.harness.alsa import SimulatedSpeaker, make_speaker
 from tests.harness.process import stop_process
 from tests.harness.programme import FeedShape, ProgrammeFeed
 from tests.harness.screen import shown
@@ -39,7 +43,7 @@ Row = Callable[..., None]
 SRT_LATENCY_MS = 120
 SETTLE_S = 8.0
 WINDOW_S = 8.0
-ROUNDS = 3
+ROUNDS = 6
 SHAPE = FeedShape(width=1280, height=720, fps=25, bitrate_kbps=2500, gop=25)
 
 
@@ -98,41 +102,59 @@ def reference_latency(feed: ProgrammeFeed, work: Path) -> list[float]:
     return _latencies(record, feed, since)
 
 
-def _window(process: psutil.Process) -> tuple[float, float]:
-    """(CPU seconds over WINDOW_S after SETTLE_S, resident MB at its end)."""
-    time.sleep(SETTLE_S)
-    before = process.cpu_times()
-    time.sleep(WINDOW_S)
-    after = process.cpu_times()
-    cpu = (after.user - before.user) + (after.system - before.system)
-    return cpu, process.memory_info().rss / 2**20
+def _cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
-def box_cpu(feed: ProgrammeFeed, speaker_pcm: str) -> tuple[float, float]:
-    cfg = Screen(enabled=True, vo="null", speaker=speaker_pcm, srt_latency_ms=SRT_LATENCY_MS)
-    screen = ScreenProcess(cfg, lambda event: None, speaker=speaker_pcm, log_level="error")
+# The mpv command line beside the box: with its sound to a speaker like the box's (the same
+# ALSA plugin, S16 as the box writes it), and with no sound output at all.
+REFERENCES = {
+    "speaker": ["--ao=alsa", "--audio-format=s16"],
+    "no sound": ["--ao=null"],
+}
+
+
+def side_by_side_cpu(feed: ProgrammeFeed, work: Path, speaker: SimulatedSpeaker,
+                     ) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """CPU seconds of the box and of each reference in each window; resident MB at the end.
+
+    The box and the ``REFERENCES`` play ``feed``'s listeners at the same time, each its own.
+    """
+    cfg = Screen(enabled=True, vo="null", speaker=speaker.pcm, srt_latency_ms=SRT_LATENCY_MS)
+    screen = ScreenProcess(cfg, lambda event: None, speaker=speaker.pcm, log_level="error")
     screen.start()
+    log = (work / "mpv-cli.log").open("ab")
+    cli_speaker = make_speaker(work / "alsa-cli", pcm="bench_cli_speaker")
+    clis = {name: subprocess.Popen(
+        ["mpv", "--no-config", "--profile=low-latency", "--vo=null", *options,
+         f"--audio-device=alsa/{cli_speaker.pcm}", "--msg-level=all=warn", "--term-status-msg=",
+         feed.url_of(listener)],  # carries SRT's latency, as the box's is given
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, env={**os.environ, **cli_speaker.env})
+        for listener, (name, options) in enumerate(REFERENCES.items(), start=1)}
     try:
-        screen.play("bench", feed.url)
+        screen.play("bench", feed.url_of(0))
         deadline = time.monotonic() + 5
         while screen.pid is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert screen.pid is not None, "the screen process did not start"
-        return _window(psutil.Process(screen.pid))
+        players = {"box": psutil.Process(screen.pid)}
+        players.update((name, psutil.Process(cli.pid)) for name, cli in clis.items())
+        time.sleep(SETTLE_S)
+        windows = []
+        for _ in range(ROUNDS):
+            before = {name: _cpu_s(player) for name, player in players.items()}
+            time.sleep(WINDOW_S)
+            windows.append({name: _cpu_s(player) - before[name]
+                            for name, player in players.items()})
+        return windows, {name: player.memory_info().rss / 2**20
+                         for name, player in players.items()}
     finally:
         screen.close()
-
-
-def mpv_cpu(feed: ProgrammeFeed, work: Path) -> tuple[float, float]:
-    url = feed.url  # carries SRT's latency, as the box's is given
-    with (work / "mpv-cli.log").open("ab") as log:
-        process = subprocess.Popen(["mpv", "--no-config", "--profile=low-latency", "--vo=null",
-                                    "--ao=null", "--msg-level=all=warn", "--term-status-msg=", url],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    try:
-        return _window(psutil.Process(process.pid))
-    finally:
-        stop_process(process, timeout_s=5)
+        for cli in clis.values():
+            stop_process(cli, timeout_s=5)
+        log.close()
+        cli_speaker.clear()
 
 
 def run(work: Path, row: Row) -> None:
@@ -140,7 +162,8 @@ def run(work: Path, row: Row) -> None:
     work.mkdir(parents=True, exist_ok=True)
     speaker = make_speaker(work / "alsa")
     os.environ["ALSA_CONFIG_PATH"] = speaker.env["ALSA_CONFIG_PATH"]  # the screen process's
-    with ProgrammeFeed(work / "feed", shape=SHAPE, srt_latency_ms=SRT_LATENCY_MS) as feed:
+    with ProgrammeFeed(work / "feed", shape=SHAPE, srt_latency_ms=SRT_LATENCY_MS,
+                       listeners=1 + len(REFERENCES)) as feed:
         time.sleep(1.0)
         mine, figures = box_latency(feed, work, speaker.pcm)
         theirs = reference_latency(feed, work)
@@ -149,27 +172,19 @@ def run(work: Path, row: Row) -> None:
         row("  the box's lag rule at the end", f"lag {figures.get('lag_ms')} ms, "
             f"{figures.get('catchups')} catch-ups", "",
             f"speaker delay {figures.get('speaker_delay_ms')} ms")
-        box_runs, mpv_runs = [], []
-        for i in range(ROUNDS):
-            for who in ("box", "mpv")[:: 1 if i % 2 == 0 else -1]:
-                speaker.clear()
-                if who == "box":
-                    box_runs.append(box_cpu(feed, speaker.pcm))
-                else:
-                    mpv_runs.append(mpv_cpu(feed, work))
-    box_s = sum(c for c, _ in box_runs)
-    mpv_s = sum(c for c, _ in mpv_runs)
+        speaker.clear()
+        windows, memory = side_by_side_cpu(feed, work, speaker)
     seconds = WINDOW_S * ROUNDS
-    row("playback CPU, 720p25 (one core = 100 %)",
-        f"{box_s / seconds * 100:.1f} % = {box_s / mpv_s:.2f} × mpv", "≤ 1.05×mpv",
-        f"mpv CLI, same feed: {mpv_s / seconds * 100:.1f} %")
-    row("  each round (box / mpv)",
-        " / ".join(f"{c / WINDOW_S * 100:.1f} %" for c, _ in box_runs),
-        "", " / ".join(f"{c / WINDOW_S * 100:.1f} %" for c, _ in mpv_runs))
-    row("playback resident memory",
-        f"{max(m for _, m in box_runs):.0f} MB", "",
-        f"mpv CLI: {max(m for _, m in mpv_runs):.0f} MB")
-
+    total = {name: sum(window[name] for window in windows) for name in windows[0]}
+    for name in REFERENCES:
+        row(f"playback CPU, 720p25, beside mpv ({name})",
+            f"{total['box'] / seconds * 100:.1f} % = {total['box'] / total[name]:.2f} × mpv",
+            "≤ 1.05×mpv", f"mpv CLI, {name}, same packets, same time: "
+            f"{total[name] / seconds * 100:.1f} %")
+        row(f"  each {WINDOW_S:.0f} s window, box / mpv ({name})",
+            " ".join(f"{window['box'] / window[name]:.2f}" for window in windows))
+    row("playback resident memory", f"{memory['box']:.0f} MB", "",
+        "mpv CLI: " + ", ".join(f"{memory[name]:.0f} MB ({name})" for name in REFERENCES))
 
 if __name__ == "__main__":
     import tempfile

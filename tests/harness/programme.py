@@ -73,16 +73,18 @@ class ProgrammeFeed:
     passphrase: str = ""
     streamid: str = "#!::r=live/programme,m=request,s=sess-9f3e1c"
     captured: dict[int, float] = field(default_factory=dict)
+    listeners: int = 1  # SRT listeners serving the same packets: one player each, at once
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.srt_port = free_udp_port()
-        self._relay_port = free_udp_port()  # srt-live-transmit reads here
+        self.srt_ports = [free_udp_port() for _ in range(self.listeners)]
+        self.srt_port = self.srt_ports[0]
+        self._relay_ports = [free_udp_port() for _ in range(self.listeners)]  # theirs to read
         self._ffmpeg: subprocess.Popen[bytes] | None = None
-        self._transmit: subprocess.Popen[bytes] | None = None
+        self._transmits: list[subprocess.Popen[bytes]] = []
         self._frames: threading.Thread | None = None
         self._stop_frames = threading.Event()
-        self._hold = _HoldingRelay(self._relay_port)
+        self._hold = _HoldingRelay(self._relay_ports)
         self._next_frame = 0
         self.size = (self.shape.width, self.shape.height)
 
@@ -90,10 +92,14 @@ class ProgrammeFeed:
 
     @property
     def url(self) -> str:
+        return self.url_of(0)
+
+    def url_of(self, listener: int) -> str:
+        """The URL of one of the ``listeners`` (each takes one player at a time)."""
         query = f"streamid={self.streamid}&latency={self.srt_latency_ms * 1000}"
         if self.passphrase:
             query += f"&passphrase={self.passphrase}"
-        return f"srt://{LOCALHOST}:{self.srt_port}?{query}"
+        return f"srt://{LOCALHOST}:{self.srt_ports[listener]}?{query}"
 
     # -- the server side
 
@@ -107,10 +113,11 @@ class ProgrammeFeed:
         if self.passphrase:
             options += f"&passphrase={self.passphrase}"
         log = (self.directory / "srt-live-transmit.log").open("ab")
-        self._transmit = subprocess.Popen(
-            ["srt-live-transmit", "-a:yes", f"udp://{LOCALHOST}:{self._relay_port}",
-             f"srt://{LOCALHOST}:{self.srt_port}?{options}"],
+        self._transmits = [subprocess.Popen(
+            ["srt-live-transmit", "-a:yes", f"udp://{LOCALHOST}:{relay_port}",
+             f"srt://{LOCALHOST}:{srt_port}?{options}"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            for relay_port, srt_port in zip(self._relay_ports, self.srt_ports, strict=True)]
         self._hold.start()
 
     def start_sender(self, shape: FeedShape | None = None) -> None:
@@ -176,8 +183,8 @@ class ProgrammeFeed:
     def stop(self) -> None:
         self.kill_sender()
         self._hold.stop()
-        if self._transmit is not None:
-            stop_process(self._transmit, timeout_s=3)
+        for transmit in self._transmits:
+            stop_process(transmit, timeout_s=3)
 
     def __enter__(self) -> ProgrammeFeed:
         return self.start()
@@ -278,10 +285,10 @@ def _drain(sound: queue.SimpleQueue[bytes | None], out: Any) -> None:
 
 
 class _HoldingRelay:
-    """UDP from the encoder to srt-live-transmit; while ``holding``, keeps the packets."""
+    """UDP from the encoder to each srt-live-transmit; while ``holding``, keeps the packets."""
 
-    def __init__(self, to_port: int) -> None:
-        self._to = (LOCALHOST, to_port)
+    def __init__(self, to_ports: list[int]) -> None:
+        self._to = [(LOCALHOST, port) for port in to_ports]
         self._in = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._in.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._in.bind((LOCALHOST, 0))
@@ -313,10 +320,14 @@ class _HoldingRelay:
             if self._kept and not self.holding:
                 kept, self._kept = self._kept, []
                 for packet in kept:
-                    self._out.sendto(packet, self._to)
+                    self._send(packet)
                     time.sleep(0.0002)  # a burst, but not faster than the loopback takes it
             if ready:
-                self._out.sendto(data, self._to)
+                self._send(data)
+
+    def _send(self, packet: bytes) -> None:
+        for to in self._to:
+            self._out.sendto(packet, to)
 
 
 def resizing_programme(directory: Path, sizes: list[tuple[int, int]], seconds_each: float,

@@ -1,14 +1,22 @@
-"""The speaker's mixer: the programme passes untouched unless a prompt plays, then it ducks."""
+"""The speaker's mixer: the programme passes untouched unless a prompt plays, then it ducks.
+
+The last tests run its thread: a real FIFO in, ALSA's ``file`` plugin out."""
 
 from __future__ import annotations
 
+import array
+import fcntl
+import termios
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from diemcau.media.speaker import Speaker, make_fifo, mix_prompt, mpv_volume
+from tests.harness.alsa import make_speaker
+from tests.harness.waiting import wait_until
 
 
 @pytest.fixture
@@ -62,3 +70,51 @@ def test_mpv_volume_gives_the_linear_gain_asked(percent: int) -> None:
 
 def test_mpv_volume_out_of_range_is_held_in_it() -> None:
     assert mpv_volume(-5) == 0 and mpv_volume(250) == 100
+
+
+def _running_speaker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Speaker, Any, str]:
+    room = make_speaker(tmp_path / "alsa")
+    monkeypatch.setenv("ALSA_CONFIG_PATH", room.env["ALSA_CONFIG_PATH"])
+    fifo = str(tmp_path / "programme.pcm")
+    make_fifo(fifo)
+    return Speaker(room.pcm, fifo, duck_db=-18.0), room, fifo
+
+
+def test_the_programme_goes_through_the_fifo_to_the_speaker_bit_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    speaker, room, fifo = _running_speaker(tmp_path, monkeypatch)
+    programme = _noise(speaker.rate_hz // 4, 3)  # 0.25 s
+    speaker.start()
+    try:
+        with open(fifo, "wb", buffering=0) as player:
+            # Odd pieces, each read before the next is written: every read ends inside a frame.
+            for at in range(0, len(programme), 1001):
+                player.write(programme[at:at + 1001])
+                wait_until(lambda: _waiting_in(player.fileno()) == 0, timeout_s=5,
+                           interval_s=0.001)
+    finally:
+        speaker.stop()  # after the pass that read the last bytes has written them
+    assert not speaker.error
+    assert room.played() == programme
+    assert speaker.delay_s > 0  # what sits between the player and the ear is known
+
+
+def test_a_prompt_with_no_programme_is_played_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    speaker, room, _ = _running_speaker(tmp_path, monkeypatch)
+    prompt = _noise(speaker.period_frames * 3, 4)
+    speaker.start()
+    try:
+        speaker.prompt(prompt, speaker.rate_hz, 2)
+        wait_until(lambda: not speaker.prompting, timeout_s=5)
+    finally:
+        speaker.stop()
+    assert not speaker.error
+    assert room.played() == prompt
+
+
+def _waiting_in(fd: int) -> int:
+    """Bytes in the pipe behind ``fd``, not read yet."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]

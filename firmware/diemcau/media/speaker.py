@@ -5,7 +5,7 @@ the screen process owns the speaker and nothing else opens it. The player
 (mpv, ``ao=sdl`` with SDL's ``disk`` driver, :func:`player_sound_env`) writes
 the programme as S16_LE stereo into a FIFO. :class:`Speaker`'s thread reads what that
 FIFO holds, mixes in the prompt waiting (ducking the programme under it) and
-writes the real speaker with pyalsaaudio, all whole periods read in one write. The programme comes at its
+writes the real speaker with pyalsaaudio, what one read gave in one write. The programme comes at its
 volume already (mpv's ``volume``, see :func:`mpv_volume`): with no prompt
 playing, a period goes to the speaker untouched.
 
@@ -85,6 +85,8 @@ class Speaker:
         self.period_frames = int(rate_hz * PERIOD_S)
         self.period_bytes = self.period_frames * BYTES_PER_FRAME
         self.periods = max(2, buffer_ms // int(PERIOD_S * 1000))
+        self._buffer_s = self.periods * PERIOD_S
+        self._fifo_s = PIPE_BYTES / BYTES_PER_FRAME / rate_hz  # the FIFO stays full: mpv waits on it
         self.duck = 10 ** (duck_db / 20)
         self.on_played = on_played
         self.error = ""
@@ -99,7 +101,6 @@ class Speaker:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="speaker")
         self._pcm: Any = None
-        self._buffer = bytearray()
         self._anchor = 0.0
         self._written = 0
 
@@ -121,6 +122,7 @@ class Speaker:
 
     @property
     def prompting(self) -> bool:
+        """A prompt is waiting or playing."""
         with self._lock:
             return bool(self._prompt_left or self._prompts)
 
@@ -143,28 +145,40 @@ class Speaker:
         self._pcm = self._open()
         self._anchor = time.monotonic()
         self._written = 0  # frames since the anchor
-        quiet_since = time.monotonic()
+        quiet_since = self._anchor
+        fd = self._fifo_fd
+        # One buffer for every read: no allocation per pass. It starts with what is left of a
+        # frame cut by the last read (``kept`` bytes; a FIFO hands over any number of bytes).
+        buffer = bytearray(BYTES_PER_FRAME + PIPE_BYTES)
+        view = memoryview(buffer)
+        kept = 0
         while not self._stopping.is_set():
-            if len(self._buffer) < self.period_bytes:
-                ready, _, _ = select.select([self._fifo_fd], [], [], PERIOD_S)
-                if ready:
-                    with contextlib.suppress(BlockingIOError):
-                        self._buffer += os.read(self._fifo_fd, PIPE_BYTES)
-            if len(self._buffer) >= self.period_bytes:
-                # Every whole period read (a FIFO's worth is two) in one write: half the
-                # wake-ups of a period at a time, and nothing waits here longer.
-                size = len(self._buffer) // self.period_bytes * self.period_bytes
-                chunk = bytes(self._buffer[:size])
-                del self._buffer[:size]
-                self._play(chunk, programme=True)
-                quiet_since = time.monotonic()
-            elif self.prompting and time.monotonic() - quiet_since > 2 * PERIOD_S:
-                self._play(bytes(self.period_bytes), programme=False)  # a prompt on its own
+            # Back from the speaker (a blocking write, or the lab's sleep) the FIFO is full
+            # again, mpv blocked on it: read first, and wait on it only when it is empty. A
+            # FIFO's worth goes to the speaker in one write, as it came: one pass per 21 ms.
+            try:
+                got = kept + os.readv(fd, [view[kept:kept + PIPE_BYTES]])
+            except BlockingIOError:
+                got = 0
+            if got > kept:
+                whole = got - got % BYTES_PER_FRAME
+                if whole:
+                    samples: bytes | memoryview = view[:whole]
+                    if self._prompts or self._prompt_left:  # unlocked look: a deque's truth is atomic
+                        samples = self._mix(bytes(samples), True)
+                    quiet_since = self._write(samples)
+                kept = got - whole
+                buffer[:kept] = buffer[whole:got]
+            elif select.select([fd], [], [], PERIOD_S)[0]:
+                continue
+            elif (self._prompts or self._prompt_left) and \
+                    time.monotonic() - quiet_since > 2 * PERIOD_S:
+                self._write(self._mix(bytes(self.period_bytes), False))  # a prompt on its own
             else:
                 self._anchor, self._written = time.monotonic(), 0  # silence: start afresh
-
-    def _play(self, samples: bytes, *, programme: bool) -> None:
-        self._write(self._mix(samples, programme))
+        if self._pcm is not None:
+            with contextlib.suppress(Exception):
+                self._pcm.close()  # the speaker is free for whoever owns it next
 
     def _mix(self, programme: bytes, has_programme: bool) -> bytes:
         """The period for the speaker: the programme as it came, or ducked under a prompt."""
@@ -183,37 +197,38 @@ class Speaker:
             del self._prompt_left[:size]
         return piece + bytes(size - len(piece))
 
-    def _write(self, period: bytes) -> None:
-        if self._pcm is None:
-            return
+    def _write(self, samples: bytes | memoryview) -> float:
+        """Hand ``samples`` to the speaker, keeping real time; the monotonic time it returned."""
         began = time.monotonic()
+        if self._pcm is None:
+            return began
         try:
-            written = self._pcm.write(period)
+            written = self._pcm.write(samples)
         except Exception as exc:  # noqa: BLE001 - an unplugged speaker must not end the mixer
             self.error = f"the speaker {self.device!r} failed: {exc}"
             log.error("%s", self.error)
             self._pcm = None
-            return
+            return began
         if written < 0:
             self.underruns += 1
         now = time.monotonic()
-        buffer_s = self.periods * PERIOD_S
+        buffer_s = self._buffer_s
         if now - began > PERIOD_S / 4:
             # The device blocked: it is full and sets the pace; keep the clock out of it.
             self._anchor, self._written = now + buffer_s, 0
-        self._written += len(period) // BYTES_PER_FRAME
+        self._written += len(samples) // BYTES_PER_FRAME
         ahead = self._written / self.rate_hz - (now - self._anchor)
         if ahead > buffer_s:  # a device that never blocks: real time is kept here
             time.sleep(ahead - buffer_s)
             ahead = buffer_s
         held = max(self._held_s(), ahead, 0.0)
-        waiting = len(self._buffer) / BYTES_PER_FRAME / self.rate_hz
-        self.delay_s = held + waiting + PIPE_BYTES / BYTES_PER_FRAME / self.rate_hz
+        self.delay_s = held + self._fifo_s
         if self.on_played is not None:
             try:
-                self.on_played(period, time.time() + held)
+                self.on_played(bytes(samples), time.time() + held)  # its own copy
             except Exception:  # noqa: BLE001
                 log.exception("the speaker's tap failed")
+        return now
 
     def _held_s(self) -> float:
         """What the speaker still holds to play, in seconds (0 when it cannot say)."""
