@@ -20,7 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 
-from diemcau.protocol import Reply, decode, device_topic
+from diemcau.protocol import Reply, Status, decode, device_topic
 from diemcau.shared import no_delay
 from tests.bench import before, echo, media
 from tests.bench import broker as broker_bench
@@ -28,10 +28,11 @@ from tests.bench import console as console_bench
 from tests.bench import fleet as fleet_bench
 from tests.bench import ingest as ingest_bench
 from tests.bench import screen as screen_bench
-from tests.harness.alsa import make_microphone
+from tests.harness.alsa import make_microphone, make_speaker
 from tests.harness.box import Box, CentreKey
 from tests.harness.broker import Broker
 from tests.harness.observer import Observer
+from tests.harness.programme import ProgrammeFeed
 from tests.harness.srt_listener import SrtListener
 
 DEV = "c00001-r1"
@@ -194,6 +195,49 @@ def box_cpu_percent(pid: int, seconds: float) -> float:
     return (used() - before) / seconds * 100
 
 
+def both_directions(work: Path, broker: Broker, centre: CentreKey, observer: Observer,
+                    seconds: float = 8.0) -> None:
+    """The whole box live both ways: the room sent at 720p30 while the programme (720p25,
+    H.264 + AAC from ``srt-live-transmit``) plays on its TV and speaker."""
+    mic = make_microphone(work / "both-mic", seconds=60)
+    speaker = make_speaker(work / "both-speaker", also=mic)
+    screen = f'[screen]\nenabled = true\nvo = "null"\nspeaker = "{speaker.pcm}"\n'
+    box = Box(work / "both", broker, centre, device_id=DEV, env=speaker.env, microphone=mic.pcm,
+              extra=screen, health_interval_s=1.0)  # status each second: both seen flowing
+    box.start()
+    observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
+                      and b"ready" in m.payload, after=box.started_at, timeout=15)
+    try:
+        with SrtListener(work / "both-media") as listener, \
+                ProgrammeFeed(work / "both-programme", shape=screen_bench.SHAPE) as feed:
+            listener.start()
+            jti = observer.command(DEV, "meeting.join", {
+                "meeting_id": "bench-both", "publish": listener.url, "play": feed.url,
+                "profile": "720p30"})
+            observer.wait_reply(DEV, jti, status="succeeded", timeout=20)
+            time.sleep(5.0)
+            assert box.pid is not None
+            first = _last_status(observer)
+            cpu = box_cpu_percent(box.pid, seconds)
+            last = _last_status(observer)
+            live_mb, split = box_rss(box.pid)
+            sent = last.stream.frames_sent - first.stream.frames_sent
+            shown = last.programme.frames_shown - first.programme.frames_shown
+            row("live both ways: CPU (one core = 100%)", f"{cpu:.0f} %", "",
+                f"720p30 up, 720p25 programme; in {seconds:.0f} s {sent} frames sent, "
+                f"{shown} programme pictures shown")
+            row("live both ways: resident memory, all", f"{live_mb:.1f} MB", "", split)
+            leave = observer.command(DEV, "meeting.leave")
+            observer.wait_reply(DEV, leave, status="succeeded", timeout=20)
+    finally:
+        box.stop()
+
+
+def _last_status(observer: Observer) -> Status:
+    return decode([m for m in observer.on(device_topic(DEV, "status")) if m.payload][-1].payload,
+                  Status)
+
+
 def command_round_trips(pinger: Pinger, centre: CentreKey, count: int) -> list[float]:
     topic = device_topic(DEV, "cmd")
     times = []
@@ -282,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{split}; before the meetings {idle_mb:.1f} MB")
         pinger.close()
         box.stop()
+        both_directions(work, broker, centre, observer)
         observer.close()
     media.run(work / "media", options, row)
     screen_bench.run(work / "screen", row)  # the far end: playback beside mpv
