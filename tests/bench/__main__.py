@@ -208,6 +208,10 @@ def both_directions(work: Path, broker: Broker, centre: CentreKey, observer: Obs
     observer.wait_for(lambda m: m.topic == device_topic(DEV, "state")
                       and b"ready" in m.payload, after=box.started_at, timeout=15)
     try:
+        time.sleep(SETTLE_S)
+        assert box.pid is not None
+        idle_mb, split = box_rss(box.pid)
+        row("idle with the TV on (idle screen): memory", f"{idle_mb:.1f} MB", "", split)
         with SrtListener(work / "both-media") as listener, \
                 ProgrammeFeed(work / "both-programme", shape=screen_bench.SHAPE) as feed:
             listener.start()
