@@ -332,6 +332,29 @@ def test_child_killed_comes_back_playing(room: Room, tmp_path: Path) -> None:
     assert room.screen.restarts == 1
 
 
+def test_a_crash_is_caught_to_leave_every_threads_stack_and_the_programme_comes_back(
+        room: Room, tmp_path: Path) -> None:
+    # A segfault in libmpv or a decoder: Python's faulthandler catches it and writes every
+    # thread's stack to stderr, the journal (docs/farend.md), before the process dies.
+    with ProgrammeFeed(tmp_path / "feed") as feed:
+        room.screen.play("m-8", feed.url)
+        room.watch.wait_state("live", 10)
+        crashed = room.screen.pid
+        assert crashed is not None
+        assert _catches(crashed, signal.SIGSEGV), "no handler for SIGSEGV: faulthandler is off"
+        os.kill(crashed, signal.SIGSEGV)
+        room.watch.wait_state("live", 15, after=time.time())
+    assert room.screen.restarts == 1
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """The process has a handler of its own for ``signum`` (``SigCgt`` in its status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def test_an_rtsp_feed_from_gstreamers_server(room: Room, tmp_path: Path) -> None:
     pytest.importorskip("gi", reason="GStreamer's RTSP server needs python3-gi")
     port = free_tcp_port()

@@ -21,6 +21,7 @@ at once, and the media must stop when the supervisor says, media first).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import select
 import signal
 import sys
@@ -37,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Wait until the down pipe can be read, then import the rest and serve it."""
     args = _parser().parse_args(argv)
+    faulthandler.enable()  # a crash in a C library leaves every thread's stack in the journal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     select.select([args.down_fd], [], [])  # the Start has come, or the control plane has gone
