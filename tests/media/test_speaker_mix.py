@@ -7,6 +7,7 @@ from __future__ import annotations
 import array
 import fcntl
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,32 @@ def _waiting_in(fd: int) -> int:
     count = array.array("i", [0])
     fcntl.ioctl(fd, termios.FIONREAD, count)
     return count[0]
+
+
+def test_a_missing_speaker_keeps_real_time_and_is_used_once_plugged_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    room = make_speaker(tmp_path / "alsa")  # the PCM "late_speaker" is not in ALSA's config yet
+    monkeypatch.setenv("ALSA_CONFIG_PATH", room.env["ALSA_CONFIG_PATH"])
+    fifo = str(tmp_path / "programme.pcm")
+    make_fifo(fifo)
+    speaker = Speaker("late_speaker", fifo, reopen_s=0.2)
+    before, after = _noise(speaker.rate_hz // 2, 5), _noise(speaker.rate_hz // 4, 6)
+    speaker.start()
+    try:
+        with open(fifo, "wb", buffering=0) as player:
+            began = time.monotonic()
+            player.write(before)  # 0.5 s, blocking as mpv's writes do
+            took = time.monotonic() - began
+            assert "cannot open the speaker 'late_speaker'" in speaker.error
+            # Nobody hears it, but the player is held to real time: its pictures keep their
+            # pace (all but the FIFO's 21 ms and the speaker's 40 ms waited for).
+            assert took >= 0.5 - 0.021 - 0.040 - 0.01, took
+            plugged = make_speaker(tmp_path / "plugged", pcm="late_speaker")
+            monkeypatch.setenv("ALSA_CONFIG_PATH", plugged.env["ALSA_CONFIG_PATH"])
+            wait_until(lambda: not speaker.error, timeout_s=5, interval_s=0.005)
+            player.write(after)
+            wait_until(lambda: _waiting_in(player.fileno()) == 0, timeout_s=5)
+    finally:
+        speaker.stop()
+    assert speaker.error == ""
+    assert plugged.played().endswith(after)

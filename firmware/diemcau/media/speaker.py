@@ -78,9 +78,10 @@ class Speaker:
     """Reads the programme from ``fifo``, mixes prompts in, writes the ALSA PCM ``device``."""
 
     def __init__(self, device: str, fifo: str, *, rate_hz: int = 48000, buffer_ms: int = 40,
-                 duck_db: float = -18.0,
+                 duck_db: float = -18.0, reopen_s: float = 5.0,
                  on_played: Callable[[bytes, float], None] | None = None) -> None:
         self.device = device
+        self.reopen_s = reopen_s  # a speaker missing or unplugged: tried again this often
         self.rate_hz = rate_hz
         self.period_frames = int(rate_hz * PERIOD_S)
         self.period_bytes = self.period_frames * BYTES_PER_FRAME
@@ -101,6 +102,7 @@ class Speaker:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="speaker")
         self._pcm: Any = None
+        self._reopen_at = 0.0
         self._anchor = 0.0
         self._written = 0
 
@@ -131,15 +133,22 @@ class Speaker:
     def _open(self) -> Any:
         import alsaaudio
 
+        self._reopen_at = time.monotonic() + self.reopen_s
         try:
-            return alsaaudio.PCM(type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL,
-                                 device=self.device, rate=self.rate_hz, channels=CHANNELS,
-                                 format=alsaaudio.PCM_FORMAT_S16_LE,
-                                 periodsize=self.period_frames, periods=self.periods)
+            pcm = alsaaudio.PCM(type=alsaaudio.PCM_PLAYBACK, mode=alsaaudio.PCM_NORMAL,
+                                device=self.device, rate=self.rate_hz, channels=CHANNELS,
+                                format=alsaaudio.PCM_FORMAT_S16_LE,
+                                periodsize=self.period_frames, periods=self.periods)
         except alsaaudio.ALSAAudioError as exc:
-            self.error = f"cannot open the speaker {self.device!r}: {exc}"
-            log.error("%s", self.error)
+            error = f"cannot open the speaker {self.device!r}: {exc}"
+            if error != self.error:  # said once, not at every try
+                log.error("%s; trying again every %g s", error, self.reopen_s)
+            self.error = error
             return None
+        if self.error:
+            log.warning("the speaker %r is back (it was: %s)", self.device, self.error)
+            self.error = ""
+        return pcm
 
     def _run(self) -> None:
         self._pcm = self._open()
@@ -176,6 +185,8 @@ class Speaker:
                 self._write(self._mix(bytes(self.period_bytes), False))  # a prompt on its own
             else:
                 self._anchor, self._written = time.monotonic(), 0  # silence: start afresh
+                if self._pcm is None and self._anchor >= self._reopen_at:
+                    self._pcm = self._open()  # plugged in meanwhile: ready for a prompt
         if self._pcm is not None:
             with contextlib.suppress(Exception):
                 self._pcm.close()  # the speaker is free for whoever owns it next
@@ -198,19 +209,25 @@ class Speaker:
         return piece + bytes(size - len(piece))
 
     def _write(self, samples: bytes | memoryview) -> float:
-        """Hand ``samples`` to the speaker, keeping real time; the monotonic time it returned."""
+        """Hand ``samples`` to the speaker, keeping real time; the monotonic time it returned.
+
+        With no speaker (missing, unplugged) the samples are dropped but real time is
+        kept all the same, so the player's pictures go on at their pace; the speaker is
+        tried again every ``reopen_s``.
+        """
         began = time.monotonic()
-        if self._pcm is None:
-            return began
-        try:
-            written = self._pcm.write(samples)
-        except Exception as exc:  # noqa: BLE001 - an unplugged speaker must not end the mixer
-            self.error = f"the speaker {self.device!r} failed: {exc}"
-            log.error("%s", self.error)
-            self._pcm = None
-            return began
-        if written < 0:
-            self.underruns += 1
+        if self._pcm is None and began >= self._reopen_at:
+            self._pcm = self._open()
+        if self._pcm is not None:
+            try:
+                written = self._pcm.write(samples)
+            except Exception as exc:  # noqa: BLE001 - an unplugged speaker must not end the mixer
+                self.error = f"the speaker {self.device!r} failed: {exc}"
+                log.error("%s; trying again every %g s", self.error, self.reopen_s)
+                self._pcm, self._reopen_at = None, began + self.reopen_s
+            else:
+                if written < 0:
+                    self.underruns += 1
         now = time.monotonic()
         buffer_s = self._buffer_s
         if now - began > PERIOD_S / 4:
@@ -223,7 +240,7 @@ class Speaker:
             ahead = buffer_s
         held = max(self._held_s(), ahead, 0.0)
         self.delay_s = held + self._fifo_s
-        if self.on_played is not None:
+        if self.on_played is not None and self._pcm is not None:  # heard: the canceller's
             try:
                 self.on_played(bytes(samples), time.time() + held)  # its own copy
             except Exception:  # noqa: BLE001
@@ -232,6 +249,8 @@ class Speaker:
 
     def _held_s(self) -> float:
         """What the speaker still holds to play, in seconds (0 when it cannot say)."""
+        if self._pcm is None:
+            return 0.0
         try:
             free = self._pcm.avail()
         except Exception:  # noqa: BLE001
