@@ -240,7 +240,7 @@ class Speaker:
             ahead = buffer_s
         held = max(self._held_s(), ahead, 0.0)
         self.delay_s = held + self._fifo_s
-        if self.on_played is not None and self._pcm is not None:  # heard: the canceller's
+        if self.on_played is not None and self._pcm is not None:  # only what was heard
             try:
                 self.on_played(bytes(samples), time.time() + held)  # its own copy
             except Exception:  # noqa: BLE001
