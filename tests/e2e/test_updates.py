@@ -308,12 +308,13 @@ def test_an_installed_update_waits_for_the_meeting_to_end(tmp_path, broker, cent
     try:
         start(site, observer)
         listener.start()
-        site.server.slow.set()  # the download takes seconds: time to start a meeting meanwhile
+        site.server.slow.set()  # the download is held back: time to start a meeting meanwhile
         jti = update(site, observer, release_key, builder.artefact(GOOD))
         observer.wait_reply(DEV, jti, "accepted")
         join = observer.command(DEV, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
                                                       "profile": "360p15"})
         assert observer.wait_reply(DEV, join, "succeeded", timeout=60).code == 200
+        site.server.slow.clear()  # live now: the rest of the download at full speed
         waiting = observer.wait_for(lambda m: m.topic == device_topic(DEV, "reply")
                                     and jti.encode() in m.payload and b"meeting ends" in m.payload,
                                     timeout=120)
