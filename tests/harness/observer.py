@@ -79,8 +79,10 @@ class Observer:
             self._cond.notify_all()
 
     def close(self) -> None:
-        self._client.loop_stop()
+        # Disconnect first: it wakes paho's loop, which then ends at once. Stopped first, the
+        # loop finished its select() timeout (up to 1 s, in every test's teardown).
         self._client.disconnect()
+        self._client.loop_stop()
 
     def go_offline(self) -> None:
         """Disconnect, keeping the session: the broker queues what arrives meanwhile."""
