@@ -19,6 +19,7 @@ from diemcau.protocol import RESEND_GRACE_S, Event, decode, device_topic
 from diemcau.supervisor import EXIT_RESTART
 from tests.harness.box import CentreKey
 from tests.harness.standins import DEV, StandinBox, standin_box
+from tests.harness.waiting import wait_until
 
 JOIN = {"meeting_id": "m1", "publish": "srt://127.0.0.1:9000?streamid=publish:m1"}
 
@@ -306,3 +307,14 @@ def test_a_quiet_box_forgets_what_the_broker_acknowledged_at_its_next_health_rep
     mark = len(box.link.published)
     box.handle(box.link.up())
     assert not any(b'"i1"' in p.payload for p in box.link.published[mark:])
+
+
+def test_a_stop_from_a_signal_handler_arrives_while_the_loop_holds_the_queue(
+        box: StandinBox) -> None:
+    # A SIGTERM's handler runs on the main thread, maybe inside the loop's get() with the
+    # queue's lock held (a box once ignored SIGTERM so): it must not wait for that lock.
+    queue = box.supervisor._queue
+    with queue.mutex:  # the same thread holds it, as the interrupted get() would
+        box.supervisor.post_from_signal_handler(StopRequested("SIGTERM"))  # returns at once
+    wait_until(lambda: not queue.empty(), timeout_s=5)
+    assert box.supervisor.handle_queued() == [StopRequested("SIGTERM")]

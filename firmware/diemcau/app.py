@@ -244,7 +244,7 @@ def run(cfg: Config, identity: Identity | None = None) -> int:
                           retry_max_s=cfg.enrollment.retry_max_s)
 
     def on_signal(signum: int, _frame: object) -> None:
-        supervisor.post(StopRequested(signal.Signals(signum).name))
+        supervisor.post_from_signal_handler(StopRequested(signal.Signals(signum).name))
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -205,6 +206,17 @@ class Supervisor:
             if self.dropped_events in (1, 10, 100) or self.dropped_events % 1000 == 0:
                 log.error("supervisor queue full: dropped %d events so far (last: %s)",
                           self.dropped_events, type(event).__name__)
+
+    def post_from_signal_handler(self, event: object) -> None:
+        """:meth:`post` for a signal handler, which never takes the queue's lock itself.
+
+        A handler runs on the main thread between two bytecodes, and the main
+        thread may be inside the loop's ``get`` holding that (not re-entrant)
+        lock: a put there waits for itself for ever (seen: a box that ignored
+        SIGTERM until it was killed). From another thread, the put waits for
+        ``get`` to let go.
+        """
+        threading.Thread(target=self.post, args=(event,), name="signal", daemon=True).start()
 
     def handle_queued(self) -> list[StopRequested]:
         """Handle every event waiting in the queue, on the caller's thread, as the loop would.

@@ -1,8 +1,10 @@
 """firmware.update end to end: real releases, real installs, a real HTTP server, real Mosquitto.
 
-Each test gives the box a release root (standing in for /opt/diemcau) and a
-state directory of its own, installs a first release with the real
-``diemcau release install --activate``, and runs the box through
+Each test gives the box a state directory of its own and the release root
+(standing in for /opt/diemcau) with only the first release in it, made
+current and committed with the real ``diemcau release install --activate``
+(which installs it in the first test, and finds it installed in the
+others), and runs the box through
 :class:`~tests.harness.unit_runner.UnitRunner`, which carries out the unit
 file's ExecStartPre/ExecStart/ExecStartPost and restarts it as
 ``Restart=on-failure`` says: systemd itself cannot run here, and that runner
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +43,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 DEV = "c00001-r1"
 FIRST, GOOD = "1.0.0", "1.1.0"
-DEADLINE_S = 8  # updates.health_deadline_s in these tests
+# updates.health_deadline_s in these tests, the least the configuration takes: a good release
+# connects and commits within 10-20 ms of its READY=1; the bad ones make the box wait all of
+# it before going back.
+DEADLINE_S = 5
 DIEMCAU = str(Path(sys.executable).with_name("diemcau"))  # this checkout's, to install the first
 
 
@@ -54,14 +60,35 @@ def release_key() -> ReleaseKey:
     return ReleaseKey()
 
 
+@pytest.fixture(scope="session")
+def release_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The release root (/opt/diemcau) of every test's box, one at a time: the first release
+    (a venv and a pip install, 5-7 s) is installed once, and kept, as a release never changes
+    once made; :class:`Site` clears everything else."""
+    return tmp_path_factory.mktemp("opt")
+
+
+def _only_the_first_release(root: Path) -> None:
+    for entry in root.iterdir():
+        if entry.name == "releases":
+            for release in entry.iterdir():
+                if release.name != FIRST:
+                    shutil.rmtree(release)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 class Site:
     """One box: its release root, state, configuration, the unit runner and the artefact server."""
 
-    def __init__(self, tmp: Path, broker, centre, release_key: ReleaseKey,  # noqa: ANN001
-                 builder: ReleaseBuilder, env: dict[str, str] | None = None,
-                 microphone: str = "diemcau_mic") -> None:
+    def __init__(self, tmp: Path, root: Path, broker, centre,  # noqa: ANN001
+                 release_key: ReleaseKey, builder: ReleaseBuilder,
+                 env: dict[str, str] | None = None, microphone: str = "diemcau_mic") -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        self.root, self.state = tmp / "opt", tmp / "state"
+        _only_the_first_release(root)  # what the test before left
+        self.root, self.state = root, tmp / "state"
         self.config = tmp / "endpoint.toml"
         extra = (f'\n[updates]\nroot = "{self.root}"\nhealth_deadline_s = {DEADLINE_S}\n'
                  f'max_trial_starts = 3\n\n[updates.release_keys]\n'
@@ -71,6 +98,8 @@ class Site:
                                           microphone=microphone))
         self.log = tmp / "unit.log"
         self.release("install", str(builder.artefact(FIRST)), "--activate")
+        # (A configuration the box refuses would have sent it to the default, /opt/diemcau.)
+        assert self.installed() == [FIRST], "not installed in the test's release root"
         self.server = ArtefactServer(builder.out)
         env = {k: v for k, v in {**os.environ, **(env or {})}.items()
                if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
@@ -93,8 +122,9 @@ class Site:
 
 
 @pytest.fixture
-def site(tmp_path, broker, centre, release_key, builder, request) -> Iterator[Site]:  # noqa: ANN001
-    s = Site(tmp_path, broker, centre, release_key, builder)
+def site(tmp_path, release_root, broker, centre, release_key, builder,  # noqa: ANN001
+         request) -> Iterator[Site]:  # noqa: ANN001
+    s = Site(tmp_path, release_root, broker, centre, release_key, builder)
     yield s
     s.runner.stop()
     s.server.close()
@@ -299,21 +329,23 @@ def test_kill_9_at_each_step_leaves_a_box_that_starts(site, observer, release_ke
 # ---------------------------------------------------------------- never in the middle of a meeting
 
 
-def test_an_installed_update_waits_for_the_meeting_to_end(tmp_path, broker, centre,  # noqa: ANN001
-                                                          release_key, builder, observer) -> None:
+def test_an_installed_update_waits_for_the_meeting_to_end(tmp_path, release_root, broker,  # noqa: ANN001
+                                                          centre, release_key, builder,
+                                                          observer) -> None:
     mic = make_microphone(tmp_path / "mic", seconds=300)
-    site = Site(tmp_path / "box", broker, centre, release_key, builder, env=mic.env,
-                microphone=mic.pcm)
+    site = Site(tmp_path / "box", release_root, broker, centre, release_key, builder,
+                env=mic.env, microphone=mic.pcm)
     listener = SrtListener(tmp_path / "media")
     try:
         start(site, observer)
         listener.start()
-        site.server.slow.set()  # the download takes seconds: time to start a meeting meanwhile
+        site.server.slow.set()  # the download is held back: time to start a meeting meanwhile
         jti = update(site, observer, release_key, builder.artefact(GOOD))
         observer.wait_reply(DEV, jti, "accepted")
         join = observer.command(DEV, "meeting.join", {"meeting_id": "m1", "publish": listener.url,
                                                       "profile": "360p15"})
         assert observer.wait_reply(DEV, join, "succeeded", timeout=60).code == 200
+        site.server.slow.clear()  # live now: the rest of the download at full speed
         waiting = observer.wait_for(lambda m: m.topic == device_topic(DEV, "reply")
                                     and jti.encode() in m.payload and b"meeting ends" in m.payload,
                                     timeout=120)

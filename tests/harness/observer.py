@@ -18,6 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from diemcau.protocol import Reply, decode, device_topic, group_cmd_topic, parse_topic
+from diemcau.shared import no_delay
 
 from .box import CentreKey
 from .broker import Broker
@@ -53,6 +54,9 @@ class Observer:
             self._client.tls_set(ca_certs=str(broker.ca_file))
         self._client.on_message = self._on_message
         self._client.on_connect = self._on_connect
+        # As the box and the centre do: with Nagle on, each publish after the PUBACK of an
+        # echoed message waited ~40 ms for the broker's delayed ACK.
+        self._client.on_socket_open = lambda client, userdata, sock: no_delay(sock)
         self._subscribed = threading.Event()
         self._client.on_subscribe = lambda *a: self._subscribed.set()
         # A persistent session, so that what is published while the observer
@@ -75,8 +79,10 @@ class Observer:
             self._cond.notify_all()
 
     def close(self) -> None:
-        self._client.loop_stop()
+        # Disconnect first: it wakes paho's loop, which then ends at once. Stopped first, the
+        # loop finished its select() timeout (up to 1 s, in every test's teardown).
         self._client.disconnect()
+        self._client.loop_stop()
 
     def go_offline(self) -> None:
         """Disconnect, keeping the session: the broker queues what arrives meanwhile."""

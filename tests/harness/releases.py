@@ -102,7 +102,9 @@ class ArtefactServer:
         self.directory = directory
         self.requests: list[str] = []
         self._server.requests = self.requests  # type: ignore[attr-defined]
-        self.slow = threading.Event()  # set: send 64 KiB every 50 ms, so a download takes a while
+        # Set: send 64 KiB every 50 ms, so a download takes a while; cleared mid-download,
+        # the rest goes at full speed (a test holds a download only as long as it needs).
+        self.slow = threading.Event()
         self._server.slow = self.slow  # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -124,5 +126,6 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             return super().copyfile(source, outputfile)
         while chunk := source.read(64 * 1024):
             outputfile.write(chunk)
-            time.sleep(0.05)
+            if self.server.slow.is_set():  # type: ignore[attr-defined]
+                time.sleep(0.05)
         return None

@@ -89,12 +89,20 @@ class UnitRunner:
         self._thread.start()
 
     def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the main process; SIGKILL it after ``timeout_s`` (TimeoutStopSec)."""
         self._stopping.set()
         with self._lock:
             main = self._main
         if main is not None and main.poll() is None:
             _signal_group(main, signal.SIGTERM)
+        # (A main process started after this point sees _stopping itself: see _one_start.)
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            with self._lock:
+                main = self._main
+            if main is not None:
+                _signal_group(main, signal.SIGKILL)
+            self._thread.join(timeout_s)
 
     def kill_main(self) -> bool:
         """kill -9 the service's main process, as a power cut would end it."""
@@ -128,6 +136,8 @@ class UnitRunner:
 
     def _one_start(self) -> str:
         for argv in self.unit.pre:
+            if self._stopping.is_set():
+                return "stopped"
             code = self._spawn(argv).wait()
             if code != 0:
                 return f"pre failed {code}: {argv[0]} {argv[1:3]}"
@@ -139,6 +149,8 @@ class UnitRunner:
             env.pop("WATCHDOG_USEC", None)
             with self._lock:
                 main = self._main = self._spawn(self.unit.start, group=True, env=env)
+            if self._stopping.is_set():  # stop() came during the ExecStartPre: it did not see this one
+                _signal_group(main, signal.SIGTERM)
             try:
                 return self._supervise(main, notify)
             finally:
